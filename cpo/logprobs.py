@@ -1,0 +1,134 @@
+"""Per-sequence log-probs of completions given prompts.
+
+Batches put the prompt on the left (left-padded) and the completion on the right
+(right-padded), so every completion starts at the same column P. Two things follow:
+- the model only needs logits for columns P-1 .. end (``logits_to_keep``), so the
+  vocabulary projection never runs on prompt tokens;
+- chosen and rejected share their prompt exactly, which the shared-prompt forward uses to run
+  the prompt once and continue both completions from its KV cache.
+Log-probs are gathered as ``logit[y] - logsumexp(logits)``, without a full log-softmax tensor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class CompletionLogps:
+    """Sum of token log-probs per sequence and the number of completion tokens."""
+
+    sum: Tensor  # [N]
+    n_tokens: Tensor  # [N]
+
+    @property
+    def mean(self) -> Tensor:
+        return self.sum / self.n_tokens.clamp(min=1)
+
+
+def gather_token_logps(logits: Tensor, targets: Tensor) -> Tensor:
+    """log softmax(logits)[targets] per position, in float32, without a [.., V] log-softmax output."""
+    logits = logits.float()
+    picked = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def position_ids_from_mask(mask: Tensor) -> Tensor:
+    # Left padding must not shift positions: count only real tokens (absolute-position models care).
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+_SUPPORTS_LOGITS_TO_KEEP: dict[type, bool] = {}
+
+
+def _logits(model: nn.Module, keep: int, **inputs) -> Tensor:
+    """Logits for the last ``keep`` positions; falls back to slicing for models without logits_to_keep."""
+    key = type(model)
+    if _SUPPORTS_LOGITS_TO_KEEP.get(key, True):
+        try:
+            out = model(**inputs, logits_to_keep=keep, use_cache=False)
+            _SUPPORTS_LOGITS_TO_KEEP[key] = True
+            return out.logits[:, -keep:]
+        except TypeError:
+            _SUPPORTS_LOGITS_TO_KEEP[key] = False
+    return model(**inputs, use_cache=False).logits[:, -keep:]
+
+
+def pad_right(seqs: list[Tensor], masks: list[Tensor], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Right-pad 2D id/mask tensors of different widths to the widest and stack them along rows."""
+    width = max(s.shape[1] for s in seqs)
+    ids = [nn.functional.pad(s, (0, width - s.shape[1]), value=pad_id) for s in seqs]
+    ms = [nn.functional.pad(m, (0, width - m.shape[1]), value=0) for m in masks]
+    return torch.cat(ids, 0), torch.cat(ms, 0)
+
+
+def completion_logps(
+    model: nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    completions: list[tuple[Tensor, Tensor]],
+    pad_id: int,
+) -> list[CompletionLogps]:
+    """One forward over [prompt; completion_k] for every completion side k (e.g. chosen and rejected).
+
+    All sides are stacked along the batch, so chosen and rejected cost one pass, as TRL's
+    "concatenated forward" does.
+    """
+    k = len(completions)
+    comp_ids, comp_mask = pad_right([c[0] for c in completions], [c[1] for c in completions], pad_id)
+    c_len = comp_ids.shape[1]
+    ids = torch.cat([prompt_ids.repeat(k, 1), comp_ids], 1)
+    mask = torch.cat([prompt_mask.repeat(k, 1), comp_mask], 1)
+    logits = _logits(model, c_len + 1, input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
+    # The logit at column t predicts token t+1: the first completion token comes from the prompt's last column.
+    token_logps = gather_token_logps(logits[:, :-1], comp_ids) * comp_mask
+    sums, counts = token_logps.sum(-1), comp_mask.sum(-1)
+    b = prompt_ids.shape[0]
+    return [CompletionLogps(sums[i * b : (i + 1) * b], counts[i * b : (i + 1) * b]) for i in range(k)]
+
+
+def completion_logps_shared_prompt(
+    model: nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    completions: list[tuple[Tensor, Tensor]],
+    pad_id: int,
+) -> list[CompletionLogps]:
+    """Same result as :func:`completion_logps`, running the prompt once and continuing every side from its cache.
+
+    The prompt's KV cache is computed once (with gradients) and repeated along the batch for the
+    k completion sides; only the completions run through the network a second time.
+    """
+    k = len(completions)
+    comp_ids, comp_mask = pad_right([c[0] for c in completions], [c[1] for c in completions], pad_id)
+    prompt_pos = position_ids_from_mask(prompt_mask)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True, logits_to_keep=1)
+    first_logits = out.logits[:, -1:].repeat(k, 1, 1)  # predicts each side's first completion token
+    cache = out.past_key_values
+    _repeat_cache(cache, k)
+    full_mask = torch.cat([prompt_mask.repeat(k, 1), comp_mask], 1)
+    start = prompt_pos[:, -1:].repeat(k, 1) + 1
+    comp_pos = start + comp_mask.long().cumsum(-1) - 1
+    cont = model(
+        input_ids=comp_ids,
+        attention_mask=full_mask,
+        position_ids=comp_pos,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    logits = torch.cat([first_logits, cont.logits[:, :-1]], 1)
+    token_logps = gather_token_logps(logits, comp_ids) * comp_mask
+    sums, counts = token_logps.sum(-1), comp_mask.sum(-1)
+    b = prompt_ids.shape[0]
+    return [CompletionLogps(sums[i * b : (i + 1) * b], counts[i * b : (i + 1) * b]) for i in range(k)]
+
+
+def _repeat_cache(cache, k: int) -> None:
+    """Repeat a DynamicCache k times along the batch, keeping it in the autograd graph."""
+    if k == 1:
+        return
+    for layer in cache.layers:
+        layer.keys = layer.keys.repeat(k, 1, 1, 1)
+        layer.values = layer.values.repeat(k, 1, 1, 1)

@@ -1,0 +1,192 @@
+"""The LightningModule: a policy, a configured loss and optimiser settings, all built elsewhere."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from cpo.logprobs import CompletionLogps, completion_logps, completion_logps_shared_prompt
+from cpo.losses import PreferenceLoss
+from cpo.models import Reference
+
+SCHEDULES = ("inverse_sqrt", "cosine", "linear", "constant")
+
+
+@dataclass
+class OptimSettings:
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: Sequence[float] = (0.9, 0.999)
+    eps: float = 1e-8
+    schedule: str = "inverse_sqrt"
+    warmup_ratio: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule: unknown schedule {self.schedule!r} (known: {', '.join(SCHEDULES)})")
+        if not self.lr > 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+
+# Sums accumulated over a validation epoch, reduced across ranks once at its end.
+_VAL_KEYS = (
+    "pairs", "pref_loss", "nll_sum", "nll_tokens", "rewards_chosen", "rewards_rejected", "reward_acc",
+    "logps_chosen", "logps_rejected", "logps_acc",
+)
+
+
+class PreferenceModule(L.LightningModule):
+    def __init__(
+        self,
+        policy: nn.Module,
+        loss: PreferenceLoss,
+        optim: OptimSettings,
+        pad_id: int,
+        reference: Reference | None = None,
+        shared_prompt: bool = False,
+    ):
+        super().__init__()
+        self.policy = policy
+        self.loss = loss
+        self.optim = optim
+        self.pad_id = pad_id
+        self.reference = reference
+        self.shared_prompt = shared_prompt
+        self._val: dict[str, Tensor] = {}
+
+    # ------------------------------------------------------------------ forward pieces
+    def _logps(self, model: nn.Module, batch: dict, sides: Sequence[str]) -> dict[str, CompletionLogps]:
+        fn = completion_logps_shared_prompt if self.shared_prompt and len(sides) > 1 else completion_logps
+        outs = fn(model, batch["prompt_ids"], batch["prompt_mask"], [(batch[f"{s}_ids"], batch[f"{s}_mask"]) for s in sides], self.pad_id)
+        return dict(zip(sides, outs))
+
+    def _reference_logps(self, batch: dict) -> tuple[Tensor, Tensor]:
+        if "ref_chosen_logps" in batch:
+            return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+        if self.reference is None:
+            raise RuntimeError("DPO needs a reference: set loss.reference to auto, adapter_disabled, frozen_copy or cached")
+        with torch.no_grad(), self.reference.model_for(self.policy) as ref_model:
+            out = self._logps(ref_model, batch, ("chosen", "rejected"))
+        return out["chosen"].sum, out["rejected"].sum
+
+    def _sides(self, batch: dict, train: bool) -> list[str]:
+        nll_side = "reference" if self.loss.nll_target == "reference" else "chosen"
+        if train and not self.loss.needs_rejected:
+            return [nll_side]  # SFT trains on one side only; no second forward to pay for
+        sides = ["chosen", "rejected"]
+        if nll_side == "reference" and "reference_ids" in batch:
+            sides.append("reference")
+        return sides
+
+    def compute(self, batch: dict, train: bool) -> tuple[Tensor, dict[str, Tensor]]:
+        """(loss to backpropagate, batch statistics). The loss is normalised by the window totals."""
+        lf = self.loss
+        out = self._logps(self.policy, batch, self._sides(batch, train))
+        nll_side = "reference" if lf.nll_target == "reference" and "reference" in out else "chosen"
+        nll = out[nll_side]
+        nll_sum = -nll.sum.sum()
+        stats: dict[str, Tensor] = {"pairs": torch.tensor(float(nll.sum.shape[0]), device=nll_sum.device)}
+        stats["nll_sum"], stats["nll_tokens"] = nll_sum.detach(), nll.n_tokens.sum().float()
+
+        pref_sum = torch.zeros((), device=nll_sum.device)
+        if "rejected" in out:
+            c, r = out["chosen"], out["rejected"]
+            pc, pr = (c.mean, r.mean) if lf.average_logps else (c.sum, r.sum)
+            refs = self._reference_logps(batch) if lf.needs_reference_model else (None, None)
+            if lf.needs_reference_model and lf.average_logps:
+                refs = (refs[0] / c.n_tokens.clamp(min=1), refs[1] / r.n_tokens.clamp(min=1))
+            losses, rc, rr = lf.preference_terms(pc, pr, *refs)
+            pref_sum = losses.sum()
+            stats.update(
+                pref_loss=pref_sum.detach(),
+                rewards_chosen=rc.sum(), rewards_rejected=rr.sum(), reward_acc=(rc > rr).float().sum(),
+                logps_chosen=c.sum.detach().sum(), logps_rejected=r.sum.detach().sum(),
+                logps_acc=(c.sum > r.sum).float().sum(),
+            )
+
+        # Lightning divides by accumulate_grad_batches and DDP averages over ranks; multiplying by
+        # both and dividing by the window totals makes the gradient that of one large batch:
+        # mean preference loss over its pairs + alpha * token-mean NLL over its tokens (eq. 3 + eq. 4).
+        scale = (self.trainer.accumulate_grad_batches if train and self._trainer else 1) * (self.trainer.world_size if self._trainer else 1)
+        window_pairs, window_tokens = batch["window_pairs"].clamp(min=1), batch["window_tokens"].clamp(min=1)
+        loss = scale * pref_sum / window_pairs
+        if lf.alpha:
+            loss = loss + lf.alpha * scale * nll_sum / window_tokens
+        return loss, stats
+
+    @staticmethod
+    def summarize(s: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
+        """Per-pair / per-token means with TRL's metric names from summed statistics."""
+        n = s["pairs"].clamp(min=1)
+        nll = s["nll_sum"] / s["nll_tokens"].clamp(min=1)
+        m = {"nll_loss": nll}
+        pref = s.get("pref_loss")
+        m["loss"] = (pref / n if pref is not None else 0.0) + alpha * nll
+        if pref is not None:
+            m.update({
+                "rewards/chosen": s["rewards_chosen"] / n,
+                "rewards/rejected": s["rewards_rejected"] / n,
+                "rewards/margins": (s["rewards_chosen"] - s["rewards_rejected"]) / n,
+                "rewards/accuracies": s["reward_acc"] / n,
+                "logps/chosen": s["logps_chosen"] / n,
+                "logps/rejected": s["logps_rejected"] / n,
+                "logps/margins": (s["logps_chosen"] - s["logps_rejected"]) / n,
+                "logps/accuracies": s["logps_acc"] / n,
+            })
+        return m
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss, stats = self.compute(batch, train=True)
+        metrics = self.summarize(stats, self.loss.alpha)
+        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, prog_bar=False, batch_size=int(stats["pairs"]))
+        self.log("train/loss", metrics["loss"], prog_bar=True, batch_size=int(stats["pairs"]))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val = {}
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        with torch.no_grad():
+            _, stats = self.compute(batch, train=False)
+        for k, v in stats.items():
+            self._val[k] = self._val.get(k, 0) + v.detach().float()
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        keys = [k for k in _VAL_KEYS if k in self._val]
+        packed = torch.stack([torch.as_tensor(self._val[k], device=self.device) for k in keys])
+        packed = self.trainer.strategy.reduce(packed, reduce_op="sum")
+        totals = dict(zip(keys, packed))
+        metrics = self.summarize(totals, self.loss.alpha)
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, sync_dist=False, rank_zero_only=False)
+        self._val = {}
+
+    def configure_optimizers(self):
+        from transformers import get_scheduler
+
+        decay, no_decay = [], []
+        for name, p in self.policy.named_parameters():
+            if not p.requires_grad:
+                continue
+            # Norm gains and biases are not weights to shrink.
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+        o = self.optim
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(round(o.warmup_ratio * total))
+        name = "constant_with_warmup" if o.schedule == "constant" else o.schedule
+        kwargs = {"num_warmup_steps": warmup}
+        if name in ("cosine", "linear"):
+            kwargs["num_training_steps"] = total
+        sched = get_scheduler(name, opt, **kwargs)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

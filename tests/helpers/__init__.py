@@ -1,0 +1,1 @@
+"""Test-only helpers (builders of small real models that need no network)."""
