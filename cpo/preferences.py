@@ -104,3 +104,31 @@ def preference_record(
     if reference is not None:
         row["reference"] = reference
     return row
+
+
+def build_pairs(
+    sources: list[str],
+    candidates: dict[str, list[str]],
+    scores: dict[str, list[float]],
+    src_lang: str,
+    tgt_lang: str,
+    scorer: str,
+    references: list[str] | None = None,
+) -> tuple[list[dict], BuildCounts]:
+    """Preference rows for every source from aligned candidate texts and their scores.
+
+    ``candidates`` is ordered: its insertion order is the tie-breaking order (put ``ref`` first to
+    follow the paper). ``references`` (optional) travel with each row for SFT-on-reference runs.
+    """
+    names = list(candidates)
+    for name in names:
+        if len(candidates[name]) != len(sources) or len(scores[name]) != len(sources):
+            raise ValueError(f"candidate system {name!r}: {len(candidates[name])} texts / {len(scores[name])} scores for {len(sources)} sources")
+    rows, counts = [], BuildCounts()
+    for i, src in enumerate(sources):
+        cands = [Candidate(n, candidates[n][i], float(scores[n][i])) for n in names]
+        sel = select_pair(cands)
+        counts.add(sel)
+        if sel.kept:
+            rows.append(preference_record(src, src_lang, tgt_lang, sel, cands, scorer, references[i] if references else None))
+    return rows, counts

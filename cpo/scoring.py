@@ -286,6 +286,10 @@ class CometScorer(Scorer):
         from comet import download_model
 
         try:
+            return Path(download_model(self.model, local_files_only=True))  # already cached?
+        except Exception:
+            pass
+        try:
             return Path(download_model(self.model))
         except Exception as e:
             raise RuntimeError(
@@ -308,8 +312,8 @@ class CometScorer(Scorer):
             return yaml.load(f, Loader=yaml.FullLoader) or {}
 
     @cached_property
-    def _modes(self) -> tuple[bool, bool]:
-        """(requires_reference, uses_reference) after reconciling the model and the config."""
+    def _model_modes(self) -> tuple[bool, bool]:
+        """(requires_reference, can_use_reference) of the model, checked against the config."""
         requires, can_use = _reference_modes(self._hparams)
         if self.use_reference is False and requires:
             raise ValueError(
@@ -319,17 +323,21 @@ class CometScorer(Scorer):
             raise ValueError(
                 f"COMET model {self.model!r} is reference-free; use_reference=true is impossible"
             )
-        if self.use_reference is None:
-            return requires, can_use
-        return self.use_reference, self.use_reference
+        return requires, can_use
 
     @property
     def requires_reference(self) -> bool:  # type: ignore[override]
-        return self._modes[0]
+        # An explicit use_reference answers without resolving (downloading) the model; it is
+        # checked against the model when the model is loaded.
+        if self.use_reference is not None:
+            return self.use_reference
+        return self._model_modes[0]
 
     @property
     def uses_reference(self) -> bool:  # type: ignore[override]
-        return self._modes[1]
+        if self.use_reference is not None:
+            return self.use_reference
+        return self._model_modes[1]
 
     @cached_property
     def identity(self) -> str:
@@ -360,6 +368,7 @@ class CometScorer(Scorer):
         if self._model is None:
             from comet import load_from_checkpoint
 
+            self._model_modes  # noqa: B018 - refuse a use_reference the model cannot honour
             log.info("loading COMET model %s from %s", self.model, self.checkpoint_path)
             self._model = load_from_checkpoint(str(self.checkpoint_path))
         return self._model

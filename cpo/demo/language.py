@@ -102,8 +102,8 @@ _P_OBJECT = 0.7
 _P_ADVERB = 0.5
 _P_ADJECTIVE = 0.5
 _P_NUMBER = 0.5
-# How many draws per requested sentence before accepting duplicates (the space is ~10^9 sentences,
-# so this only matters for absurd n).
+# How many draws per requested sentence before accepting duplicates (the language has billions of
+# sentences, so this only matters for absurd n).
 _DRAWS_PER_SENTENCE = 20
 
 
@@ -113,7 +113,7 @@ def lookup_zorbish(token: str) -> Word | None:
 
 
 def lookup_english(token: str) -> tuple[Word, bool] | None:
-    """The meaning of an English surface form and whether it is a plural noun, or None ("the" included)."""
+    """The meaning of an English surface form and whether it is a plural noun; None for "the" (no Zorbish word) and non-words."""
     return _ENGLISH_FORMS.get(token)
 
 
@@ -321,7 +321,11 @@ def apply_flaw(translation: str, flaw: str, rng: random.Random) -> str:
 
 
 def _change_number(tokens: list[str], at: int, rng: random.Random) -> None:
-    new = rng.choice([word.english for word in _NUMBERS if word.english != tokens[at]])
+    _set_number(tokens, at, rng.choice([word.english for word in _NUMBERS if word.english != tokens[at]]))
+
+
+def _set_number(tokens: list[str], at: int, new: str) -> None:
+    """Replace the number word at `at` and re-inflect its noun, so the error stays fluent."""
     tokens[at] = new
     noun_at = at + 1
     # Skip the adjective (English, or left untranslated) between the number and its noun.
@@ -345,16 +349,84 @@ def sentence_rng(*parts: object) -> random.Random:
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
-def gilded_references(sentences: Sequence[Sentence | str], flaw_rate: float = 0.3, seed: int = 0) -> list[str]:
-    """Human-like references: a share `flaw_rate` carry exactly one flaw (type uniform over FLAWS,
-    after fallback), the rest are correct. The choice is per sentence (stable hash of seed and
-    source), so a sentence's reference does not depend on which other sentences are in the set."""
+@dataclass(frozen=True)
+class Habits:
+    """A reference translator's systematic errors: words it always drops, leaves untranslated or confuses.
+
+    Random one-off flaws barely hurt a model trained on the references, because greedy decoding
+    recovers the majority translation. Real "gilded" references are flawed systematically (a
+    translator's habits), and a model trained on them learns the habits; only preference data
+    whose better candidates translate those words can teach them back.
+    """
+
+    dropped: frozenset[str]  # English adjectives/adverbs omitted
+    untranslated: frozenset[str]  # English content words left in Zorbish
+    confused_numbers: dict[str, str]  # English number word -> the one written instead
+
+    def apply(self, translation: str) -> str | None:
+        """The translation with every habit applied, or None when no habit word occurs in it."""
+        tokens, changed = translation.split(), False
+        out: list[str] = []
+        for at, token in enumerate(tokens):
+            form = _ENGLISH_FORMS.get(token)
+            base = form[0].english if form else token
+            if base in self.dropped:
+                changed = True
+                continue
+            if base in self.untranslated:
+                out.append(form[0].zorbish)
+                changed = True
+                continue
+            out.append(token)
+        if not changed and not any(t in self.confused_numbers for t in tokens):
+            return None
+        text = " ".join(out)
+        tokens = text.split()
+        for at, token in enumerate(tokens):
+            if token in self.confused_numbers:
+                _set_number(tokens, at, self.confused_numbers[token])
+        return " ".join(tokens)
+
+
+def reference_habits(seed: int, n_dropped: int = 3, n_untranslated: int = 2, n_confused: int = 1) -> Habits:
+    """A seed's habits: a few adjectives/adverbs dropped, nouns/verbs left untranslated, numbers confused."""
+    rng = random.Random(f"habits-{seed}")
+    droppable = sorted(w.english for w in _ADJECTIVES + _ADVERBS)
+    dropped = rng.sample(droppable, n_dropped)
+    copyable = sorted(w.english for w in _NOUNS + _VERBS)
+    untranslated = rng.sample(copyable, n_untranslated)
+    numbers = [w.english for w in _NUMBERS]
+    confused = {}
+    for word in rng.sample(numbers, n_confused):
+        confused[word] = rng.choice([n for n in numbers if n != word])
+    return Habits(frozenset(dropped), frozenset(untranslated), confused)
+
+
+def gilded_references(
+    sentences: Sequence[Sentence | str], flaw_rate: float = 0.3, seed: int = 0, habits: Habits | None = None, habit_rate: float = 0.9
+) -> list[str]:
+    """Human-like references: a share `flaw_rate` carry flaws, the rest are correct.
+
+    With `habits`, a sentence containing a habit word gets the habit's error with probability
+    `habit_rate` (these count toward `flaw_rate`); the remaining flawed share gets one random flaw
+    (type uniform over FLAWS, after fallback) spread over the other sentences. Choices are per
+    sentence (stable hash of seed and source), so a sentence's reference does not depend on which
+    other sentences are in the set.
+    """
     if not 0.0 <= flaw_rate <= 1.0:
         raise ValueError(f"flaw_rate must be in [0, 1], got {flaw_rate}")
+    sentences = [as_sentence(s) for s in sentences]
+    habitual = [habits.apply(s.translation) if habits else None for s in sentences]
+    n_habit = sum(h is not None for h in habitual) * habit_rate
+    n_other = len(sentences) - sum(h is not None for h in habitual)
+    # Random flaws fill the rest of the configured share among sentences without a habit word.
+    other_rate = max(0.0, flaw_rate * len(sentences) - n_habit) / n_other if n_other else 0.0
     references = []
-    for sentence in map(as_sentence, sentences):
+    for sentence, habit in zip(sentences, habitual):
         rng = sentence_rng("gilded", seed, sentence.source)
-        if rng.random() < flaw_rate:
+        if habit is not None and rng.random() < habit_rate:
+            references.append(habit if habit != sentence.translation else apply_flaw(sentence.translation, "untranslated", rng))
+        elif habit is None and rng.random() < other_rate:
             references.append(apply_flaw(sentence.translation, rng.choice(FLAWS), rng))
         else:
             references.append(sentence.translation)

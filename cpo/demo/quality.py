@@ -14,16 +14,18 @@ type           cost    what
 omission       0.25    a word of the correct translation is missing
 wrong_number   0.30    a number word replaced by another number word
 mistranslation 0.30    any other English word in place of the right one
-untranslated   0.20    a Zorbish word in the output (in place of a word or extra)
+untranslated   0.20    a Zorbish word in the output (plus the meaning error if it means
+                       something else than the word it replaces)
 agreement      0.10    a noun's -s disagrees with its number word (or with the meaning, if none)
 word_order     0.15    a right word in the wrong place (counted once per moved word)
 insertion      0.15    an extra English word or punctuation mark (the target has no punctuation)
-garbage        0.30    a token that is neither English nor Zorbish of this task
+garbage        0.30    a word that is neither English nor Zorbish of this task, or a
+                       punctuation mark in place of a word
 =============  ======  ==========================================================================
 
 score = max(0, 1 - sum of costs). Wrong meanings cost more than missing or hidden ones, as they
-mislead a reader. One flaw of language.FLAWS costs exactly its type's amount. Every correct
-translation has at least four words, so an empty output scores 0.
+mislead a reader. One flaw of language.FLAWS costs exactly its type's amount. Translations of
+sampled sentences have at least four words, so an empty output scores 0 on them.
 """
 from __future__ import annotations
 
@@ -52,9 +54,10 @@ ERROR_TYPES: tuple[str, ...] = tuple(ERROR_COSTS)
 # Runs of letters or digits are words; any other non-space character is a token on its own.
 _TOKEN = re.compile(r"[a-z]+|[0-9]+|[^\sa-z0-9]")
 
-# Alignment costs. Substitutions are cheaper than a deletion plus an insertion, and those that
-# keep the meaning or the word class are cheaper still, so that among equally short alignments
-# the one that explains the output best wins (a copied source word aligns with its meaning).
+# Alignment costs. A substitution is cheaper than a deletion plus an insertion, and one that
+# keeps the meaning or the word class is cheaper still, so the alignment that explains the output
+# best wins (a copied source word aligns with its meaning). Two unrelated substitutions (22) cost
+# more than one gap pair (20), so two swapped neighbours read as one moved word.
 _SAME_MEANING, _SAME_CLASS, _OTHER, _GAP = 8, 9, 11, 10
 
 
@@ -62,7 +65,7 @@ _SAME_MEANING, _SAME_CLASS, _OTHER, _GAP = 8, 9, 11, 10
 class _Token:
     """A word as the estimator sees it: where it comes from, what it means, its class and plurality."""
 
-    origin: str  # "en", "zb" or "unknown"
+    origin: str  # "en", "zb", "punctuation" or "unknown"
     meaning: str | None  # the English lemma it stands for
     pos: str | None
     plural: bool = False
@@ -83,7 +86,7 @@ def _analyse(token: str) -> _Token:
     zorbish = lookup_zorbish(token)
     if zorbish:
         return _Token("zb", zorbish.english, zorbish.pos)
-    return _Token("unknown", None, None)
+    return _Token("unknown" if token.isalnum() else "punctuation", None, None)
 
 
 @lru_cache(maxsize=65536)
@@ -137,31 +140,35 @@ def _align(ref: Sequence[_Token], hyp: Sequence[_Token]) -> list[tuple[int | Non
     return pairs
 
 
-def _substitution_error(ref: _Token, hyp: _Token) -> str:
-    if hyp.origin == "zb":
-        return "untranslated"
-    if hyp.origin == "unknown":
-        return "garbage"
-    return "wrong_number" if ref.pos == NUMBER and hyp.pos == NUMBER else "mistranslation"
+def _substitution_errors(ref: _Token, hyp: _Token) -> list[str]:
+    if hyp.origin in ("unknown", "punctuation"):
+        return ["garbage"]
+    wrong_meaning = "wrong_number" if ref.pos == NUMBER and hyp.pos == NUMBER else "mistranslation"
+    if hyp.origin == "en":
+        return [wrong_meaning]
+    # A copied source word hides its meaning; if that meaning is also wrong, that is a second error.
+    return ["untranslated"] if hyp.meaning == ref.meaning else ["untranslated", wrong_meaning]
 
 
 def _extra_error(hyp: _Token) -> str:
+    # An extra punctuation mark is a harmless insertion; an extra nonsense word is garbage.
     return {"zb": "untranslated", "unknown": "garbage"}.get(hyp.origin, "insertion")
 
 
 def _expected_plural(hyp: Sequence[_Token], at: int) -> bool | None:
-    """Plurality demanded by the number word before the noun at `at` (across an adjective), if any."""
+    """Plurality demanded by the number word before the noun at `at` (across an adjective), if any.
+    A number left in Zorbish still counts with its meaning: copying a word is not a grammar error."""
     before = at - 1
     while before >= 0 and hyp[before].pos == ADJECTIVE:
         before -= 1
-    if before >= 0 and hyp[before].origin == "en" and hyp[before].pos == NUMBER:
+    if before >= 0 and hyp[before].pos == NUMBER:
         return NUMBER_VALUES[hyp[before].meaning] > 1
     return None
 
 
 def _agreement_errors(ref: Sequence[_Token], hyp: Sequence[_Token], partner: dict[int, int]) -> int:
-    """English nouns whose -s disagrees with their own number word; without one (after "the", or a
-    copied Zorbish number) the noun must keep the plurality of the reference noun it stands for."""
+    """English nouns whose -s disagrees with their own number word; without one (after "the", which
+    English allows with both) the noun must keep the plurality of the reference noun it stands for."""
     errors = 0
     for at, token in enumerate(hyp):
         if token.origin != "en" or token.pos != NOUN:
@@ -187,7 +194,7 @@ def _errors(source: str, hypothesis: str) -> Counter[str]:
         else:
             partner[j] = i
             if hyp[j].key != ref[i].key:
-                errors[_substitution_error(ref[i], hyp[j])] += 1
+                errors.update(_substitution_errors(ref[i], hyp[j]))
     # A missing word that also appears as an extra word elsewhere was moved, not lost.
     for i in missing:
         moved = next((j for j in extra if hyp[j].meaning == ref[i].meaning), None)
@@ -213,7 +220,7 @@ class DemoQualityEstimator:
     """
 
     name = "demo_qe"
-    # Bump the version whenever ERROR_COSTS or the rules change: cached scores are keyed by it.
+    # Bump the version whenever ERROR_COSTS or the rules change, so scores from different rules are never mixed.
     identity = "demo_qe/v1"
 
     def score(self, sources: Sequence[str], hypotheses: Sequence[str]) -> list[float]:
