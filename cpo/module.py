@@ -144,8 +144,9 @@ class PreferenceModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss, stats = self.compute(batch, train=True)
         metrics = self.summarize(stats, self.loss.alpha)
-        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, prog_bar=False, batch_size=int(stats["pairs"]))
-        self.log("train/loss", metrics["loss"], prog_bar=True, batch_size=int(stats["pairs"]))
+        n = int(stats["pairs"])
+        self.log("train/loss", metrics.pop("loss"), prog_bar=True, batch_size=n)
+        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=n)
         return loss
 
     def on_validation_epoch_start(self) -> None:

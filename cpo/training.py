@@ -1,0 +1,288 @@
+"""Composition of one training run from a validated config: data -> model -> loss -> Trainer.fit -> save.
+
+train.py is a thin Hydra entry around :func:`run`; tests call :func:`run` (or the script) directly.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from cpo.config import validate
+from cpo.data import PreferenceDataModule, read_alma_r_preference, read_preference_jsonl, split_examples
+from cpo.heldout import TestSet, before_after_table, pair_metrics, translation_metrics
+from cpo.io import atomic_write_json, atomic_write_text, iter_jsonl
+from cpo.losses import PreferenceLoss
+from cpo.models import LoraSettings, build_policy, build_reference, count_parameters, is_peft, load_tokenizer
+from cpo.module import OptimSettings, PreferenceModule
+
+log = logging.getLogger(__name__)
+
+
+def say(msg: str) -> None:
+    if rank_zero_only.rank == 0:
+        print(msg, flush=True)
+
+
+@dataclass
+class RunData:
+    train: list
+    val: list
+    test: TestSet | None
+    model_path: str
+
+
+def _read_test(path: str) -> TestSet:
+    rows = [(f"{path}:{i}", r) for i, r in iter_jsonl(path)]
+    for where, r in rows:
+        for key in ("source", "reference", "src_lang", "tgt_lang"):
+            if not isinstance(r.get(key), str) or not r[key].strip():
+                from cpo.io import DataError
+
+                raise DataError(f"{where}: field {key!r} missing or empty")
+    langs = {(r["src_lang"], r["tgt_lang"]) for _, r in rows}
+    if len(langs) != 1:
+        from cpo.io import DataError
+
+        raise DataError(f"{path}: a test file must hold one direction, found {sorted(langs)}")
+    (src, tgt) = langs.pop()
+    return TestSet([r["source"] for _, r in rows], [r["reference"] for _, r in rows], src, tgt)
+
+
+def demo_settings(cfg: DictConfig):
+    from cpo.demo.assets import DemoSettings
+
+    d, m = cfg.data, cfg.model
+    keys = DemoSettings.__dataclass_fields__
+    model_demo = OmegaConf.to_container(m.demo) if m.get("demo") is not None else {}
+    merged = {k: v for k, v in {**OmegaConf.to_container(d), **model_demo}.items() if k in keys}
+    return DemoSettings(**merged)
+
+
+def load_data(cfg: DictConfig) -> RunData:
+    d = cfg.data
+    if d.format == "demo":
+        from cpo.demo.assets import ensure_demo_assets
+
+        assets = ensure_demo_assets(cfg.cache_dir, demo_settings(cfg), progress=say)
+        model_path = str(assets.model_dir) if cfg.model.name_or_path == "demo" else cfg.model.name_or_path
+        return RunData(read_preference_jsonl(assets.train_file), read_preference_jsonl(assets.val_file), _read_test(str(assets.test_file)), model_path)
+    if d.format == "jsonl":
+        train = read_preference_jsonl(d.train_file)
+        val = read_preference_jsonl(d.val_file) if d.val_file else None
+    else:
+        train = read_alma_r_preference(d.path, list(d.pairs), d.scorer, d.split)
+        val = None
+    if val is None:
+        train, val = split_examples(train, d.val_size, cfg.seed)
+    test = _read_test(d.test_file) if d.get("test_file") else None
+    return RunData(train, val, test, cfg.model.name_or_path)
+
+
+def build_loss(cfg: DictConfig) -> PreferenceLoss:
+    l = cfg.loss
+    return PreferenceLoss(
+        name=l.name, kind=l.kind, beta=float(l.beta), alpha=float(l.alpha), label_smoothing=float(l.label_smoothing),
+        gamma=float(l.gamma), average_logps=bool(l.average_logps), nll_target=l.nll_target,
+    )
+
+
+def build_loggers(cfg: DictConfig, out_dir: Path) -> list:
+    lg = cfg.logger
+    if lg.name == "none":
+        return []
+    if lg.name == "csv":
+        from lightning.pytorch.loggers import CSVLogger
+
+        return [CSVLogger(save_dir=str(out_dir), name="csv", version="")]
+    wandb_dir = out_dir / "wandb_files"
+    for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"), ("WANDB_CONFIG_DIR", "config")):
+        (wandb_dir / sub).mkdir(parents=True, exist_ok=True)
+        os.environ[var] = str(wandb_dir / sub)  # keep every W&B file in the run directory, never in $HOME
+    os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+    os.environ.setdefault("WANDB_CONSOLE", "off")
+    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+    from lightning.pytorch.loggers import WandbLogger
+
+    names = run_names(cfg)
+    return [
+        WandbLogger(
+            project=lg.project, entity=lg.entity, mode=lg.mode, save_dir=str(wandb_dir), dir=str(wandb_dir),
+            group=lg.group or names["group"], job_type=cfg.loss.name, name=names["name"],
+            tags=list(lg.tags) + ([cfg.experiment_name] if cfg.experiment_name else []), log_model=lg.log_model,
+        )
+    ]
+
+
+def run_names(cfg: DictConfig) -> dict[str, str | None]:
+    """W&B group (the sweep) and run name (the overrides that differ between jobs)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        multirun = hc.mode == RunMode.MULTIRUN
+        name = hc.job.override_dirname or cfg.loss.name
+        group = f"{cfg.experiment_name or 'sweep'}-{Path(hc.sweep.dir).name}" if multirun else cfg.experiment_name
+        return {"name": name, "group": group}
+    except Exception:  # not under Hydra (library use)
+        return {"name": cfg.loss.name, "group": cfg.experiment_name}
+
+
+def build_trainer(cfg: DictConfig, out_dir: Path, loggers: list, callbacks: list | None = None) -> L.Trainer:
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    kwargs: dict[str, Any] = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
+    if isinstance(kwargs.get("strategy"), dict):
+        kwargs["strategy"] = instantiate(cfg.trainer.strategy)
+    ckpt = ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), save_last=True, save_top_k=0)
+    return L.Trainer(
+        default_root_dir=str(out_dir), logger=loggers or False, callbacks=[ckpt] + (callbacks or []),
+        enable_checkpointing=True, **kwargs,
+    )
+
+
+def evaluate_policy(policy, tokenizer, dm: PreferenceDataModule, test: TestSet | None, cfg: DictConfig, scorers) -> tuple[dict, list[str]]:
+    metrics = pair_metrics(policy, dm._loader(dm.val_pairs, "val", train=False), dm.collator.pad_id) if dm.val_pairs else {}
+    hyps: list[str] = []
+    if test is not None:
+        e = cfg.evaluate
+        n = min(len(test.sources), e.max_sentences)
+        sub = TestSet(test.sources[:n], test.references[:n], test.src_lang, test.tgt_lang)
+        tm, hyps = translation_metrics(policy, tokenizer, sub, scorers, e.batch_size, e.num_beams, e.max_new_tokens)
+        metrics.update({k: v for k, v in tm.items() if isinstance(v, (int, float)) and k != "n"})
+        metrics["bleu_signature"] = tm.get("bleu_signature")
+    return metrics, hyps
+
+
+def default_scorers(cfg: DictConfig) -> list:
+    from cpo.scoring import build_scorer
+
+    names = cfg.evaluate.get("scorers")
+    if names is None:
+        names = ["demo_qe"] if cfg.data.format == "demo" else []
+    return [build_scorer(n) for n in names]
+
+
+def run(cfg: DictConfig, out_dir: str | Path) -> dict:
+    """Train one configuration; returns the results written to ``out_dir/results.json``."""
+    validate(cfg)
+    out_dir = Path(out_dir)
+    t_start = time.time()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = load_data(cfg)
+
+    tokenizer = load_tokenizer(data.model_path)
+    m = cfg.model
+    lora = LoraSettings(**OmegaConf.to_container(m.lora)) if m.lora is not None else None
+    policy = build_policy(data.model_path, m.dtype, lora, m.gradient_checkpointing, m.attn_implementation, m.trust_remote_code)
+    trainable, total = count_parameters(policy)
+    say(f"policy {m.name}: {trainable:,} trainable of {total:,} parameters" + (" (LoRA)" if is_peft(policy) else ""))
+
+    loss = build_loss(cfg)
+    d = cfg.data
+    dm = PreferenceDataModule(
+        data.train, data.val, tokenizer, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
+        max_prompt_length=d.max_prompt_length, max_length=d.max_length, prompt_truncation=d.prompt_truncation,
+        nll_target=loss.nll_target, group_by_length=d.group_by_length, seed=cfg.seed, num_workers=d.num_workers,
+    )
+    say(f"data {d.name}: {len(dm.train_pairs)} train / {len(dm.val_pairs)} val pairs; tokenization {dm.drop_counts}")
+
+    reference = None
+    if loss.needs_reference_model:
+        if cfg.loss.reference == "cached":
+            attach_cached_reference(cfg, policy, dm, data.model_path)
+        else:
+            reference = build_reference(cfg.loss.reference, policy)
+            say(f"DPO reference: {reference.mode}")
+
+    module = PreferenceModule(policy, loss, OptimSettings(**OmegaConf.to_container(cfg.optim)), dm.collator.pad_id, reference, cfg.shared_prompt)
+    loggers = build_loggers(cfg, out_dir)
+    from cpo.callbacks import build_callbacks
+
+    trainer = build_trainer(cfg, out_dir, loggers, build_callbacks(cfg, tokenizer, data))
+    for lg in loggers:
+        lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), "trainable_parameters": trainable, "total_parameters": total})
+
+    scorers = default_scorers(cfg) if cfg.evaluate.before_after else []
+    before = None
+    if cfg.evaluate.before_after and rank_zero_only.rank == 0:
+        say("evaluating the starting policy on held-out data")
+        before, _ = evaluate_policy(policy, tokenizer, dm, data.test, cfg, scorers)
+
+    t_fit = time.time()
+    trainer.fit(module, datamodule=dm)
+    fit_seconds = time.time() - t_fit
+
+    results: dict[str, Any] = {}
+    if trainer.is_global_zero:
+        results = {
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "loss": loss.name, "beta": loss.beta, "seed": cfg.seed,
+            "trainable_parameters": trainable, "total_parameters": total,
+            "train_pairs": len(dm.train_pairs), "val_pairs": len(dm.val_pairs), "tokenization": dm.drop_counts,
+            "global_steps": trainer.global_step, "fit_seconds": round(fit_seconds, 2),
+            "val": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
+        }
+        if before is not None:
+            say("evaluating the trained policy on held-out data")
+            after, hyps = evaluate_policy(policy, tokenizer, dm, data.test, cfg, scorers)
+            results.update(before=before, after=after)
+            table = before_after_table(before, after)
+            say("\nHeld-out results, before -> after training (" + loss.name + "):\n" + table + "\n")
+            atomic_write_text(out_dir / "before_after.md", table + "\n")
+            if hyps:
+                atomic_write_text(out_dir / "test_hypotheses.txt", "".join(h + "\n" for h in hyps))
+            for lg in loggers:
+                lg.log_metrics({f"test/{k}": v for k, v in after.items() if isinstance(v, (int, float)) and k != "pairs"})
+        if cfg.save_policy:
+            save_dir = out_dir / "policy"
+            policy.save_pretrained(save_dir)
+            tokenizer.save_pretrained(save_dir)
+            results["policy_dir"] = str(save_dir)
+            say(f"saved policy to {save_dir}")
+        results["total_seconds"] = round(time.time() - t_start, 2)
+        atomic_write_json(out_dir / "results.json", results)
+    finish_wandb(loggers)
+    return results
+
+
+def attach_cached_reference(cfg: DictConfig, policy, dm: PreferenceDataModule, model_path: str) -> None:
+    from cpo.reference_cache import cache_key, compute_reference_logps, load_or_compute
+
+    splits = {"train": dm.train_pairs, "val": dm.val_pairs}
+    cfg_dict = policy.config.to_dict() if hasattr(policy, "config") else {}
+    key = cache_key(f"{model_path}|{cfg.model.dtype}|{cfg.model.lora}", cfg_dict, splits)
+
+    def compute():
+        say("computing reference log-probs once (loss.reference=cached)")
+        ctx = policy.disable_adapter() if is_peft(policy) else _null()
+        with ctx:
+            return {s: compute_reference_logps(policy, dm.collator, pairs, dm.collator.pad_id, dm.eval_batch_size) for s, pairs in splits.items()}
+
+    dm.ref_logps, hit = load_or_compute(cfg.cache_dir, key, compute)
+    say(f"DPO reference: cached log-probs {'read from' if hit else 'written to'} {cfg.cache_dir}/reference_logps/{key}.pt")
+
+
+def _null():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def finish_wandb(loggers: list) -> None:
+    """End the W&B run so the next job of a sequential multirun starts its own."""
+    if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
+        import wandb
+
+        wandb.finish()
