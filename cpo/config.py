@@ -49,4 +49,4 @@ def validate(cfg: DictConfig) -> None:
         _need(len(model.lora.target_modules) > 0, "model.lora.target_modules is empty")
     _need(cfg.optim.schedule in ("inverse_sqrt", "cosine", "linear", "constant"), f"optim.schedule={cfg.optim.schedule!r} is not one of inverse_sqrt, cosine, linear, constant")
     _need(cfg.logger.name in ("wandb", "csv", "none"), f"logger={cfg.logger.name!r} is not one of wandb, csv, none")
-    _need(cfg.logger.name != "wandb" or cfg.logger.mode in ("offline", "online", "disabled"), f"logger.mode={cfg.logger.mode!r} is not one of offline, online, disabled")
+    _need(cfg.logger.name != "wandb" or cfg.logger.get("mode") in ("offline", "online", "disabled"), f"logger.mode={cfg.logger.get('mode')!r} is not one of offline, online, disabled")

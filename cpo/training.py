@@ -124,18 +124,39 @@ def build_loggers(cfg: DictConfig, out_dir: Path) -> list:
 
 
 def run_names(cfg: DictConfig) -> dict[str, str | None]:
-    """W&B group (the sweep) and run name (the overrides that differ between jobs)."""
+    """W&B group (the sweep) and run name (only the overrides that vary across the sweep's jobs)."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
         hc = HydraConfig.get()
-        multirun = hc.mode == RunMode.MULTIRUN
-        name = hc.job.override_dirname or cfg.loss.name
-        group = f"{cfg.experiment_name or 'sweep'}-{Path(hc.sweep.dir).name}" if multirun else cfg.experiment_name
-        return {"name": name, "group": group}
-    except Exception:  # not under Hydra (library use)
+    except ValueError:  # not under Hydra (library use)
         return {"name": cfg.loss.name, "group": cfg.experiment_name}
+    if hc.mode != RunMode.MULTIRUN:
+        return {"name": hc.job.override_dirname or cfg.loss.name, "group": cfg.experiment_name}
+    varying = sweep_keys(hc)
+    parts = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in varying]
+    name = ",".join(sorted(parts)) or cfg.loss.name
+    return {"name": name, "group": f"{cfg.experiment_name or 'sweep'}-{Path(hc.sweep.dir).name}"}
+
+
+def sweep_keys(hc) -> set[str]:
+    """Keys swept on the command line (a,b / range() / choice()) or in an experiment's sweeper params."""
+    import sys
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys: set[str] = set()
+    args = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+    try:
+        for o in OverridesParser.create().parse_overrides(args):
+            if o.is_sweep_override():
+                keys.add(o.get_key_element().lstrip("+~"))
+    except Exception:  # an argument Hydra itself accepted but we cannot parse: fall back to all overrides
+        keys.update(a.split("=", 1)[0].lstrip("+~") for a in args)
+    params = hc.sweeper.get("params") or {}
+    keys.update(str(k) for k in params)
+    return keys
 
 
 def build_trainer(cfg: DictConfig, out_dir: Path, loggers: list, callbacks: list | None = None) -> L.Trainer:
@@ -233,6 +254,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
             "train_pairs": len(dm.train_pairs), "val_pairs": len(dm.val_pairs), "tokenization": dm.drop_counts,
             "global_steps": trainer.global_step, "fit_seconds": round(fit_seconds, 2),
             "val": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
+            "train": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")},
         }
         if before is not None:
             say("evaluating the trained policy on held-out data")

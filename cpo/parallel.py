@@ -1,0 +1,286 @@
+"""Readers of parallel input (sources, optional references, a direction) for generation and preference building.
+
+Three formats, one result (``ParallelData``):
+
+- ``text``: one source per line in a UTF-8 file, with the references (optional) in a second,
+  line-aligned file; the direction comes from the configuration (or, failing that, from a
+  WMT/ALMA-style file name such as ``test.de-en.de``).
+- ``jsonl``: the project's JSONL, one object per line with ``source`` and optional
+  ``reference``, ``src_lang`` and ``tgt_lang`` (the demo's test files and the preference JSONL
+  both qualify). A line holding ALMA's ``{"translation": {...}}`` record is read as below.
+- ``alma_json``: ALMA's JSON list of ``{"translation": {"<src>": ..., "<tgt>": ...}}`` (the
+  ``alma_human_written`` files). A record holds both languages, so the direction must be
+  configured or read from a file name like ``test.cs-en.json``.
+
+``auto`` picks by extension (``.jsonl`` -> jsonl; ``.json`` -> alma_json for a JSON list, jsonl
+for one object per line) and otherwise by content (a first line that is a JSON object with a
+``source`` or ``translation`` field -> jsonl), else text.
+
+Every error names the file and the line (or, for a JSON list, the row) and the field.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from cpo.io import DataError, iter_jsonl, read_lines
+from cpo.languages import LANGUAGES, language_name
+
+__all__ = [
+    "FORMATS",
+    "ParallelData",
+    "detect_format",
+    "direction_from_filename",
+    "read_parallel",
+    "read_system_outputs",
+]
+
+FORMATS = ("auto", "text", "jsonl", "alma_json")
+REFERENCE_MODES = ("optional", "required", "ignore")
+
+
+@dataclass
+class ParallelData:
+    sources: list[str]
+    references: list[str] | None
+    src_lang: str
+    tgt_lang: str
+    path: Path
+    format: str
+    ref_path: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    @property
+    def direction(self) -> str:
+        return f"{self.src_lang}-{self.tgt_lang}"
+
+
+_DIRECTION_IN_NAME = re.compile(r"(?:^|[._])([a-z]{2,3})-([a-z]{2,3})(?:\.[a-z]{2,3})?\.(?:json|jsonl|txt|[a-z]{2,3})$")
+
+
+def direction_from_filename(path: str | os.PathLike) -> tuple[str, str] | None:
+    """``test.cs-en.json`` / ``test.de-en.de`` / ``valid.en-zh.jsonl`` -> (src, tgt); else None."""
+    m = _DIRECTION_IN_NAME.search(Path(path).name)
+    if not m or m.group(1) not in LANGUAGES or m.group(2) not in LANGUAGES:
+        return None
+    return m.group(1), m.group(2)
+
+
+def _first_nonblank_line(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        for raw in f:
+            if raw.strip():
+                return raw.strip()
+    return b""
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """The format of an input file (see the module docstring for the rules)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    first = _first_nonblank_line(path)
+    if path.suffix == ".jsonl":
+        return "jsonl"
+    if path.suffix == ".json":
+        return "alma_json" if first.startswith(b"[") else "jsonl"
+    if first.startswith(b"{"):
+        try:
+            obj = json.loads(first)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return "text"
+        if isinstance(obj, dict) and ("source" in obj or "translation" in obj):
+            return "jsonl"
+    return "text"
+
+
+def _field(obj: dict, key: str, where: str, required: bool = True) -> str | None:
+    if key not in obj or obj[key] is None:
+        if required:
+            raise DataError(f"{where}: missing field {key!r}")
+        return None
+    value = obj[key]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(f"{where}: field {key!r} is empty")
+    return value
+
+
+def _direction(src_lang: str | None, tgt_lang: str | None, path: Path) -> tuple[str | None, str | None]:
+    if (src_lang is None) != (tgt_lang is None):
+        raise ValueError(f"{path}: give both src_lang and tgt_lang, or neither (got src_lang={src_lang!r}, tgt_lang={tgt_lang!r})")
+    if src_lang is None:
+        guess = direction_from_filename(path)
+        if guess is not None:
+            src_lang, tgt_lang = guess
+    if src_lang is not None:
+        language_name(src_lang, f"{path}: src_lang")
+        language_name(tgt_lang, f"{path}: tgt_lang")
+    return src_lang, tgt_lang
+
+
+def _read_text(path: Path, src_lang, tgt_lang, ref, references: str) -> ParallelData:
+    src_lang, tgt_lang = _direction(src_lang, tgt_lang, path)
+    if src_lang is None:
+        raise ValueError(f"{path}: a plain-text input needs src_lang= and tgt_lang= (the file name does not say the direction)")
+    sources = read_lines(path)
+    for i, s in enumerate(sources, 1):
+        if not s.strip():
+            raise DataError(f"{path}:{i}: empty source line")
+    refs = None
+    ref_path = None
+    if ref is not None and references != "ignore":
+        ref_path = Path(ref)
+        refs = read_lines(ref_path)
+        if len(refs) != len(sources):
+            raise DataError(f"files are not aligned: source {path} has {len(sources)} lines, reference {ref_path} has {len(refs)} lines")
+        for i, r in enumerate(refs, 1):
+            if not r.strip():
+                raise DataError(f"{ref_path}:{i}: empty reference line")
+    if refs is None and references == "required":
+        raise ValueError(f"{path}: references are needed but none were given (pass ref=<file aligned with the sources>)")
+    return ParallelData(sources, refs, src_lang, tgt_lang, path, "text", ref_path)
+
+
+def _translation_record(obj: dict, where: str, src_lang: str, tgt_lang: str, want_ref: bool) -> tuple[str, str | None]:
+    tr = obj.get("translation")
+    if not isinstance(tr, dict):
+        raise DataError(f"{where}: field 'translation' must be an object like {{\"{src_lang}\": ..., \"{tgt_lang}\": ...}}")
+    source = _field(tr, src_lang, f"{where}: translation")
+    ref = _field(tr, tgt_lang, f"{where}: translation", required=False) if want_ref else None
+    return source, ref
+
+
+def _finish(path: Path, fmt: str, sources, refs, src_lang, tgt_lang, references: str) -> ParallelData:
+    if not sources:
+        raise DataError(f"{path}: no sources")
+    if references == "ignore":
+        return ParallelData(sources, None, src_lang, tgt_lang, path, fmt)
+    have = [r is not None for r in refs]
+    if all(have):
+        return ParallelData(sources, list(refs), src_lang, tgt_lang, path, fmt)
+    if references == "required" or any(have):
+        missing = have.index(False)
+        what = "needed" if references == "required" else "given for other rows"
+        raise DataError(f"{path}: {_where_label(fmt, missing + 1)}: no reference (references are {what})")
+    return ParallelData(sources, None, src_lang, tgt_lang, path, fmt)
+
+
+def _where_label(fmt: str, n: int) -> str:
+    return f"row {n}" if fmt == "alma_json" else f"line {n}"
+
+
+def _read_jsonl(path: Path, src_lang, tgt_lang, references: str) -> ParallelData:
+    src_lang, tgt_lang = _direction(src_lang, tgt_lang, path)
+    want_ref = references != "ignore"
+    sources, refs = [], []
+    for i, obj in iter_jsonl(path):
+        where = f"{path}:{i}"
+        if "translation" in obj and "source" not in obj:
+            if src_lang is None:
+                raise ValueError(f"{where}: an ALMA 'translation' record holds both languages; give src_lang= and tgt_lang=")
+            s, r = _translation_record(obj, where, src_lang, tgt_lang, want_ref)
+        else:
+            s = _field(obj, "source", where)
+            r = _field(obj, "reference", where, required=False) if want_ref else None
+            for key, expected in (("src_lang", src_lang), ("tgt_lang", tgt_lang)):
+                got = obj.get(key)
+                if got is None:
+                    if expected is None:
+                        raise DataError(f"{where}: missing field {key!r} (or give {key}= in the configuration)")
+                    continue
+                if not isinstance(got, str):
+                    raise DataError(f"{where}: field {key!r} must be a string, got {type(got).__name__}")
+                if expected is None:
+                    language_name(got, f"{where}: field {key!r}")
+                    if key == "src_lang":
+                        src_lang = got
+                    else:
+                        tgt_lang = got
+                elif got != expected:
+                    raise DataError(
+                        f"{where}: field {key!r} is {got!r} but the direction is {src_lang}-{tgt_lang} "
+                        "(one file holds one direction; split it or fix the configuration)"
+                    )
+        sources.append(s)
+        refs.append(r)
+    return _finish(path, "jsonl", sources, refs, src_lang, tgt_lang, references)
+
+
+def _read_alma_json(path: Path, src_lang, tgt_lang, references: str) -> ParallelData:
+    src_lang, tgt_lang = _direction(src_lang, tgt_lang, path)
+    if src_lang is None:
+        raise ValueError(f"{path}: an ALMA JSON file holds both languages; give src_lang= and tgt_lang= (or name it like test.de-en.json)")
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of {{\"translation\": ...}} records, got {type(data).__name__}")
+    sources, refs = [], []
+    for i, obj in enumerate(data, 1):
+        where = f"{path}: row {i}"
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected an object, got {type(obj).__name__}")
+        s, r = _translation_record(obj, where, src_lang, tgt_lang, references != "ignore")
+        sources.append(s)
+        refs.append(r)
+    return _finish(path, "alma_json", sources, refs, src_lang, tgt_lang, references)
+
+
+def read_parallel(
+    path: str | os.PathLike,
+    format: str = "auto",
+    src_lang: str | None = None,
+    tgt_lang: str | None = None,
+    ref: str | os.PathLike | None = None,
+    references: str = "optional",
+) -> ParallelData:
+    """Sources (and references) of one direction from a file in any of the supported formats.
+
+    ``references``: ``optional`` (use them when present; present for some rows only is an
+    error), ``required`` (missing ones are an error naming the first such line) or ``ignore``.
+    ``ref`` is the reference file of a ``text`` input; the JSON formats carry their own.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if references not in REFERENCE_MODES:
+        raise ValueError(f"references must be one of {', '.join(REFERENCE_MODES)}, got {references!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    fmt = detect_format(path) if format == "auto" else format
+    if ref is not None and fmt != "text":
+        raise ValueError(f"ref={ref} is only for plain-text input; {path} is {fmt} and carries its own references")
+    if fmt == "text":
+        return _read_text(path, src_lang, tgt_lang, ref, references)
+    if fmt == "jsonl":
+        return _read_jsonl(path, src_lang, tgt_lang, references)
+    return _read_alma_json(path, src_lang, tgt_lang, references)
+
+
+def read_system_outputs(data: ParallelData, systems: dict[str, str | os.PathLike]) -> dict[str, list[str]]:
+    """Each named system's output file, line-aligned with ``data``; empty lines are kept as ''.
+
+    A count that differs from the input's stops with both files and both counts named; a line
+    that is not UTF-8 stops with the file and line named.
+    """
+    out: dict[str, list[str]] = {}
+    for name, p in systems.items():
+        lines = read_lines(Path(p))
+        if len(lines) != len(data):
+            raise DataError(
+                f"files are not aligned: system {name!r} {p} has {len(lines)} lines, "
+                f"input {data.path} has {len(data)} {'lines' if data.format != 'alma_json' else 'rows'}"
+            )
+        out[name] = lines
+    return out

@@ -1,0 +1,52 @@
+"""Shared fixtures: every test runs offline, with W&B and the demo cache inside a temp folder."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+# A small demo so the suite builds its assets in seconds; the real default is in conf/.
+SMALL_DEMO = [
+    "data.n_train_sources=160", "data.n_val_sources=24", "data.n_test_sources=24",
+    "model.demo.warm_start_steps=30", "model.demo.hidden_size=32", "data.batch_size=8",
+    "evaluate.max_sentences=16",
+]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("env")
+    os.environ.update({
+        "WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DISABLE_GIT": "true", "WANDB_CONSOLE": "off",
+        "WANDB_ERROR_REPORTING": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+        "CPO_CACHE": str(root / "cache"), "WANDB_DIR": str(root / "wandb"), "WANDB_CONFIG_DIR": str(root / "wandb"),
+        "WANDB_CACHE_DIR": str(root / "wandb"), "WANDB_DATA_DIR": str(root / "wandb"),
+    })
+    torch.set_num_threads(1)
+    yield root
+
+
+@pytest.fixture(scope="session")
+def cache_dir(offline_env) -> Path:
+    return Path(os.environ["CPO_CACHE"])
+
+
+@pytest.fixture(scope="session")
+def tiny_tok_model():
+    """A 2-layer, width-32 Llama and a BPE tokenizer trained on a few hundred local sentences."""
+    from cpo.tiny import build_tiny_llama, train_bpe_tokenizer
+
+    texts = [f"the cat number {i} sees {i * 7} dogs today" for i in range(300)] + ["Translate this from German to English:\nGerman: x\nEnglish:"]
+    tok = train_bpe_tokenizer(texts, 300)
+    model = build_tiny_llama(tok, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    return tok, model
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "train"):
+    from hydra import compose as hcompose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hcompose(config_name=config_name, overrides=overrides or [])

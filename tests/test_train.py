@@ -1,0 +1,123 @@
+"""Training end to end on the small demo: every loss, LoRA, saving and reloading, W&B, multirun, errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, SMALL_DEMO, compose
+from cpo.training import run
+
+FAST = SMALL_DEMO + ["logger=csv", "evaluate.before_after=false", "save_policy=false", "+trainer.fast_dev_run=2"]
+LOSSES = ["cpo", "dpo", "sft", "sft_ref", "cpo_prefer_only", "simpo", "cpo_simpo", "ipo", "hinge"]
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_loss_trains(loss, tmp_path):
+    res = run(compose(FAST + [f"loss={loss}"]), tmp_path)
+    assert res["global_steps"] == 2 and res["loss"] == loss
+    m = res["train"]
+    assert torch.isfinite(torch.tensor(m["train/loss"])) and torch.isfinite(torch.tensor(m["train/nll_loss"]))
+    if loss not in ("sft", "sft_ref"):
+        assert {"train/rewards/margins", "train/rewards/accuracies", "train/logps/chosen"} <= set(m)
+
+
+def test_dpo_with_cached_reference_reuses_the_cache(tmp_path, capsys):
+    cfg = compose(FAST + ["loss=dpo", "loss.reference=cached"])
+    run(cfg, tmp_path / "a")
+    assert "written to" in capsys.readouterr().out
+    run(cfg, tmp_path / "b")
+    assert "read from" in capsys.readouterr().out
+
+
+def test_lora_trainable_parameter_count_and_reload(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cpo.generation import translate
+
+    res = run(compose(SMALL_DEMO + ["logger=none", "model=tiny_lora", "evaluate.before_after=false", "trainer.max_steps=3"]), tmp_path)
+    # r=8 on q,k,v,o,gate,up,down of 2 layers, hidden 32, 4 heads (kv dim 16 with 2 KV heads), ffn 128:
+    # per layer r*[(32+32) + (32+16) + (32+16) + (32+32) + 3*(32+128)] = 8 * 704 = 5632
+    assert res["trainable_parameters"] == 2 * 5632
+    policy_dir = Path(res["policy_dir"])
+    assert (policy_dir / "adapter_config.json").exists()
+    base_path = json.loads((policy_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    tok = AutoTokenizer.from_pretrained(policy_dir)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), policy_dir)
+    out = translate(model, tok, ["vosh vidrak"], "zb", "en", num_beams=2, max_new_tokens=8)
+    assert len(out) == 1 and isinstance(out[0], str)
+
+
+def test_full_model_saved_reloads_and_translates_and_table(tmp_path, capsys):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cpo.generation import translate
+
+    res = run(compose(SMALL_DEMO + ["logger=none", "trainer.max_steps=4"]), tmp_path)
+    out = capsys.readouterr().out
+    assert "before -> after" in out and "| demo_qe |" in out and "| chrf |" in out
+    assert set(res["before"]) >= {"pref_accuracy", "logp_margin", "bleu", "chrf", "demo_qe"}
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists() and (tmp_path / "before_after.md").exists()
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "policy")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "policy")
+    before_w = model.state_dict()
+    assert translate(model, tok, ["vosh vidrak"], "zb", "en", num_beams=1, max_new_tokens=8)[0] is not None
+    assert res["global_steps"] == 4 and before_w
+
+
+def test_wandb_offline_run_holds_metrics_and_config(tmp_path):
+    from cpo.wandb_offline import read_offline_run
+
+    run(compose(SMALL_DEMO + ["evaluate.before_after=false", "save_policy=false", "trainer.max_steps=3", "trainer.log_every_n_steps=1", "trainer.val_check_interval=2"]), tmp_path)
+    runs = list((tmp_path / "wandb_files" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, "W&B files must stay inside the run directory"
+    r = read_offline_run(runs[0])
+    keys = set().union(*r["history"])
+    assert {"train/loss", "train/rewards/margins", "train/nll_loss", "val/rewards/accuracies"} <= keys
+    assert r["config"]["config"]["loss"]["name"] == "cpo" and r["config"]["trainable_parameters"] > 0
+    assert r["job_type"] == "cpo"
+
+
+def _clean_env():
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def test_multirun_sweep_groups_runs_in_wandb(tmp_path):
+    from cpo.wandb_offline import read_offline_run
+
+    cmd = [sys.executable, "train.py", "-m", "loss=cpo,sft", "beta=0.05,0.1", "trainer.max_steps=2", "evaluate.before_after=false",
+           "save_policy=false", f"hydra.sweep.dir={tmp_path}"] + SMALL_DEMO
+    p = subprocess.run(cmd, cwd=REPO, env=_clean_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    jobs = sorted(d for d in tmp_path.iterdir() if d.is_dir() and (d / "results.json").exists())
+    assert len(jobs) == 4
+    runs = [read_offline_run(next((j / "wandb_files" / "wandb").glob("offline-run-*"))) for j in jobs]
+    assert len({r["group"] for r in runs}) == 1 and runs[0]["group"]
+    assert sorted(r["name"] for r in runs) == sorted(["beta=0.05,loss=cpo", "beta=0.1,loss=cpo", "beta=0.05,loss=sft", "beta=0.1,loss=sft"])
+    assert {json.loads((j / "results.json").read_text())["beta"] for j in jobs} == {0.05, 0.1}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["beta=0"], "beta must be > 0"),
+        (["data=jsonl", "data.train_file=/nope.jsonl", "model=hf", "model.name_or_path=x"], "data.train_file: /nope.jsonl does not exist"),
+    ],
+)
+def test_cli_errors_are_one_sentence(args, message):
+    p = subprocess.run([sys.executable, "train.py"] + args, cwd=REPO, env=_clean_env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and f"error: {message}" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_bad_data_file_names_line_and_field(tmp_path):
+    f = tmp_path / "pairs.jsonl"
+    f.write_text('{"source": "a", "chosen": "b", "rejected": "c", "src_lang": "de", "tgt_lang": "en"}\n{"source": "a", "chosen": "b", "src_lang": "de", "tgt_lang": "en"}\n')
+    p = subprocess.run([sys.executable, "train.py", "data=jsonl", f"data.train_file={f}", "model=hf", "model.name_or_path=x"],
+                       cwd=REPO, env=_clean_env(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and f"{f}:2: missing field 'rejected'" in p.stderr
