@@ -90,7 +90,8 @@ def build_policy(
             model.enable_input_require_grads()  # frozen embeddings would otherwise cut the graph
     if lora is not None:
         model = add_lora(model, lora)
-    return model
+    # from_pretrained returns eval mode; training must see dropout (e.g. ALMA's LoRA dropout 0.05).
+    return model.train()
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -1,0 +1,457 @@
+"""Build preference triples from scored candidate translations (Hydra app; conf/build_preferences.yaml).
+
+For each source, every candidate (the reference as ``ref`` when ``include_ref``, then each named
+system's output) is scored by the configured scorer; ``cpo.preferences.build_pairs`` picks the
+best as chosen and the worst as rejected (SPEC section 2), or, with ``negatives=noised``, a
+noised copy of the chosen translation as rejected (SPEC section 7). Scores are cached on disk
+(``scorer_cache_dir``), so a re-run or a resumed run only scores what is new.
+
+Outputs: the preference JSONL (the format ``cpo.data.read_preference_jsonl`` reads: sources are
+validated by ``cpo.parallel``, empty candidates never become a side of a pair) and a report
+``<output stem>.report.md`` / ``.report.json``: per direction, the pairs kept and dropped (and
+why), how often each system is chosen and rejected, each system's mean score and its win ratio
+against the reference (the paper's Table 1), and the run time.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from cpo.evaluation import WMT22_DIRECTIONS, parse_direction, wmt22_directions
+from cpo.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, check_writable
+from cpo.languages import language_name
+from cpo.parallel import FORMATS, ParallelData, read_parallel, read_system_outputs
+from cpo.preferences import NEGATIVES, BuildCounts, NoiseSettings, build_pairs, win_counts
+from cpo.scoring import CachedScorer, MeanScorer, Scorer, build_scorer
+
+log = logging.getLogger("build_preferences")
+
+REF = "ref"
+XX_EN, EN_XX = "xx->en", "en->xx"
+
+
+# --------------------------------------------------------------------------- inputs
+@dataclass
+class Job:
+    """One direction's parallel data and candidate system files (name -> path, in tie order)."""
+
+    direction: str
+    data: ParallelData
+    systems: dict[str, str] = field(default_factory=dict)
+
+
+def _abs(value: Any, what: str) -> str:
+    if value in (None, ""):
+        raise ValueError(f"{what} is not set (see conf/build_preferences.yaml)")
+    return to_absolute_path(str(value))
+
+
+def _system_files(spec: Any, where: str) -> dict[str, str]:
+    """``{name: path}`` in the given order; names are checked (``ref`` is reserved)."""
+    if spec is None:
+        return {}
+    if not isinstance(spec, (Mapping, DictConfig)):
+        raise ValueError(f"{where} must be a mapping name -> output file, e.g. {{gpt4: gpt4.en, alma: alma.en}}; got {spec!r}")
+    out: dict[str, str] = {}
+    for name, path in spec.items():
+        name = str(name)
+        if name == REF:
+            raise ValueError(f"{where}: the system name {REF!r} is reserved for the reference (include_ref=true adds it)")
+        if not name.strip() or name.startswith("noised("):
+            raise ValueError(f"{where}: invalid system name {name!r}")
+        out[name] = _abs(path, f"{where}.{name}")
+    return out
+
+
+def _check_direction(direction: str, where: str) -> tuple[str, str]:
+    src, tgt = parse_direction(direction)
+    language_name(src, f"{where}: source language")
+    language_name(tgt, f"{where}: target language")
+    return src, tgt
+
+
+def collect_jobs(cfg: DictConfig, references: str) -> list[Job]:
+    """The jobs of whichever single input mode the config uses (see conf/build_preferences.yaml)."""
+    modes = {
+        "input": cfg.get("input") not in (None, ""),
+        "directions": bool(cfg.get("directions")),
+        "wmt22": bool(cfg.get("wmt22") and (cfg.wmt22.get("root") or cfg.wmt22.get("systems"))),
+    }
+    chosen = [m for m, on in modes.items() if on]
+    if len(chosen) != 1:
+        raise ValueError(
+            "give exactly one input mode: input= (+ systems, ref/src_lang/tgt_lang as needed), "
+            f"directions, or wmt22.root + wmt22.systems; got {chosen or 'none'} (see conf/build_preferences.yaml)"
+        )
+    mode = chosen[0]
+    if mode == "input":
+        if cfg.get("format") not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {cfg.get('format')!r}")
+        data = read_parallel(
+            _abs(cfg.input, "input"), cfg.format, cfg.get("src_lang"), cfg.get("tgt_lang"),
+            ref=_abs(cfg.ref, "ref") if cfg.get("ref") else None, references=references,
+        )
+        return [Job(data.direction, data, _system_files(cfg.get("systems"), "systems"))]
+    if cfg.get("systems"):
+        raise ValueError(f"systems= belongs to the one-direction mode; in {mode} mode give the systems per direction")
+    if mode == "directions":
+        jobs = []
+        for direction, spec in cfg.directions.items():
+            direction = str(direction)
+            where = f"directions.{direction}"
+            src, tgt = _check_direction(direction, where)
+            if not isinstance(spec, DictConfig):
+                raise ValueError(f"{where}: expected {{input, format, ref, systems}}, got {spec!r}")
+            unknown = set(spec) - {"input", "format", "ref", "systems"}
+            if unknown:
+                raise ValueError(f"{where}: unknown key(s) {sorted(unknown)} (known: input, format, ref, systems)")
+            data = read_parallel(
+                _abs(spec.get("input"), f"{where}.input"), spec.get("format") or "auto", src, tgt,
+                ref=_abs(spec.ref, f"{where}.ref") if spec.get("ref") else None, references=references,
+            )
+            jobs.append(Job(direction, data, _system_files(spec.get("systems"), f"{where}.systems")))
+        return jobs
+    # wmt22
+    w = cfg.wmt22
+    root = _abs(w.get("root"), "wmt22.root")
+    systems = [str(s) for s in (w.get("systems") or [])]
+    if len(set(systems)) != len(systems):
+        raise ValueError(f"wmt22.systems lists a system twice: {systems}")
+    directions = [str(d) for d in (w.get("directions") or WMT22_DIRECTIONS)]
+    if len(set(directions)) != len(directions):
+        raise ValueError(f"wmt22.directions lists a direction twice: {directions}")
+    for d in directions:
+        _check_direction(d, "wmt22.directions")
+    if not systems:
+        wmt22_directions(root, "wmt-testset", directions)  # checks the layout and the test set files
+    paths = {s: wmt22_directions(root, s, directions) for s in systems}  # names an unknown system
+    jobs = []
+    for d in directions:
+        src, tgt = parse_direction(d)
+        base = wmt22_directions(root, systems[0] if systems else "wmt-testset", [d])[d]
+        data = read_parallel(base["src"], "text", src, tgt, ref=base["ref"], references=references)
+        jobs.append(Job(d, data, {s: paths[s][d]["hyp"] for s in systems}))
+    return jobs
+
+
+# --------------------------------------------------------------------------- scoring
+def _cached_parts(scorer: Scorer) -> list[CachedScorer]:
+    if isinstance(scorer, CachedScorer):
+        return [scorer]
+    if isinstance(scorer, MeanScorer):
+        return [s for m in scorer.scorers for s in _cached_parts(m)]
+    return []
+
+
+def score_texts(scorer: Scorer, data: ParallelData, texts: list[str]) -> dict[str, list[float | None]]:
+    """Score components (``{name: per-source score}``) of one candidate list; empty texts get None."""
+    idx = [i for i, t in enumerate(texts) if t.strip()]
+    refs = [data.references[i] for i in idx] if data.references is not None else None
+    comps = scorer.score_components([data.sources[i] for i in idx], [texts[i] for i in idx], refs, data.tgt_lang)
+    out: dict[str, list[float | None]] = {}
+    for name, values in comps.items():
+        full: list[float | None] = [None] * len(texts)
+        for i, v in zip(idx, values):
+            full[i] = v
+        out[name] = full
+    return out
+
+
+def _mean(values: list[float | None]) -> float | None:
+    xs = [v for v in values if v is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def run_job(job: Job, scorer: Scorer, cfg: DictConfig, noise: NoiseSettings) -> tuple[list[dict], dict, BuildCounts]:
+    t0 = time.time()
+    data = job.data
+    candidates: dict[str, list[str]] = {}
+    if cfg.include_ref:
+        candidates[REF] = list(data.references)
+    candidates.update(read_system_outputs(data, job.systems))
+    scores: dict[str, list[float | None]] = {}
+    components: dict[str, dict[str, list[float | None]]] = {}
+    for name, texts in candidates.items():
+        comps = score_texts(scorer, data, texts)
+        scores[name] = comps[scorer.name]
+        if len(comps) > 1:
+            components[name] = comps
+    ref_scores = scores.get(REF)
+    note = None
+    if ref_scores is None:
+        if data.references is None:
+            note = "no references in the input"
+        elif scorer.uses_reference:
+            note = f"scorer {scorer.name} uses the reference, so the reference cannot be scored against itself"
+        elif cfg.score_ref_for_report:
+            ref_scores = score_texts(scorer, data, data.references)[scorer.name]
+        else:
+            note = "score_ref_for_report=false"
+    rows, counts = build_pairs(
+        data.sources, candidates, scores, data.src_lang, data.tgt_lang, scorer.name,
+        references=data.references, scorer_identity=scorer.identity, components=components or None,
+        negatives=cfg.negatives, noise=noise,
+    )
+    stats = {
+        "direction": job.direction,
+        "input": str(data.path),
+        "format": data.format,
+        "reference": str(data.ref_path) if data.ref_path else (f"in {data.path.name}" if data.references is not None else None),
+        "systems": dict(job.systems),
+        "candidates": list(candidates),
+        "n_sources": len(data),
+        "pairs": counts.as_dict(),
+        "mean_score": {n: _mean(v) for n, v in scores.items()},
+        "win_vs_ref": None,
+        "run_time_s": round(time.time() - t0, 3),
+    }
+    if ref_scores is not None:
+        stats["mean_score"].setdefault(REF, _mean(ref_scores))
+        stats["win_vs_ref"] = {n: win_counts(v, ref_scores) for n, v in scores.items() if n != REF}
+    else:
+        stats["win_vs_ref_note"] = note
+    return rows, stats, counts
+
+
+# --------------------------------------------------------------------------- report
+def _group(direction: str) -> list[str]:
+    src, tgt = parse_direction(direction)
+    return ([XX_EN] if tgt == "en" else []) + ([EN_XX] if src == "en" else [])
+
+
+def aggregate_wins(per_direction: list[dict]) -> dict[str, dict[str, dict]]:
+    """Win counts summed over xx->en, en->xx and all directions (sources pooled, as in Table 1)."""
+    out: dict[str, dict[str, dict]] = {}
+    for st in per_direction:
+        if not st.get("win_vs_ref"):
+            continue
+        for group in _group(st["direction"]) + ["all"]:
+            for system, w in st["win_vs_ref"].items():
+                acc = out.setdefault(group, {}).setdefault(system, {"n": 0, "wins": 0, "ties": 0, "losses": 0})
+                for k in ("n", "wins", "ties", "losses"):
+                    acc[k] += w[k]
+    for systems in out.values():
+        for acc in systems.values():
+            acc["win_ratio"] = acc["wins"] / acc["n"] if acc["n"] else None
+            acc["tie_ratio"] = acc["ties"] / acc["n"] if acc["n"] else None
+    return out
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
+def markdown_report(report: dict) -> str:
+    dirs = report["directions"]
+    reasons = sorted({r for st in dirs for r in st["pairs"]["dropped"]})
+    systems: list[str] = []
+    for st in dirs:
+        for name in st["candidates"] + sorted(st["pairs"]["rejected_by_system"]):
+            if name not in systems:
+                systems.append(name)
+    total_row = {"direction": "**total**", "n_sources": report["n_sources"], "pairs": report["totals"]}
+    lines = [
+        "# Preference build report",
+        "",
+        f"- output: `{report['output']}` ({report['totals']['kept']} pairs)",
+        f"- scorer: `{report['scorer']['name']}` ({report['scorer']['identity']})",
+        f"- candidates in tie order: {', '.join(report['candidate_order'])}"
+        f" (include_ref={str(report['include_ref']).lower()})",
+        f"- negatives: {report['negatives']}" + (f" ({report['noise']})" if report["negatives"] == "noised" else ""),
+        f"- scorer cache: `{report['scorer_cache']['dir']}` ({report['scorer_cache']['hits']} hits, "
+        f"{report['scorer_cache']['misses']} scored)" if report["scorer_cache"]["dir"] else "- scorer cache: none",
+        f"- run time: {report['run_time_s']:.2f} s",
+        "",
+        "## Pairs kept and dropped",
+        "",
+        "| direction | sources | kept | dropped | " + " | ".join(reasons) + (" |" if reasons else "") + " missing candidates |",
+        "|---|---:|---:|---:|" + "---:|" * len(reasons) + "---:|",
+    ]
+    for st in dirs + [total_row]:
+        p = st["pairs"]
+        lines.append(
+            f"| {st['direction']} | {st['n_sources']} | {p['kept']} | {p['dropped_total']} | "
+            + " | ".join(str(p["dropped"].get(r, 0)) for r in reasons) + (" | " if reasons else "")
+            + f"{sum(p['missing_by_system'].values())} |"
+        )
+    lines += [
+        "",
+        "## Chosen / rejected by system",
+        "",
+        "Share of the kept pairs in which each system is the chosen (rejected) side.",
+        "",
+        "| direction | " + " | ".join(systems) + " |",
+        "|---|" + "---:|" * len(systems),
+    ]
+    for st in dirs + [total_row]:
+        p = st["pairs"]
+        kept = p["kept"] or 1
+        cells = [f"{p['chosen_by_system'].get(s, 0)} / {p['rejected_by_system'].get(s, 0)} "
+                 f"({_pct(p['chosen_by_system'].get(s, 0) / kept)} / {_pct(p['rejected_by_system'].get(s, 0) / kept)})"
+                 for s in systems]
+        lines.append(f"| {st['direction']} | " + " | ".join(cells) + " |")
+    win_systems = [s for s in systems if s != REF and any((st.get("win_vs_ref") or {}).get(s) for st in dirs)]
+    lines += ["", "## Win ratio against the reference", ""]
+    if win_systems:
+        lines += [
+            "Share of sources where the system's score is above the reference's (ties separately), "
+            "as in the paper's Table 1.",
+            "",
+            "| direction | " + " | ".join(f"{s} wins | {s} ties" for s in win_systems) + " |",
+            "|---|" + "---:|---:|" * len(win_systems),
+        ]
+        for st in dirs:
+            w = st.get("win_vs_ref") or {}
+            lines.append(f"| {st['direction']} | " + " | ".join(
+                f"{_pct(w[s]['win_ratio'])} | {_pct(w[s]['tie_ratio'])}" if s in w else " | " for s in win_systems) + " |")
+        for group, w in report["win_vs_ref_by_group"].items():
+            lines.append(f"| **{group}** | " + " | ".join(
+                f"{_pct(w[s]['win_ratio'])} | {_pct(w[s]['tie_ratio'])}" if s in w else " | " for s in win_systems) + " |")
+    else:
+        notes = sorted({st.get("win_vs_ref_note") or "" for st in dirs} - {""})
+        lines.append(f"Not available: {'; '.join(notes) or 'no reference scores'}.")
+    for st in dirs:
+        p = st["pairs"]
+        lines += [
+            "",
+            f"## {st['direction']}",
+            "",
+            f"- input: `{st['input']}` ({st['format']}, {st['n_sources']} sources); reference: {st['reference'] or 'none'}",
+        ]
+        for name, path in st["systems"].items():
+            lines.append(f"- system `{name}`: `{path}`")
+        lines += [
+            f"- pairs kept: {p['kept']}; dropped: {p['dropped_total']}"
+            + (f" ({', '.join(f'{k} {v}' for k, v in p['dropped'].items())})" if p["dropped"] else ""),
+            "- chosen: " + (", ".join(f"{k} {v}" for k, v in p["chosen_by_system"].items()) or "none"),
+            "- rejected: " + (", ".join(f"{k} {v}" for k, v in p["rejected_by_system"].items()) or "none"),
+            "- mean score: " + ", ".join(f"{k} {_num(v)}" for k, v in st["mean_score"].items()),
+        ]
+        if p["missing_by_system"]:
+            lines.append("- empty outputs left out: " + ", ".join(f"{k} {v}" for k, v in p["missing_by_system"].items()))
+        if st.get("win_vs_ref"):
+            lines.append("- against the reference (wins / ties / losses): " + ", ".join(
+                f"{k} {w['wins']}/{w['ties']}/{w['losses']}" for k, w in st["win_vs_ref"].items()))
+        else:
+            lines.append(f"- win ratio against the reference: not available ({st.get('win_vs_ref_note')})")
+        lines.append(f"- time: {st['run_time_s']:.2f} s")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- app
+def report_paths(output: Path) -> tuple[Path, Path]:
+    return output.parent / f"{output.stem}.report.md", output.parent / f"{output.stem}.report.json"
+
+
+def make_scorer(cfg: DictConfig, output: Path) -> tuple[Scorer, Path | None]:
+    cache = cfg.get("scorer_cache_dir")
+    if cache is None:
+        cache_dir: Path | None = output.parent / "scorer_cache"
+    elif str(cache).lower() in ("none", "false", "off", ""):
+        cache_dir = None
+    else:
+        cache_dir = Path(to_absolute_path(str(cache)))
+    scorer_cfg = cfg.get("scorer")
+    if scorer_cfg is None:
+        raise ValueError("scorer is not set: choose a preset of conf/scorer, e.g. scorer=kiwi_xcomet")
+    scorer = build_scorer(OmegaConf.to_container(scorer_cfg, resolve=True), cache_dir=cache_dir)
+    for part in _cached_parts(scorer):
+        part.progress = bool(cfg.progress)
+    return scorer, cache_dir
+
+
+def build(cfg: DictConfig) -> dict:
+    """The whole build; returns the report object (also written next to the output)."""
+    t0 = time.time()
+    output = Path(_abs(cfg.output, "output"))
+    md_path, json_path = report_paths(output)
+    for p in (output, md_path, json_path):
+        check_writable(p, bool(cfg.overwrite))
+    if cfg.negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}, got {cfg.negatives!r}")
+    noise = NoiseSettings(float(cfg.noise.drop_prob), float(cfg.noise.swap_prob), int(cfg.noise.seed))
+    scorer, cache_dir = make_scorer(cfg, output)
+    include_ref = bool(cfg.include_ref)
+    if include_ref and scorer.uses_reference:
+        raise ValueError(
+            f"scorer {scorer.name!r} ({scorer.identity}) is reference-based: with include_ref=true the reference "
+            "would be scored against itself and always win. Use a reference-free scorer (e.g. scorer=kiwi_xcomet, "
+            "kiwi, demo_qe) or include_ref=false to rank the systems against the reference."
+        )
+    need_refs = "required" if include_ref or scorer.requires_reference else "optional"
+    jobs = collect_jobs(cfg, need_refs)
+    order = ([REF] if include_ref else [])
+    for job in jobs:
+        n_candidates = int(include_ref) + len(job.systems)
+        if n_candidates == 0 or (cfg.negatives == "real" and n_candidates < 2):
+            raise ValueError(
+                f"direction {job.direction}: {n_candidates} candidate(s) "
+                f"({', '.join(([REF] if include_ref else []) + list(job.systems)) or 'none'}); "
+                "real negatives need at least two (add systems or include_ref=true)"
+            )
+        for name in job.systems:
+            if name not in order:
+                order.append(name)
+    all_rows: list[dict] = []
+    per_direction: list[dict] = []
+    totals = BuildCounts()
+    for job in jobs:
+        log.info("%s: %d sources, candidates %s", job.direction, len(job.data), ([REF] if include_ref else []) + list(job.systems))
+        rows, stats, counts = run_job(job, scorer, cfg, noise)
+        all_rows += rows
+        per_direction.append(stats)
+        totals.merge(counts)
+    if not all_rows:
+        log.warning("no preference pair was kept; the output is empty")
+    parts = _cached_parts(scorer)
+    report = {
+        "output": str(output),
+        "scorer": {"name": scorer.name, "identity": scorer.identity, "uses_reference": scorer.uses_reference},
+        "include_ref": include_ref,
+        "candidate_order": order,
+        "negatives": cfg.negatives,
+        "noise": {"drop_prob": noise.drop_prob, "swap_prob": noise.swap_prob, "seed": noise.seed},
+        "scorer_cache": {
+            "dir": str(cache_dir) if cache_dir else None,
+            "hits": sum(p.hits for p in parts),
+            "misses": sum(p.misses for p in parts),
+        },
+        "totals": totals.as_dict(),
+        "n_sources": sum(len(j.data) for j in jobs),
+        "directions": per_direction,
+        "win_vs_ref_by_group": aggregate_wins(per_direction),
+        "run_time_s": round(time.time() - t0, 3),
+    }
+    for p in (output, md_path, json_path):  # another run may have written them meanwhile
+        check_writable(p, bool(cfg.overwrite))
+    atomic_write_jsonl(output, all_rows)
+    atomic_write_json(json_path, report)
+    atomic_write_text(md_path, markdown_report(report))
+    return report
+
+
+@hydra.main(config_path="../conf", config_name="build_preferences", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    report = build(cfg)
+    md_path, json_path = report_paths(Path(report["output"]))
+    t = report["totals"]
+    print(
+        f"wrote {t['kept']} preference pairs ({len(report['directions'])} direction(s); dropped {t['dropped_total']} "
+        f"{t['dropped'] or ''}) to {report['output']} in {report['run_time_s']:.1f}s\nreport: {md_path} and {json_path}"
+    )
+
+
+if __name__ == "__main__":
+    main()
