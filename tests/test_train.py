@@ -121,3 +121,16 @@ def test_bad_data_file_names_line_and_field(tmp_path):
     p = subprocess.run([sys.executable, "train.py", "data=jsonl", f"data.train_file={f}", "model=hf", "model.name_or_path=x"],
                        cwd=REPO, env=_clean_env(), capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and f"{f}:2: missing field 'rejected'" in p.stderr
+
+
+def test_validation_logs_translation_quality_and_sample_table(tmp_path):
+    from cpo.wandb_offline import read_offline_run
+
+    res = run(compose(SMALL_DEMO + ["evaluate.before_after=false", "save_policy=false", "trainer.max_steps=2", "trainer.val_check_interval=2",
+                                    "evaluate.during_training.max_sentences=8"]), tmp_path)
+    assert {"val/bleu", "val/chrf", "val/demo_qe"} <= set(res["val"])
+    assert 0 <= res["val"]["val/demo_qe"] <= 1
+    r = read_offline_run(next((tmp_path / "wandb_files" / "wandb").glob("offline-run-*")))
+    keys = set().union(*r["history"])
+    assert "val/bleu" in keys and "val/samples/nrows" in keys
+    assert [h["val/samples/nrows"] for h in r["history"] if "val/samples/nrows" in h] == [8]
