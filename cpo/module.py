@@ -114,10 +114,11 @@ class PreferenceModule(L.LightningModule):
         # mean preference loss over its pairs + alpha * token-mean NLL over its tokens (eq. 3 + eq. 4).
         scale = (self.trainer.accumulate_grad_batches if train and self._trainer else 1) * (self.trainer.world_size if self._trainer else 1)
         window_pairs, window_tokens = batch["window_pairs"].clamp(min=1), batch["window_tokens"].clamp(min=1)
-        loss = scale * pref_sum / window_pairs
+        share = pref_sum / window_pairs  # this micro-batch's share of the window's loss
         if lf.alpha:
-            loss = loss + lf.alpha * scale * nll_sum / window_tokens
-        return loss, stats
+            share = share + lf.alpha * nll_sum / window_tokens
+        stats["loss_share"] = share.detach()
+        return scale * share, stats
 
     @staticmethod
     def summarize(s: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
@@ -146,6 +147,9 @@ class PreferenceModule(L.LightningModule):
         metrics = self.summarize(stats, self.loss.alpha)
         n = int(stats["pairs"])
         self.log("train/loss", metrics.pop("loss"), prog_bar=True, batch_size=n)
+        # Summed over ranks (and over a window's micro-batches) this is exactly the loss of the
+        # global batch, so runs on different device counts can be compared step by step.
+        self.log("train/loss_global", stats["loss_share"], reduce_fx="sum", sync_dist=True, on_step=True, on_epoch=False, batch_size=n)
         self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=n)
         return loss
 
@@ -156,7 +160,8 @@ class PreferenceModule(L.LightningModule):
         with torch.no_grad():
             _, stats = self.compute(batch, train=False)
         for k, v in stats.items():
-            self._val[k] = self._val.get(k, 0) + v.detach().float()
+            if k in _VAL_KEYS:
+                self._val[k] = self._val.get(k, 0) + v.detach().float()
 
     def on_validation_epoch_end(self) -> None:
         if not self._val:

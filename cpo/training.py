@@ -65,6 +65,8 @@ def demo_settings(cfg: DictConfig):
     keys = DemoSettings.__dataclass_fields__
     model_demo = OmegaConf.to_container(m.demo) if m.get("demo") is not None else {}
     merged = {k: v for k, v in {**OmegaConf.to_container(d), **model_demo}.items() if k in keys}
+    if "candidates" in merged:
+        merged["candidates"] = tuple(merged["candidates"])
     return DemoSettings(**merged)
 
 
@@ -100,10 +102,12 @@ def build_loggers(cfg: DictConfig, out_dir: Path) -> list:
     lg = cfg.logger
     if lg.name == "none":
         return []
-    if lg.name == "csv":
-        from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers import CSVLogger
 
-        return [CSVLogger(save_dir=str(out_dir), name="csv", version="")]
+    # A local CSV of every logged metric, beside W&B too: scripts/compare.py reads it with no server.
+    csv = CSVLogger(save_dir=str(out_dir), name="csv", version="")
+    if lg.name == "csv":
+        return [csv]
     wandb_dir = out_dir / "wandb_files"
     for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"), ("WANDB_CONFIG_DIR", "config")):
         (wandb_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -119,7 +123,8 @@ def build_loggers(cfg: DictConfig, out_dir: Path) -> list:
             project=lg.project, entity=lg.entity, mode=lg.mode, save_dir=str(wandb_dir), dir=str(wandb_dir),
             group=lg.group or names["group"], job_type=cfg.loss.name, name=names["name"],
             tags=list(lg.tags) + ([cfg.experiment_name] if cfg.experiment_name else []), log_model=lg.log_model,
-        )
+        ),
+        csv,
     ]
 
 
@@ -199,6 +204,10 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Train one configuration; returns the results written to ``out_dir/results.json``."""
     validate(cfg)
     out_dir = Path(out_dir)
+    if cfg.get("resume", True) and (out_dir / "results.json").exists():
+        # Re-launching a sweep into the same directory skips the jobs that already finished.
+        say(f"{out_dir}: already finished (results.json exists), skipping; pass resume=false to train again")
+        return json.loads((out_dir / "results.json").read_text())
     t_start = time.time()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = load_data(cfg)
@@ -242,7 +251,11 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         before, _ = evaluate_policy(policy, tokenizer, dm, data.test, cfg, scorers)
 
     t_fit = time.time()
-    trainer.fit(module, datamodule=dm)
+    last = out_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if cfg.get("resume", True) and last.exists() else None
+    if ckpt_path:
+        say(f"resuming from {ckpt_path}")
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     fit_seconds = time.time() - t_fit
 
     results: dict[str, Any] = {}

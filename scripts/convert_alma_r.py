@@ -151,8 +151,8 @@ def markdown_report(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-@hydra.main(config_path="../conf", config_name="convert_alma_r", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> dict:
+    """The whole conversion; returns the report object (also written next to the output)."""
     t0 = time.time()
     if cfg.get("source") in (None, ""):
         raise ValueError("source= is not set (a local ALMA-R-Preference copy or a hub name; see conf/convert_alma_r.yaml)")
@@ -191,7 +191,17 @@ def main(cfg: DictConfig) -> None:
     atomic_write_jsonl(output, records)
     atomic_write_json(json_path, report)
     atomic_write_text(md_path, markdown_report(report))
-    print(f"wrote {len(records)} examples from {len(rows)} rows to {output}\nreport: {md_path} and {json_path}")
+    return report
+
+
+@hydra.main(config_path="../conf", config_name="convert_alma_r", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    report = run(cfg)
+    output = Path(report["output"])
+    print(
+        f"wrote {report['kept']} examples from {report['rows']} rows to {output}\n"
+        f"report: {output.parent / (output.stem + '.report.md')} and .report.json"
+    )
 
 
 if __name__ == "__main__":

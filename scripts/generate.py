@@ -56,6 +56,7 @@ def resolve_model_path(name: str, field: str) -> str:
 def resolve_model_and_adapter(model: str | None, adapter: str | None) -> tuple[str, str | None]:
     """(base model, adapter folder or None) from the two settings (see the module docstring)."""
     model_path = resolve_model_path(model, "model") if model else None
+    given = adapter
     if adapter is None and model_path and (Path(model_path) / "adapter_config.json").is_file():
         adapter, model_path = model_path, None
     elif adapter is not None:
@@ -66,7 +67,7 @@ def resolve_model_and_adapter(model: str | None, adapter: str | None) -> tuple[s
         return model_path, None
     config_file = Path(adapter) / "adapter_config.json"
     if Path(adapter).is_dir() and not config_file.is_file():
-        raise FileNotFoundError(f"adapter={adapter}: no adapter_config.json in that folder (is it a peft adapter?)")
+        raise FileNotFoundError(f"adapter={given}: {adapter} has no adapter_config.json (is it a peft adapter folder?)")
     if model_path is None:
         if not config_file.is_file():
             raise ValueError(f"adapter={adapter} is a hub name; give its base model with model=")
@@ -167,8 +168,8 @@ def model_settings(cfg: DictConfig) -> tuple[str | None, str | None]:
     return (str(name) if name else None), adapter
 
 
-@hydra.main(config_path="../conf", config_name="generate", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> dict:
+    """The whole job; returns a summary (output path, count, direction, timings)."""
     from cpo.generation import translate
 
     t0 = time.time()
@@ -205,9 +206,24 @@ def main(cfg: DictConfig) -> None:
     empty = [i + 1 for i, h in enumerate(hyps) if not h.strip()]
     if empty:
         log.warning("%d empty hypotheses (input lines %s%s)", len(empty), ", ".join(map(str, empty[:10])), " ..." if len(empty) > 10 else "")
+    return {
+        "output": str(output),
+        "n": len(hyps),
+        "direction": data.direction,
+        "model": model_path,
+        "adapter": adapter,
+        "empty": len(empty),
+        "run_time_s": time.time() - t0,
+        "generate_s": gen_s,
+    }
+
+
+@hydra.main(config_path="../conf", config_name="generate", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    out = run(cfg)
     print(
-        f"wrote {len(hyps)} translations ({data.direction}) to {output} "
-        f"in {time.time() - t0:.1f}s ({len(hyps) / max(gen_s, 1e-9):.1f} sentences/s generating)"
+        f"wrote {out['n']} translations ({out['direction']}) to {out['output']} in {out['run_time_s']:.1f}s "
+        f"({out['n'] / max(out['generate_s'], 1e-9):.1f} sentences/s generating)"
     )
 
 

@@ -44,108 +44,143 @@ class DemoSettings:
     warm_start_steps: int = 800
     warm_start_lr: float = 3e-3
     warm_start_batch_size: int = 32
-    own_candidates: bool = True  # the warm start's own translations join the candidates
+    # Candidate systems in tie-breaking order: ref (the gilded reference), the demo systems
+    # (strong, weak) and warm_start (the warm-start model's own translations).
+    candidates: tuple[str, ...] = ("ref", "strong", "weak", "warm_start")
+    negatives: str = "real"  # or "noised": the rejected side is a noised copy of the chosen one
+
+    PAIR_FIELDS = ("candidates", "negatives")
 
     def key(self) -> str:
-        blob = json.dumps({"version": VERSION, **asdict(self)}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+        """Key of the corpus, tokenizer and warm start (shared by every candidate set)."""
+        base = {k: v for k, v in asdict(self).items() if k not in self.PAIR_FIELDS}
+        return _hash({"version": VERSION, **base})
+
+    def pairs_key(self) -> str:
+        return _hash({k: getattr(self, k) for k in self.PAIR_FIELDS})
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
 class DemoAssets:
-    root: Path
+    root: Path  # corpus, tokenizer, warm start, test set
+    pairs: Path  # one candidate set's preference pairs, inside root
 
     @property
     def model_dir(self) -> Path:
         return self.root / "warm_start"
 
     @property
-    def train_file(self) -> Path:
-        return self.root / "train.jsonl"
-
-    @property
-    def val_file(self) -> Path:
-        return self.root / "val.jsonl"
-
-    @property
     def test_file(self) -> Path:
         return self.root / "test.jsonl"
 
     @property
+    def train_file(self) -> Path:
+        return self.pairs / "train.jsonl"
+
+    @property
+    def val_file(self) -> Path:
+        return self.pairs / "val.jsonl"
+
+    @property
     def report_file(self) -> Path:
-        return self.root / "build_report.json"
+        return self.pairs / "build_report.json"
 
 
 def ensure_demo_assets(cache_dir: str | os.PathLike, settings: DemoSettings = DemoSettings(), progress=print) -> DemoAssets:
-    """The cached assets for ``settings``, building them on first use (about a minute on a laptop CPU)."""
+    """The cached assets for ``settings``, building what is missing (about half a minute on a laptop CPU)."""
     root = Path(cache_dir).expanduser() / "demo" / f"{VERSION}-{settings.key()}"
-    if (root / "DONE").exists():
-        return DemoAssets(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    assets = DemoAssets(root, root / f"pairs-{settings.pairs_key()}")
+    _build_once(root, lambda tmp: _build_base(tmp, settings, progress), progress, "warm start and test set")
+    _build_once(assets.pairs, lambda tmp: _build_pairs(assets, tmp, settings, progress), progress, "preference pairs")
+    return assets
+
+
+def _build_once(final: Path, build, progress, what: str) -> None:
+    """Build into a temporary folder and rename it into place; a finished folder is reused."""
+    if (final / "DONE").exists():
+        return
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         t0 = time.time()
-        progress(f"[demo] building assets in {root} (first run only)")
-        _build(DemoAssets(tmp), settings, progress)
+        progress(f"[demo] building {what} in {final} (first run only)")
+        build(tmp)
         (tmp / "DONE").write_text(f"built in {time.time() - t0:.1f}s\n")
+        if final.exists():  # an unfinished leftover of a killed run
+            shutil.rmtree(final, ignore_errors=True)
         try:
-            os.replace(tmp, root)
+            os.replace(tmp, final)
         except OSError:  # another process finished first: theirs is identical
             shutil.rmtree(tmp, ignore_errors=True)
-        progress(f"[demo] assets ready in {time.time() - t0:.1f}s")
+        progress(f"[demo] {what} ready in {time.time() - t0:.1f}s")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return DemoAssets(root)
 
 
-def _build(assets: DemoAssets, s: DemoSettings, progress) -> None:
-    from cpo.data import format_prompt
+def _split(s: DemoSettings):
     from cpo.demo.language import gilded_references, reference_habits, sample_sentences
-    from cpo.demo.quality import DemoQualityEstimator
-    from cpo.demo.systems import DEFAULT_SYSTEMS
-    from cpo.preferences import build_pairs
-    from cpo.tiny import build_tiny_llama, save_model_and_tokenizer, train_bpe_tokenizer
 
     n_pref = s.n_train_sources + s.n_val_sources
     sents = sample_sentences(s.n_parallel + n_pref + s.n_test_sources, s.seed)
     parallel, pref, test = sents[: s.n_parallel], sents[s.n_parallel : s.n_parallel + n_pref], sents[s.n_parallel + n_pref :]
     habits = reference_habits(s.seed)
-    par_refs = gilded_references(parallel, s.reference_flaw_rate, s.seed, habits=habits)
-    pref_refs = gilded_references(pref, s.reference_flaw_rate, s.seed, habits=habits)
+    return sents, parallel, pref, test, habits, gilded_references(parallel, s.reference_flaw_rate, s.seed, habits=habits), gilded_references(pref, s.reference_flaw_rate, s.seed, habits=habits)
 
+
+def _build_base(tmp: Path, s: DemoSettings, progress) -> None:
+    from cpo.data import format_prompt
+    from cpo.tiny import build_tiny_llama, save_model_and_tokenizer, train_bpe_tokenizer
+
+    sents, parallel, _, test, habits, par_refs, _ = _split(s)
     progress("[demo] training the tokenizer")
     texts = [x.source for x in sents] + [x.translation for x in sents] + par_refs + [format_prompt("x", SRC, TGT)]
     tok = train_bpe_tokenizer(texts, s.vocab_size)
     model = build_tiny_llama(tok, s.hidden_size, s.num_hidden_layers, s.num_attention_heads, s.num_key_value_heads, seed=s.seed)
-
     progress(f"[demo] warm start: supervised training on {len(parallel)} gilded references ({s.warm_start_steps} steps)")
     warm_start(model, tok, [x.source for x in parallel], par_refs, s, progress)
-    save_model_and_tokenizer(model, tok, assets.model_dir)
+    save_model_and_tokenizer(model, tok, tmp / "warm_start")
+    atomic_write_jsonl(tmp / "test.jsonl", [{"source": x.source, "reference": x.translation, "src_lang": SRC, "tgt_lang": TGT} for x in test])
+    atomic_write_json(tmp / "habits.json", {"dropped": sorted(habits.dropped), "untranslated": sorted(habits.untranslated), "confused_numbers": habits.confused_numbers})
 
-    progress("[demo] candidates: reference, demo systems" + (", warm-start translations" if s.own_candidates else ""))
-    candidates = {"ref": pref_refs}
-    for system in DEFAULT_SYSTEMS:
-        candidates[system.name] = system.translate(pref, s.seed)
-    if s.own_candidates:
-        from cpo.generation import translate
 
-        candidates["warm_start"] = translate(model, tok, [x.source for x in pref], SRC, TGT, batch_size=128, num_beams=1, max_new_tokens=48)
+def _build_pairs(assets: DemoAssets, tmp: Path, s: DemoSettings, progress) -> None:
+    from cpo.demo.quality import DemoQualityEstimator
+    from cpo.demo.systems import DEFAULT_SYSTEMS
+    from cpo.preferences import build_pairs
+
+    _, _, pref, _, _, _, pref_refs = _split(s)
+    systems = {x.name: x for x in DEFAULT_SYSTEMS}
+    unknown = [c for c in s.candidates if c not in ("ref", "warm_start", *systems)]
+    if unknown or len(s.candidates) < (1 if s.negatives == "noised" else 2):
+        raise ValueError(f"data.candidates={list(s.candidates)}: need two or more of ref, warm_start, {', '.join(systems)}")
+    progress(f"[demo] candidates {list(s.candidates)}, negatives {s.negatives}")
+    candidates: dict[str, list[str]] = {}
+    for name in s.candidates:
+        if name == "ref":
+            candidates[name] = pref_refs
+        elif name == "warm_start":
+            from cpo.generation import translate
+            from cpo.models import load_causal_lm, load_tokenizer
+
+            model, tok = load_causal_lm(str(assets.model_dir)), load_tokenizer(str(assets.model_dir))
+            candidates[name] = translate(model, tok, [x.source for x in pref], SRC, TGT, batch_size=128, num_beams=1, max_new_tokens=48)
+        else:
+            candidates[name] = systems[name].translate(pref, s.seed)
     qe = DemoQualityEstimator()
     sources = [x.source for x in pref]
     scores = {name: qe.score(sources, texts) for name, texts in candidates.items()}
-    rows, counts = build_pairs(sources, candidates, scores, SRC, TGT, qe.identity, references=pref_refs)
+    # The same selection code as scripts/build_preferences.py (SPEC section 2 rule).
+    rows, counts = build_pairs(sources, candidates, scores, SRC, TGT, qe.identity, references=pref_refs, negatives=s.negatives)
     val_sources = {x.source for x in pref[s.n_train_sources :]}
-    atomic_write_jsonl(assets.train_file, [r for r in rows if r["source"] not in val_sources])
-    atomic_write_jsonl(assets.val_file, [r for r in rows if r["source"] in val_sources])
-    atomic_write_jsonl(assets.test_file, [{"source": x.source, "reference": x.translation, "src_lang": SRC, "tgt_lang": TGT} for x in test])
-    report = {
-        "settings": asdict(s),
-        "habits": {"dropped": sorted(habits.dropped), "untranslated": sorted(habits.untranslated), "confused_numbers": habits.confused_numbers},
-        "candidate_mean_qe": {n: sum(v) / len(v) for n, v in scores.items()},
-        "pairs": counts.as_dict(),
-    }
-    atomic_write_json(assets.report_file, report)
+    atomic_write_jsonl(tmp / "train.jsonl", [r for r in rows if r["source"] not in val_sources])
+    atomic_write_jsonl(tmp / "val.jsonl", [r for r in rows if r["source"] in val_sources])
+    report = {"settings": asdict(s), "candidate_mean_qe": {n: sum(v) / len(v) for n, v in scores.items()}, "pairs": counts.as_dict()}
+    atomic_write_json(tmp / "build_report.json", report)
     progress(f"[demo] {counts.kept} preference pairs kept, {sum(counts.dropped.values())} dropped {dict(counts.dropped)}; "
              f"mean QE by candidate: " + ", ".join(f"{n} {v:.3f}" for n, v in report["candidate_mean_qe"].items()))
 

@@ -1,0 +1,178 @@
+"""scripts/generate.py on a tiny locally built model: aligned output, input formats, overwrite
+refusal, a LoRA adapter folder, and clear errors for a missing model or an empty source line."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+GEN = ["num_beams=2", "max_new_tokens=6", "batch_size=4", "progress=false"]
+
+
+def _write(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def _load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_app_{Path(name).stem}", REPO / "scripts" / name)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_all(arg_lists: list[list[str]], cwd: Path) -> list[subprocess.CompletedProcess]:
+    """Independent invocations of the app, started together."""
+    procs = [
+        subprocess.Popen([sys.executable, str(REPO / "scripts" / "generate.py"), *a], cwd=cwd,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for a in arg_lists
+    ]
+    out = []
+    for a, p in zip(arg_lists, procs):
+        stdout, stderr = p.communicate(timeout=300)
+        out.append(subprocess.CompletedProcess(a, p.returncode, stdout, stderr))
+    return out
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A tiny Llama saved as a model folder, a LoRA adapter on it, and demo inputs in three formats."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from cpo.data import format_prompt
+    from cpo.demo import sample_sentences
+    from cpo.tiny import build_tiny_llama, save_model_and_tokenizer, train_bpe_tokenizer
+
+    root = tmp_path_factory.mktemp("generate")
+    sentences = sample_sentences(40, seed=2)
+    tok = train_bpe_tokenizer([s.source for s in sentences] + [s.translation for s in sentences]
+                              + [format_prompt("x", "zb", "en"), format_prompt("x", "en", "zb")], 300)
+    save_model_and_tokenizer(build_tiny_llama(tok, hidden_size=32, seed=0), tok, root / "model")
+    base = AutoModelForCausalLM.from_pretrained(root / "model")
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    peft_model = get_peft_model(base, lora)
+    peft_model.save_pretrained(root / "policy")  # like a trained run's saved policy: adapter + tokenizer
+    tok.save_pretrained(root / "policy")
+    assert json.loads((root / "policy" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(root / "model")
+    _write(root / "src.zb", [s.source for s in sentences[:7]])
+    _write(root / "empty.zb", [sentences[0].source, " ", sentences[1].source])
+    (root / "test.en-zb.json").write_text(json.dumps(
+        [{"translation": {"en": s.translation, "zb": s.source}} for s in sentences[:5]]), encoding="utf-8")
+    (root / "test.jsonl").write_text("".join(
+        json.dumps({"source": s.source, "reference": s.translation, "src_lang": "zb", "tgt_lang": "en"}) + "\n"
+        for s in sentences[:3]), encoding="utf-8")
+    return root
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_bytes().decode("utf-8").split("\n")[:-1]
+
+
+def _compose(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    app = _load_script("generate.py")
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return compose("generate", overrides=app.rewrite_model_argument(list(overrides)))
+
+
+def test_generate_app(workdir):
+    """Through the command line: a full model, and a saved policy folder (adapter + tokenizer) alone."""
+    w = workdir
+    base, policy = _run_all([
+        ["model=model", "input=src.zb", "src_lang=zb", "tgt_lang=en", "output=out/base.txt", *GEN, f"hydra.run.dir={w / 'r1'}"],
+        # the policy folder alone: an adapter whose base model is read from adapter_config.json
+        ["model=policy", "input=src.zb", "src_lang=zb", "tgt_lang=en", "output=out/policy.txt", *GEN,
+         "merge_adapter=false", f"hydra.run.dir={w / 'r2'}"],
+    ], w)
+    for proc in (base, policy):
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(_lines(w / "out" / "base.txt")) == 7 and len(_lines(w / "out" / "policy.txt")) == 7
+    assert "wrote 7 translations (zb-en)" in base.stdout
+    assert not list((w / "out").glob(".*.tmp"))
+
+    # The adapter is really applied: the app's output equals an in-process PeftModel's, which differs from the base's.
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from cpo.generation import translate
+    from cpo.models import load_tokenizer
+
+    torch.set_num_threads(1)
+    sources = _lines(w / "src.zb")
+    tok = load_tokenizer(str(w / "model"))
+    kw = dict(batch_size=4, num_beams=2, max_new_tokens=6)
+    plain = AutoModelForCausalLM.from_pretrained(w / "model")
+    assert translate(plain, tok, sources, "zb", "en", **kw) == _lines(w / "out" / "base.txt")
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(w / "model"), w / "policy")
+    expected = translate(with_adapter, tok, sources, "zb", "en", **kw)
+    assert expected == _lines(w / "out" / "policy.txt")
+    assert expected != _lines(w / "out" / "base.txt")
+
+
+def test_generate_in_process(workdir, monkeypatch):
+    """The same app through run(): other input formats, adapter= with merging, overwrite, errors."""
+    app = _load_script("generate.py")
+    w = workdir
+    monkeypatch.chdir(w)  # relative paths resolve against the launch directory
+    # base + adapter given separately (merged), ALMA JSON input with the direction from its file name
+    out = app.run(_compose("model=model", "adapter=policy", "input=test.en-zb.json", "output=out2/alma.txt", *GEN))
+    assert (out["n"], out["direction"], out["adapter"]) == (5, "en-zb", str(w / "policy"))
+    assert len(_lines(w / "out2" / "alma.txt")) == 5
+    out = app.run(_compose("model=model", "input=test.jsonl", "output=out2/jsonl.txt", *GEN))
+    assert (out["n"], out["direction"]) == (3, "zb-en") and len(_lines(w / "out2" / "jsonl.txt")) == 3
+    # the policy folder alone, adapter merged into the weights (the default)
+    app.run(_compose("model=policy", "input=src.zb", "src_lang=zb", "tgt_lang=en", "output=out2/merged.txt", *GEN))
+    merged = _lines(w / "out2" / "merged.txt")
+    assert len(merged) == 7
+
+    # An existing output is kept unless overwrite=true (checked before the model is loaded).
+    before = (w / "out2" / "jsonl.txt").read_bytes()
+    with pytest.raises(FileExistsError, match="exists; pass overwrite=true"):
+        app.run(_compose("model=./no/such/model", "input=test.jsonl", "output=out2/jsonl.txt", *GEN))
+    assert (w / "out2" / "jsonl.txt").read_bytes() == before
+    app.run(_compose("model=model", "input=src.zb", "src_lang=zb", "tgt_lang=en", "output=out2/jsonl.txt", "overwrite=true", *GEN))
+    assert len(_lines(w / "out2" / "jsonl.txt")) == 7
+
+    with pytest.raises(FileNotFoundError, match=r"model=\./no/such/model: .*no/such/model does not exist"):
+        app.run(_compose("model=./no/such/model", "input=src.zb", "src_lang=zb", "tgt_lang=en", "output=out2/x.txt"))
+    from cpo.io import DataError
+
+    with pytest.raises(DataError, match=r"empty\.zb:2: empty source line"):
+        app.run(_compose("model=model", "input=empty.zb", "src_lang=zb", "tgt_lang=en", "output=out2/y.txt"))
+    with pytest.raises(ValueError, match="needs src_lang"):
+        app.run(_compose("model=model", "input=src.zb", "output=out2/z.txt"))
+    with pytest.raises(ValueError, match="model= is not set"):
+        app.run(_compose("input=src.zb", "src_lang=zb", "tgt_lang=en", "output=out2/z.txt"))
+    assert not any((w / "out2" / n).exists() for n in ("x.txt", "y.txt", "z.txt"))
+
+
+def test_model_resolution(workdir, monkeypatch):
+    app = _load_script("generate.py")
+    w = workdir
+    monkeypatch.chdir(w)
+    assert app.resolve_model_and_adapter("model", None) == (str(w / "model"), None)
+    assert app.resolve_model_and_adapter("policy", None) == (str(w / "model"), str(w / "policy"))
+    assert app.resolve_model_and_adapter("model", "policy") == (str(w / "model"), str(w / "policy"))
+    assert app.resolve_model_and_adapter("haoranxu/ALMA-13B-R", None) == ("haoranxu/ALMA-13B-R", None)
+    with pytest.raises(FileNotFoundError, match="adapter=model: .* has no adapter_config.json"):
+        app.resolve_model_and_adapter("model", "model")
+    with pytest.raises(FileNotFoundError, match="nothere"):
+        app.resolve_model_and_adapter("./nothere", None)
+    with pytest.raises(ValueError, match="model= is not set"):
+        app.resolve_model_and_adapter(None, None)
+    assert app.rewrite_model_argument(["model=/x/y", "input=a"]) == ["model=hf", "model.name_or_path=/x/y", "input=a"]
+    assert app.rewrite_model_argument(["model=alma-13b-lora"]) == ["model=alma-13b-lora"]
+    assert app.one_line("a\rb\u2028c") == "a b c"
