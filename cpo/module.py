@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import lightning as L
 import torch
@@ -41,9 +41,12 @@ _VAL_KEYS = (
 
 
 class PreferenceModule(L.LightningModule):
+    """``policy`` is a built model, or a zero-argument factory that ``configure_model`` calls: sharded
+    strategies (FSDP, DeepSpeed ZeRO-3) then wrap the model as it is created, on the right device."""
+
     def __init__(
         self,
-        policy: nn.Module,
+        policy: nn.Module | Callable[[], nn.Module],
         loss: PreferenceLoss,
         optim: OptimSettings,
         pad_id: int,
@@ -51,13 +54,21 @@ class PreferenceModule(L.LightningModule):
         shared_prompt: bool = False,
     ):
         super().__init__()
-        self.policy = policy
+        if isinstance(policy, nn.Module):
+            self.policy = policy
+        else:
+            self.policy = None
+            self._policy_factory = policy
         self.loss = loss
         self.optim = optim
         self.pad_id = pad_id
         self.reference = reference
         self.shared_prompt = shared_prompt
         self._val: dict[str, Tensor] = {}
+
+    def configure_model(self) -> None:
+        if self.policy is None:
+            self.policy = self._policy_factory()
 
     # ------------------------------------------------------------------ forward pieces
     def _logps(self, model: nn.Module, batch: dict, sides: Sequence[str]) -> dict[str, CompletionLogps]:

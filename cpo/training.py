@@ -215,9 +215,15 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     tokenizer = load_tokenizer(data.model_path)
     m = cfg.model
     lora = LoraSettings(**OmegaConf.to_container(m.lora)) if m.lora is not None else None
-    policy = build_policy(data.model_path, m.dtype, lora, m.gradient_checkpointing, m.attn_implementation, m.trust_remote_code)
-    trainable, total = count_parameters(policy)
-    say(f"policy {m.name}: {trainable:,} trainable of {total:,} parameters" + (" (LoRA)" if is_peft(policy) else ""))
+    def make_policy():
+        return build_policy(data.model_path, m.dtype, lora, m.gradient_checkpointing, m.attn_implementation, m.trust_remote_code)
+
+    # Sharded strategies (FSDP, ZeRO-3) build the model in LightningModule.configure_model instead.
+    lazy = bool(cfg.get("build_in_configure_model", False))
+    policy = None if lazy else make_policy()
+    trainable, total = count_parameters(policy) if policy is not None else (0, 0)
+    if policy is not None:
+        say(f"policy {m.name}: {trainable:,} trainable of {total:,} parameters" + (" (LoRA)" if is_peft(policy) else ""))
 
     loss = build_loss(cfg)
     d = cfg.data
@@ -230,13 +236,17 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
 
     reference = None
     if loss.needs_reference_model:
+        if lazy and cfg.loss.reference != "adapter_disabled":
+            from cpo.config import ConfigError
+
+            raise ConfigError("with build_in_configure_model=true, DPO needs loss.reference=adapter_disabled (LoRA)")
         if cfg.loss.reference == "cached":
             attach_cached_reference(cfg, policy, dm, data.model_path)
         else:
             reference = build_reference(cfg.loss.reference, policy)
             say(f"DPO reference: {reference.mode}")
 
-    module = PreferenceModule(policy, loss, OptimSettings(**OmegaConf.to_container(cfg.optim)), dm.collator.pad_id, reference, cfg.shared_prompt)
+    module = PreferenceModule(policy if policy is not None else make_policy, loss, OptimSettings(**OmegaConf.to_container(cfg.optim)), dm.collator.pad_id, reference, cfg.shared_prompt)
     loggers = build_loggers(cfg, out_dir)
     from cpo.callbacks import build_callbacks
 
@@ -246,7 +256,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
 
     scorers = default_scorers(cfg) if cfg.evaluate.before_after else []
     before = None
-    if cfg.evaluate.before_after and rank_zero_only.rank == 0:
+    if cfg.evaluate.before_after and rank_zero_only.rank == 0 and policy is not None:
         say("evaluating the starting policy on held-out data")
         before, _ = evaluate_policy(policy, tokenizer, dm, data.test, cfg, scorers)
 
@@ -258,6 +268,11 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     fit_seconds = time.time() - t_fit
 
+    policy = module.policy
+    # Gathered through the strategy (a collective under FSDP/ZeRO-3), so every rank takes part.
+    state = trainer.strategy.lightning_module_state_dict() if cfg.save_policy else None
+    if lazy and trainer.is_global_zero:
+        trainable, total = count_parameters(policy)
     results: dict[str, Any] = {}
     if trainer.is_global_zero:
         results = {
@@ -282,7 +297,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
                 lg.log_metrics({f"test/{k}": v for k, v in after.items() if isinstance(v, (int, float)) and k != "pairs"})
         if cfg.save_policy:
             save_dir = out_dir / "policy"
-            policy.save_pretrained(save_dir)
+            sd = {k[len("policy.") :]: v for k, v in state.items() if k.startswith("policy.")}
+            policy.save_pretrained(save_dir, state_dict=sd)
             tokenizer.save_pretrained(save_dir)
             results["policy_dir"] = str(save_dir)
             say(f"saved policy to {save_dir}")

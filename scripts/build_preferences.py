@@ -269,23 +269,22 @@ def markdown_report(report: dict) -> str:
         f"- scorer: `{report['scorer']['name']}` ({report['scorer']['identity']})",
         f"- candidates in tie order: {', '.join(report['candidate_order'])}"
         f" (include_ref={str(report['include_ref']).lower()})",
-        f"- negatives: {report['negatives']}" + (f" ({report['noise']})" if report["negatives"] == "noised" else ""),
+        f"- negatives: {report['negatives']}"
+        + (" (" + ", ".join(f"{k} {v}" for k, v in report["noise"].items()) + ")" if report["negatives"] == "noised" else ""),
         f"- scorer cache: `{report['scorer_cache']['dir']}` ({report['scorer_cache']['hits']} hits, "
         f"{report['scorer_cache']['misses']} scored)" if report["scorer_cache"]["dir"] else "- scorer cache: none",
         f"- run time: {report['run_time_s']:.2f} s",
         "",
         "## Pairs kept and dropped",
         "",
-        "| direction | sources | kept | dropped | " + " | ".join(reasons) + (" |" if reasons else "") + " missing candidates |",
+        "| " + " | ".join(["direction", "sources", "kept", "dropped", *reasons, "missing candidates"]) + " |",
         "|---|---:|---:|---:|" + "---:|" * len(reasons) + "---:|",
     ]
     for st in dirs + [total_row]:
         p = st["pairs"]
-        lines.append(
-            f"| {st['direction']} | {st['n_sources']} | {p['kept']} | {p['dropped_total']} | "
-            + " | ".join(str(p["dropped"].get(r, 0)) for r in reasons) + (" | " if reasons else "")
-            + f"{sum(p['missing_by_system'].values())} |"
-        )
+        cells = [st["direction"], st["n_sources"], p["kept"], p["dropped_total"],
+                 *(p["dropped"].get(r, 0) for r in reasons), sum(p["missing_by_system"].values())]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     lines += [
         "",
         "## Chosen / rejected by system",
@@ -448,8 +447,9 @@ def main(cfg: DictConfig) -> None:
     md_path, json_path = report_paths(Path(report["output"]))
     t = report["totals"]
     print(
-        f"wrote {t['kept']} preference pairs ({len(report['directions'])} direction(s); dropped {t['dropped_total']} "
-        f"{t['dropped'] or ''}) to {report['output']} in {report['run_time_s']:.1f}s\nreport: {md_path} and {json_path}"
+        f"wrote {t['kept']} preference pairs ({len(report['directions'])} direction(s); dropped {t['dropped_total']}"
+        f"{' ' + str(t['dropped']) if t['dropped'] else ''}) to {report['output']} in {report['run_time_s']:.1f}s\n"
+        f"report: {md_path} and {json_path}"
     )
 
 
