@@ -22,9 +22,10 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -153,8 +154,8 @@ def history_to_curve(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
             continue
         rec: dict[str, Any] = {"step": step}
         for k, v in row.items():
-            if k.startswith(("train/", "val/", "test/")) and isinstance(v, (int, float)) and not isinstance(v, bool):
-                rec[k] = float(v)
+            if k.startswith(("train/", "val/", "test/")) and "/samples/" not in k and _number(v) is not None:
+                rec[k] = float(v)  # ("val/samples/*": a W&B table's bookkeeping, not a metric)
         if len(rec) > 1:
             out.append(rec)
     if not out:
@@ -232,10 +233,7 @@ def assign_labels(jobs: Sequence[JobResult], ignored: Iterable[str] = IGNORED_KE
     ignored = tuple(ignored)
     for j in jobs:
         j.config_overrides = {k: v for k, v in j.overrides.items() if not is_ignored(k, ignored)}
-    keys: list[str] = []
-    for j in jobs:
-        keys += [k for k in j.config_overrides if k not in keys]
-    varying = [k for k in keys if len({j.config_overrides.get(k) for j in jobs}) > 1]
+    varying = varying_keys(jobs)
     for j in jobs:
         parts = [f"{k}={j.config_overrides[k]}" for k in varying if k in j.config_overrides]
         j.label = ",".join(parts) or ",".join(f"{k}={v}" for k, v in j.config_overrides.items()) or "default"
@@ -243,6 +241,7 @@ def assign_labels(jobs: Sequence[JobResult], ignored: Iterable[str] = IGNORED_KE
 
 
 def varying_keys(jobs: Sequence[JobResult]) -> list[str]:
+    """Configuration keys whose value (or presence) differs between jobs, in first-seen order."""
     keys: list[str] = []
     for j in jobs:
         keys += [k for k in j.config_overrides if k not in keys]
@@ -631,6 +630,12 @@ def plot_curves(jobs: Sequence[JobResult], metrics: Sequence[str], path: Path, t
             ax.plot(x, mean, color=colors[lab], label=lab, marker="o" if len(x) <= 12 else None, ms=3)
             if n > 1:
                 ax.fill_between(x, mean - std, mean + std, color=colors[lab], alpha=0.2, linewidth=0)
+        missing = [lab for lab in labels if data[m][lab] is None]
+        if missing:  # e.g. SFT logs no train/rewards/*: say so rather than leave the reader guessing
+            note = "not logged by: " + ", ".join(missing)
+            if len(note) > 60:
+                note = f"not logged by {len(missing)} of {len(labels)} configurations"
+            ax.text(0.01, 0.01, note, transform=ax.transAxes, fontsize="x-small", color="dimgray", va="bottom", ha="left")
         ax.set_title(m, fontsize="medium")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -682,6 +687,9 @@ def plot_beta(jobs: Sequence[JobResult], df: pd.DataFrame, path: Path) -> tuple[
             ax.errorbar(x, y, yerr=np.where(np.isfinite(e), e, 0.0), color=colors[fam], label=fam, marker="o", ms=4, capsize=3)
         if log_x:
             ax.set_xscale("log")
+            ticks = sorted({b for p in points.values() for b, _ in p})
+            ax.set_xticks(ticks, [f"{b:g}" for b in ticks])
+            ax.minorticks_off()
         ax.set_title(m + (" ↑" if higher_is_better(m) else " ↓"), fontsize="medium")
         ax.set_xlabel(key)
         ax.grid(alpha=0.3, which="both")
@@ -691,11 +699,14 @@ def plot_beta(jobs: Sequence[JobResult], df: pd.DataFrame, path: Path) -> tuple[
     return str(path), "" if log_x else f"{key} has values ≤ 0: linear x axis"
 
 
-def plot_bars(df: pd.DataFrame, metrics: Sequence[str], path: Path, title: str) -> str | None:
-    """One panel per metric, one bar per configuration with std error bars."""
+def plot_bars(df: pd.DataFrame, metrics: Sequence[str], path: Path, title: str, zoom: bool = True) -> str | None:
+    """One panel per metric, one bar per configuration with std error bars. ``zoom``: let the y axis start
+    above 0 to show small differences of large positive values (not for deltas, where 0 is the point)."""
     metrics = [m for m in metrics if np.isfinite(pd.to_numeric(df[f"{m}_mean"], errors="coerce")).any()]
     if not metrics:
         return None
+    has_data = np.column_stack([np.isfinite(pd.to_numeric(df[f"{m}_mean"], errors="coerce")) for m in metrics]).any(axis=1)
+    df = df[has_data]  # configurations whose every job failed have no bar
     labels = list(df["config"])
     colors = _colors(labels)
     fig, axes = _figure(len(metrics), width=max(3.6, 0.55 * len(labels) + 2.0), height=3.8)
@@ -705,13 +716,20 @@ def plot_bars(df: pd.DataFrame, metrics: Sequence[str], path: Path, title: str) 
         stds = np.nan_to_num(pd.to_numeric(df[f"{m}_std"], errors="coerce").to_numpy(dtype=float))
         ax.bar(x, np.nan_to_num(means), yerr=stds, capsize=4, color=[colors[lab] for lab in labels], edgecolor="black", linewidth=0.5)
         finite = means[np.isfinite(means)]
-        if finite.size and np.all(finite > 0):  # zoom in on the differences (bars need not start at 0)
+        zoomed = False
+        if zoom and finite.size and np.all(finite > 0):  # zoom in on the differences: the axis then need not start at 0
             lo = np.nanmin(means - stds)
             hi = np.nanmax(means + stds)
             pad = max(hi - lo, abs(hi) * 1e-3) * 0.35
+            zoomed = lo - pad > 0
             ax.set_ylim(max(0.0, lo - pad), hi + pad)
+        y0 = max(ax.get_ylim()[0], 0.0) if np.all(finite >= 0) else ax.get_ylim()[0]
+        for xi, mean in zip(x, means):  # the value at the foot of each bar, clear of the error bar
+            if np.isfinite(mean):
+                ax.annotate(fmt(mean), (xi, y0), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
+                            fontsize="x-small", bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
         ax.set_xticks(x, labels, rotation=30 if len(labels) > 2 else 0, ha="right" if len(labels) > 2 else "center", fontsize="small")
-        ax.set_title(m + (" ↑" if higher_is_better(m) else " ↓"), fontsize="medium")
+        ax.set_title(m + (" ↑" if higher_is_better(m) else " ↓") + (" (y axis zoomed)" if zoomed else ""), fontsize="medium")
         ax.grid(alpha=0.3, axis="y")
         ax.axhline(0, color="black", linewidth=0.6)
     fig.suptitle(title, fontsize="medium")
@@ -747,7 +765,7 @@ def make_plots(jobs: Sequence[JobResult], df: pd.DataFrame, plot_dir: str | os.P
                                           "held-out test metrics after training (mean ± std over seeds)"),
         "no held-out test metrics (evaluate.before_after=false?)")
     run("test deltas", lambda: plot_bars(df, [m for m in metrics if m.startswith("delta/")], plot_dir / "test_deltas.png",
-                                         "after − before training (mean ± std over seeds)"),
+                                         "after − before training (mean ± std over seeds)", zoom=False),
         "no before/after pairs (evaluate.before_after=false, or W&B source)")
     produced = {Path(p).name for p in made.values()}
     for stale in PLOT_FILES:  # a plot skipped this time must not leave last time's file behind

@@ -142,7 +142,10 @@ def run_names(cfg: DictConfig) -> dict[str, str | None]:
     varying = sweep_keys(hc)
     parts = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in varying]
     name = ",".join(sorted(parts)) or cfg.loss.name
-    return {"name": name, "group": f"{cfg.experiment_name or 'sweep'}-{Path(hc.sweep.dir).name}"}
+    # An experiment's sweep directory is stable (re-launches resume into the same group); a plain
+    # sweep is named by its date and time folders so that sweeps of different days never share one.
+    group = cfg.experiment_name or "sweep-" + "/".join(Path(hc.sweep.dir).parts[-2:])
+    return {"name": name, "group": group}
 
 
 def sweep_keys(hc) -> set[str]:

@@ -1,0 +1,73 @@
+"""Training throughput and peak memory of SFT / CPO / DPO (live and cached reference), optionally vs TRL.
+
+    python scripts/bench.py                                  # demo and h256, batch 8, 1 thread
+    python scripts/bench.py --model h256 --against trl       # + TRL's CPOTrainer, same weights and batches
+    python scripts/bench.py --model h256 --levers            # + each speed lever on/off
+    python scripts/bench.py --generation                     # batched vs one-at-a-time beam search
+
+The last line printed is a JSON summary. See cpo/bench.py for what is measured and how.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # torchmetrics, imported by lightning
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from cpo.bench import MODELS
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", nargs="+", default=["demo", "h256"], choices=sorted(MODELS), help="model configs to run")
+    p.add_argument("--batch-size", type=int, default=8, help="preference pairs per step")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    p.add_argument("--reps", type=int, default=5, help="measured repetitions (after --warmup)")
+    p.add_argument("--warmup", type=int, default=1, help="discarded repetitions")
+    p.add_argument("--steps", type=int, default=3, help="training steps per repetition (distinct batches)")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--against", choices=["trl"], default=None, help="also run TRL's CPOTrainer, interleaved")
+    p.add_argument("--no-shared-prompt", dest="shared_prompt", action="store_false", help="concatenated forward instead of the prompt KV cache")
+    p.add_argument("--fused-adamw", action="store_true", help="fused AdamW (for every implementation, TRL included)")
+    p.add_argument("--levers", action="store_true", help="also measure each lever on/off for CPO")
+    p.add_argument("--memory", choices=["subprocess", "off"], default="subprocess", help="peak-RSS probes (CPU)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("generation (--generation runs only this)")
+    g.add_argument("--generation", action="store_true", help="batched vs one-at-a-time beam search (cpo.generation.translate)")
+    g.add_argument("--gen-sentences", type=int, default=32, help="sentences per batched repetition")
+    g.add_argument("--gen-single", type=int, default=8, help="sentences per one-at-a-time repetition")
+    g.add_argument("--gen-batch-size", type=int, default=16)
+    g.add_argument("--num-beams", type=int, default=5)
+    g.add_argument("--max-new-tokens", type=int, default=24)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    import torch
+
+    from cpo.bench import BenchArgs, run_generation_bench, run_train_bench
+
+    ns = parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if ns.device == "auto" else ns.device
+    if ns.generation:
+        summary = run_generation_bench(ns.model, ns.threads, ns.gen_sentences, ns.gen_single, ns.gen_batch_size, ns.num_beams,
+                                       ns.max_new_tokens, reps=max(ns.reps // 2, 2) if ns.reps > 1 else 1, seed=ns.seed)
+    else:
+        args = BenchArgs(models=ns.model, batch_size=ns.batch_size, threads=ns.threads, reps=ns.reps, warmup=ns.warmup,
+                         steps=ns.steps, lr=ns.lr, against=ns.against, shared_prompt=ns.shared_prompt, fused_adamw=ns.fused_adamw,
+                         levers=ns.levers, memory=ns.memory, device=device, seed=ns.seed)
+        summary = run_train_bench(args)
+    print(json.dumps(summary, default=str), flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
