@@ -15,7 +15,7 @@ def read_offline_run(run_dir: str | Path) -> dict:
         raise FileNotFoundError(f"{run_dir}: no .wandb file")
     ds = datastore.DataStore()
     ds.open_for_scan(str(files[0]))
-    out: dict = {"history": [], "config": {}, "summary": {}}
+    out: dict = {"history": [], "config": {}, "summary": {}, "complete": False}
     while True:
         data = ds.scan_data()
         if data is None:
@@ -33,7 +33,22 @@ def read_offline_run(run_dir: str | Path) -> dict:
         elif kind == "config":
             for item in rec.config.update:
                 out["config"][item.key] = json.loads(item.value_json)
+        elif kind == "exit":
+            out["complete"] = True
         elif kind == "summary":
             for item in rec.summary.update:
                 out["summary"][item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
     return out
+
+
+def read_finished_run(run_dir: str | Path, timeout: float = 30.0) -> dict:
+    """Like read_offline_run, waiting (bounded) for the writer to flush the run's exit record:
+    W&B writes the record log asynchronously, and a loaded machine can lag behind wandb.finish()."""
+    import time
+
+    deadline = time.time() + timeout
+    while True:
+        run = read_offline_run(run_dir)
+        if run["complete"] or time.time() > deadline:
+            return run
+        time.sleep(0.5)

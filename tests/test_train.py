@@ -70,12 +70,13 @@ def test_full_model_saved_reloads_and_translates_and_table(tmp_path, capsys):
 
 
 def test_wandb_offline_run_holds_metrics_and_config(tmp_path):
-    from cpo.wandb_offline import read_offline_run
+    from cpo.wandb_offline import read_finished_run as read_offline_run
 
     run(compose(SMALL_DEMO + ["evaluate.before_after=false", "save_policy=false", "trainer.max_steps=3", "trainer.log_every_n_steps=1", "trainer.val_check_interval=2"]), tmp_path)
     runs = list((tmp_path / "wandb_files" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, "W&B files must stay inside the run directory"
     r = read_offline_run(runs[0])
+    assert r["complete"], "the W&B run was not finished"
     keys = set().union(*r["history"])
     assert {"train/loss", "train/rewards/margins", "train/nll_loss", "val/rewards/accuracies"} <= keys
     assert r["config"]["config"]["loss"]["name"] == "cpo" and r["config"]["trainable_parameters"] > 0
@@ -89,7 +90,7 @@ def _clean_env():
 
 
 def test_multirun_sweep_groups_runs_in_wandb(tmp_path):
-    from cpo.wandb_offline import read_offline_run
+    from cpo.wandb_offline import read_finished_run as read_offline_run
 
     cmd = [sys.executable, "train.py", "-m", "loss=cpo,sft", "beta=0.05,0.1", "trainer.max_steps=2", "evaluate.before_after=false",
            "save_policy=false", f"hydra.sweep.dir={tmp_path}"] + SMALL_DEMO
@@ -124,7 +125,7 @@ def test_bad_data_file_names_line_and_field(tmp_path):
 
 
 def test_validation_logs_translation_quality_and_sample_table(tmp_path):
-    from cpo.wandb_offline import read_offline_run
+    from cpo.wandb_offline import read_finished_run as read_offline_run
 
     res = run(compose(SMALL_DEMO + ["evaluate.before_after=false", "save_policy=false", "trainer.max_steps=2", "trainer.val_check_interval=2",
                                     "evaluate.during_training.max_sentences=8"]), tmp_path)
