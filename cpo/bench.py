@@ -89,11 +89,16 @@ def build_tokenizer(seed: int = 0, vocab_size: int = 1000):
     return train_bpe_tokenizer(texts, vocab_size)
 
 
-def build_model(tok, name: str, seed: int = 0) -> nn.Module:
+def build_model(tok, name: str, seed: int = 0, vocab_size: int | None = None) -> nn.Module:
+    """The config's Llama; ``vocab_size`` above the tokenizer's pads the embedding and LM head
+    (rows never used as inputs), to see what an LLM-sized vocabulary (LLaMA-2: 32000) costs."""
     from cpo.tiny import build_tiny_llama
 
     s = MODELS[name]
     model = build_tiny_llama(tok, s.hidden, s.layers, s.heads, s.kv_heads, s.ffn, seed=seed)
+    if vocab_size and vocab_size > model.config.vocab_size:
+        torch.manual_seed(seed)
+        model.resize_token_embeddings(vocab_size, mean_resizing=False)
     model.config.use_cache = False
     return model.train()
 
@@ -286,11 +291,12 @@ class OursImpl:
         idx = wl.batch_indices(v.group_by_length)
         self.batches = [{k: t.to(device) for k, t in wl.collate(i, ref).items()} for i in idx]
         sides = ["chosen"] if v.loss == "sft" else ["chosen", "rejected"]
+        vocab = policy.config.vocab_size
         self.work = []
         for b in self.batches:
-            w = ours_work(spec, len(wl.tok), b, sides, v.shared_prompt, v.logits_to_keep, True)
+            w = ours_work(spec, vocab, b, sides, v.shared_prompt, v.logits_to_keep, True)
             if v.loss == "dpo_live":
-                r = ours_work(spec, len(wl.tok), b, sides, v.shared_prompt, v.logits_to_keep, False)
+                r = ours_work(spec, vocab, b, sides, v.shared_prompt, v.logits_to_keep, False)
                 w.flops += r.flops
                 w.positions += r.positions
                 w.real += r.real
@@ -374,7 +380,7 @@ class TrlImpl:
         )
         torch.set_num_threads(threads)  # in case anything in the Trainer's set-up changed it
         self.batches = list(self.trainer.get_train_dataloader())
-        self.work = [trl_work(spec, len(wl.tok), b) for b in self.batches]
+        self.work = [trl_work(spec, self.model.config.vocab_size, b) for b in self.batches]
         self.train_rows = self.trainer.train_dataset
 
     def token_check(self, wl: Workload) -> dict:
@@ -390,6 +396,12 @@ class TrlImpl:
             )
             same += ok
         return {"pairs": n, "identical_ids": same}
+
+    def first_batch_loss(self) -> torch.Tensor:
+        """TRL's training loss on the first batch, with its graph (for the activation-memory count)."""
+        loss = self.trainer.compute_loss(self.trainer.model, self.trainer._prepare_inputs(self.batches[0]))
+        self.trainer._stored_metrics.clear()
+        return loss
 
     @torch.no_grad()
     def first_batch(self) -> dict:
@@ -449,6 +461,26 @@ def compare_first_batch(ours: OursImpl, trl: TrlImpl) -> dict:
 
 
 # --------------------------------------------------------------------------- memory
+def saved_activation_mb(fn: Callable[[], torch.Tensor], params: Sequence[torch.Tensor]) -> float:
+    """MiB of tensors autograd keeps for the backward of ``fn()`` (distinct storages, parameters excluded).
+
+    Exact and independent of the allocator, unlike RSS: the activation memory of one step.
+    """
+    skip = {p.untyped_storage().data_ptr() for p in params}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in skip:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = fn()
+    del loss
+    return sum(seen.values()) / 2**20
+
+
 def _proc_status() -> dict[str, int]:
     out = {}
     with open("/proc/self/status") as f:
@@ -476,31 +508,28 @@ def reset_peak_rss() -> int:
 
 
 def memory_probe(cfg: dict) -> dict:
-    """One implementation in this (fresh) process: peak RSS from its first step on, over warm-up + one chunk."""
+    """One implementation in this (fresh) process: peak RSS from its first step on, over two chunks.
+
+    The peak mark is reset right before the first step (TRL: in its first ``on_step_begin``), so
+    building the model, tokenizing and TRL's data set map are not in it, the first AdamW step
+    (gradients alive while the moment buffers are allocated) is.
+    """
     torch.set_num_threads(cfg["threads"])
     if cfg.get("import_trl"):
         trl_available()  # same imports in every probe, so the baselines compare
     import cpo.module  # noqa: F401
 
     wl = make_workload(cfg["batch_size"], cfg["steps"], seed=cfg["seed"])
-    init = build_model(wl.tok, cfg["model"], seed=cfg["seed"])
+    init = build_model(wl.tok, cfg["model"], seed=cfg["seed"], vocab_size=cfg.get("vocab_size"))
     spec = MODELS[cfg["model"]]
     mark = {}
     if cfg["impl"] == "trl_cpo":
         impl = TrlImpl(init, wl, spec, cfg["lr"], "cpu", cfg["fused"], cfg["threads"], total_steps=2 * cfg["steps"])
         del init
-        n = [0]
-
-        def at_step_begin():
-            n[0] += 1
-            if n[0] == 2:  # after one warm-up step, as for ours
-                mark["base"] = reset_peak_rss()
-
-        impl.train(lambda t: None, cfg["steps"], on_step_begin=at_step_begin)
+        impl.train(lambda t: None, cfg["steps"], on_step_begin=lambda: mark.setdefault("base", reset_peak_rss()))
     else:
         impl = OursImpl(Variant(**cfg["variant"]), init, wl, spec, cfg["lr"], "cpu")
         del init
-        impl.step(impl.batches[0])  # warm-up step: optimizer state exists from here on, for both sides
         mark["base"] = reset_peak_rss()
         impl.run_chunk()
         impl.run_chunk()
@@ -561,8 +590,9 @@ class BenchArgs:
     lr: float = 1e-5
     against: str | None = None
     shared_prompt: bool = True
-    fused_adamw: bool = False
+    fused_adamw: bool = True  # TRL's default optimizer (adamw_torch_fused) since torch 2.8
     levers: bool = False
+    vocab_size: int | None = None
     memory: str = "subprocess"  # subprocess | off
     device: str = "cpu"
     seed: int = 0
@@ -573,7 +603,7 @@ def bench_model(name: str, a: BenchArgs, peak: float, log=print) -> dict:
     spec = MODELS[name]
     lever_pool = 16 if a.levers else None  # batches of the pool the length-grouping lever draws from
     wl = make_workload(a.batch_size, a.steps, seed=a.seed)
-    init = build_model(wl.tok, name, seed=a.seed)
+    init = build_model(wl.tok, name, seed=a.seed, vocab_size=a.vocab_size)
     n_params = sum(p.numel() for p in init.parameters())
     base = dict(shared_prompt=a.shared_prompt, fused_adamw=a.fused_adamw)
     variants = [Variant(l, l, **base) for l in LOSSES]
@@ -596,7 +626,7 @@ def bench_model(name: str, a: BenchArgs, peak: float, log=print) -> dict:
                 random.Random(a.seed).shuffle(order)
                 idx = [order[s * a.batch_size : (s + 1) * a.batch_size] for s in range(lever_pool)]
                 impl.batches = [pool.collate(i) for i in idx]
-                impl.work = [ours_work(spec, len(wl.tok), b, ["chosen", "rejected"], a.shared_prompt, True, True) for b in impl.batches]
+                impl.work = [ours_work(spec, init.config.vocab_size, b, ["chosen", "rejected"], a.shared_prompt, True, True) for b in impl.batches]
             impls.append(impl)
     chunks: dict[str, list[list[float]]] = {i.name: [] for i in impls}
     gpu_mem: dict[str, int] = {}
@@ -612,13 +642,16 @@ def bench_model(name: str, a: BenchArgs, peak: float, log=print) -> dict:
             if rep >= a.warmup:
                 chunks[impl.name].append(t)
 
-    result: dict = {"model": name, "spec": asdict(spec), "parameters": n_params, "vocab": len(wl.tok)}
+    result: dict = {"model": name, "spec": asdict(spec), "parameters": n_params, "vocab": init.config.vocab_size,
+                    "tokenizer_vocab": len(wl.tok)}
+    act = {i.name: saved_activation_mb(lambda: i.compute(i.batches[0]), i.params) for i in impls}
     trl = None
     if a.against == "trl":
         total = (a.warmup + a.reps) * a.steps
         trl = TrlImpl(init, wl, spec, a.lr, a.device, a.fused_adamw, a.threads, total)
         result["trl_tokens"] = trl.token_check(wl)
         result["trl_first_batch"] = compare_first_batch(impls[1], trl)
+        act[trl.name] = saved_activation_mb(trl.first_batch_loss, list(trl.model.parameters()))
         chunks[trl.name] = []
         rep = [0]
 
@@ -640,6 +673,7 @@ def bench_model(name: str, a: BenchArgs, peak: float, log=print) -> dict:
     res = {}
     for impl in impls + ([trl] if trl else []):
         res[impl.name] = _stats(chunks[impl.name], impl.work, a.batch_size, peak)
+        res[impl.name]["activation_mb"] = act[impl.name]
         if getattr(impl, "ref_cache_s", None) is not None:
             res[impl.name]["ref_cache_s"] = impl.ref_cache_s
             res[impl.name]["ref_cache_s_per_pair"] = impl.ref_cache_s / len(wl.pairs)
@@ -652,7 +686,7 @@ def bench_model(name: str, a: BenchArgs, peak: float, log=print) -> dict:
         cfgs = []
         for n in names:
             cfg = dict(model=name, impl=n, batch_size=a.batch_size, steps=a.steps, lr=a.lr, threads=a.threads, seed=a.seed,
-                       fused=a.fused_adamw, import_trl=trl is not None)
+                       fused=a.fused_adamw, import_trl=trl is not None, vocab_size=a.vocab_size)
             if n != "trl_cpo":
                 cfg["variant"] = asdict(next(v for v in variants if v.name == n))
             cfgs.append(cfg)
@@ -673,6 +707,7 @@ def bench_model(name: str, a: BenchArgs, peak: float, log=print) -> dict:
         if "peak_rss_mb" in r["cpo"] and "peak_rss_mb" in r["trl_cpo"]:
             ratios["cpo_peak_rss_over_trl"] = r["cpo"]["peak_rss_mb"] / r["trl_cpo"]["peak_rss_mb"]
             ratios["cpo_step_rss_over_trl"] = r["cpo"]["step_rss_mb"] / max(r["trl_cpo"]["step_rss_mb"], 1e-9)
+        ratios["cpo_activation_over_trl"] = r["cpo"]["activation_mb"] / r["trl_cpo"]["activation_mb"]
     if a.levers:
         def speed(x, y):  # how much faster y is than x (median and best)
             return {"median": r[x]["step_s_median"] / r[y]["step_s_median"], "best": r[x]["step_s_min"] / r[y]["step_s_min"]}
@@ -701,13 +736,13 @@ def format_model(res: dict, peak: float) -> list[str]:
     s = res["spec"]
     lines = [f"== model {res['model']} (hidden {s['hidden']}, {s['layers']} layers, {s['heads']} heads, {s['kv_heads']} kv heads, "
              f"ffn {s['ffn']}, vocab {res['vocab']}, {res['parameters'] / 1e6:.2f}M parameters)"]
-    hdr = f"{'impl':34s} {'pairs/s med':>11s} {'(best)':>8s} {'tok/s med':>9s} {'step ms med':>11s} {'(min)':>7s} {'GFLOP/s':>8s} {'%peak':>6s} {'pad%':>5s} {'RSS MB':>7s} {'+step MB':>8s}"
+    hdr = f"{'impl':34s} {'pairs/s med':>11s} {'(best)':>8s} {'tok/s med':>9s} {'step ms med':>11s} {'(min)':>7s} {'GFLOP/s':>8s} {'%peak':>6s} {'pad%':>5s} {'act MB':>6s} {'RSS MB':>7s} {'+step MB':>8s}"
     lines.append(hdr)
     for n, r in res["results"].items():
         mem = f"{r['peak_rss_mb']:7.0f} {r['step_rss_mb']:8.1f}" if "peak_rss_mb" in r else (f"{r['peak_gpu_mb']:7.0f} {'(gpu)':>8s}" if "peak_gpu_mb" in r else f"{'-':>7s} {'-':>8s}")
         lines.append(f"{n:34s} {r['pairs_per_s_median']:11.1f} {r['pairs_per_s_max']:8.1f} {r['completion_tokens_per_s_median']:9.0f} "
                      f"{1e3 * r['step_s_median']:11.1f} {1e3 * r['step_s_min']:7.1f} {r['flops_per_s_median'] / 1e9:8.2f} "
-                     f"{100 * r['peak_share_median']:6.1f} {100 * r['padding_share']:5.1f} {mem}")
+                     f"{100 * r['peak_share_median']:6.1f} {100 * r['padding_share']:5.1f} {r['activation_mb']:6.1f} {mem}")
         if "ref_cache_s" in r:
             lines.append(f"{'':34s} (reference log-probs computed once before training: {1e3 * r['ref_cache_s_per_pair']:.2f} ms/pair, "
                          f"not in the step time)")

@@ -98,30 +98,40 @@ def completion_logps_shared_prompt(
 ) -> list[CompletionLogps]:
     """Same result as :func:`completion_logps`, running the prompt once and continuing every side from its cache.
 
-    The prompt's KV cache is computed once (with gradients) and repeated along the batch for the
-    k completion sides; only the completions run through the network a second time.
+    The KV cache of the prompt minus its last column is computed once (with gradients) and
+    repeated along the batch for the k completion sides; the continuation runs [last prompt
+    token; completion] for every side, so all the logits that are needed come from one call and
+    one LM-head use. The token embeddings of both calls are looked up in one call too. Two
+    embedding lookups or two LM-head uses would each add a dense vocabulary-sized gradient to
+    compute and sum in the backward pass, which with an LLM vocabulary (32000) costs more than
+    the prompt forward saves.
     """
+    b, p = prompt_ids.shape
+    if p < 2:  # nothing to cache
+        return completion_logps(model, prompt_ids, prompt_mask, completions, pad_id)
     k = len(completions)
     comp_ids, comp_mask = pad_right([c[0] for c in completions], [c[1] for c in completions], pad_id)
     prompt_pos = position_ids_from_mask(prompt_mask)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=prompt_pos, use_cache=True, logits_to_keep=1)
-    first_logits = out.logits[:, -1:].repeat(k, 1, 1)  # predicts each side's first completion token
+    head_ids, head_mask = prompt_ids[:, :-1], prompt_mask[:, :-1]
+    cont_ids = torch.cat([prompt_ids[:, -1:].repeat(k, 1), comp_ids], 1)  # [kB, 1 + C]
+    cont_mask = torch.cat([prompt_mask[:, -1:].repeat(k, 1), comp_mask], 1)
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if isinstance(embed, nn.Embedding):
+        flat = embed(torch.cat([head_ids.reshape(-1), cont_ids.reshape(-1)]))
+        head_in = {"inputs_embeds": flat[: head_ids.numel()].view(*head_ids.shape, -1)}
+        cont_in = {"inputs_embeds": flat[head_ids.numel() :].view(*cont_ids.shape, -1)}
+    else:
+        head_in, cont_in = {"input_ids": head_ids}, {"input_ids": cont_ids}
+    # The prompt call's logits (one column) are not used, so its LM head never enters the backward.
+    out = model(**head_in, attention_mask=head_mask, position_ids=prompt_pos[:, :-1], use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
     _repeat_cache(cache, k)
-    full_mask = torch.cat([prompt_mask.repeat(k, 1), comp_mask], 1)
-    start = prompt_pos[:, -1:].repeat(k, 1) + 1
-    comp_pos = start + comp_mask.long().cumsum(-1) - 1
-    cont = model(
-        input_ids=comp_ids,
-        attention_mask=full_mask,
-        position_ids=comp_pos,
-        past_key_values=cache,
-        use_cache=True,
-    )
-    logits = torch.cat([first_logits, cont.logits[:, :-1]], 1)
-    token_logps = gather_token_logps(logits, comp_ids) * comp_mask
+    full_mask = torch.cat([head_mask.repeat(k, 1), cont_mask], 1)
+    cont_pos = prompt_pos[:, -1:].repeat(k, 1) + cont_mask.long().cumsum(-1) - 1
+    cont = model(**cont_in, attention_mask=full_mask, position_ids=cont_pos, past_key_values=cache, use_cache=True)
+    # Column 0 (the prompt's last token) predicts the first completion token, as in completion_logps.
+    token_logps = gather_token_logps(cont.logits[:, :-1], comp_ids) * comp_mask
     sums, counts = token_logps.sum(-1), comp_mask.sum(-1)
-    b = prompt_ids.shape[0]
     return [CompletionLogps(sums[i * b : (i + 1) * b], counts[i * b : (i + 1) * b]) for i in range(k)]
 
 

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cpo.io import atomic_write_json, atomic_write_text
+from cpo.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 # Override keys that do not change the experiment (a key matches itself and everything under it).
 IGNORED_KEYS: tuple[str, ...] = (
@@ -537,25 +536,10 @@ def display_table(df: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- plots
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _save(fig, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    return _atomic_write_bytes(path, buf.getvalue())
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _figure(n_panels: int, width: float = 4.6, height: float = 3.4, ncols: int | None = None):

@@ -35,7 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--against", choices=["trl"], default=None, help="also run TRL's CPOTrainer, interleaved")
     p.add_argument("--no-shared-prompt", dest="shared_prompt", action="store_false", help="concatenated forward instead of the prompt KV cache")
-    p.add_argument("--fused-adamw", action="store_true", help="fused AdamW (for every implementation, TRL included)")
+    p.add_argument("--no-fused-adamw", dest="fused_adamw", action="store_false",
+                   help="for-loop AdamW instead of the fused one (TRL's default), for every implementation")
+    p.add_argument("--vocab-size", type=int, default=None, help="pad the model's vocabulary to this size (e.g. 32000, LLaMA-2's)")
     p.add_argument("--levers", action="store_true", help="also measure each lever on/off for CPO")
     p.add_argument("--memory", choices=["subprocess", "off"], default="subprocess", help="peak-RSS probes (CPU)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
@@ -63,7 +65,8 @@ def main(argv=None) -> dict:
     else:
         args = BenchArgs(models=ns.model, batch_size=ns.batch_size, threads=ns.threads, reps=ns.reps, warmup=ns.warmup,
                          steps=ns.steps, lr=ns.lr, against=ns.against, shared_prompt=ns.shared_prompt, fused_adamw=ns.fused_adamw,
-                         levers=ns.levers, memory=ns.memory, device=device, seed=ns.seed)
+                         levers=ns.levers, memory=ns.memory, device=device, seed=ns.seed,
+                         vocab_size=ns.vocab_size)
         summary = run_train_bench(args)
     print(json.dumps(summary, default=str), flush=True)
     return summary

@@ -50,3 +50,21 @@ def compose(overrides: list[str] | None = None, config_name: str = "train"):
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return hcompose(config_name=config_name, overrides=overrides or [])
+
+
+SHARED_DATA = Path(os.environ.get("CPO_SHARED_DATA", REPO.parent / "shared" / "data"))
+WMT22 = SHARED_DATA / "wmt22"
+
+
+def run_apps(script: str, arg_lists: list[list[str]], cwd: Path):
+    """Independent invocations of an app in scripts/, started together; results in the order given."""
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, str(REPO / "scripts" / script), *a], cwd=cwd, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for a in arg_lists]
+    out = []
+    for a, p in zip(arg_lists, procs):
+        stdout, stderr = p.communicate(timeout=300)  # waits, so returncode is set after it
+        out.append(subprocess.CompletedProcess(a, p.returncode, stdout, stderr))
+    return out

@@ -23,9 +23,7 @@ from cpo.evaluation import (
 from cpo.io import DataError
 from cpo.scoring import Scorer
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("CPO_SHARED_DATA", REPO.parent / "shared" / "data"))
-WMT22 = SHARED_DATA / "wmt22"
+from conftest import REPO, WMT22
 
 SRC = ["Der Hund sieht die Katze.", "Das Haus ist alt.", "Zwei Leute bauen ein Auto."]
 HYP = ["The dog sees the cat.", "The house old is.", "Two people are building a car."]

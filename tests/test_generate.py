@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, run_apps
 GEN = ["num_beams=2", "max_new_tokens=6", "batch_size=4", "progress=false"]
 
 
@@ -29,17 +29,7 @@ def _load_script(name: str):
 
 
 def _run_all(arg_lists: list[list[str]], cwd: Path) -> list[subprocess.CompletedProcess]:
-    """Independent invocations of the app, started together."""
-    procs = [
-        subprocess.Popen([sys.executable, str(REPO / "scripts" / "generate.py"), *a], cwd=cwd,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for a in arg_lists
-    ]
-    out = []
-    for a, p in zip(arg_lists, procs):
-        stdout, stderr = p.communicate(timeout=300)
-        out.append(subprocess.CompletedProcess(a, p.returncode, stdout, stderr))
-    return out
+    return run_apps("generate.py", arg_lists, cwd)
 
 
 @pytest.fixture(scope="module")

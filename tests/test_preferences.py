@@ -27,9 +27,7 @@ from cpo.preferences import (
     win_counts,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("CPO_SHARED_DATA", REPO.parent / "shared" / "data"))
-WMT22 = SHARED_DATA / "wmt22"
+from conftest import REPO, WMT22, run_apps
 WMT22_SYSTEMS = ["GPT-4-1106-preview", "ALMA-13B-LoRA", "MADLAD-10B"]
 
 
@@ -181,18 +179,8 @@ def _first_line_only(path: Path) -> Path:
 
 
 # --------------------------------------------------------------------------- the build app
-def _cmd(script: str, args: list[str]) -> list[str]:
-    return [sys.executable, str(REPO / "scripts" / script), *args]
-
-
 def _run_all(script: str, arg_lists: list[list[str]], cwd: Path) -> list[subprocess.CompletedProcess]:
-    """Run several invocations of an app at once (they are independent), in order of the list."""
-    procs = [subprocess.Popen(_cmd(script, a), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for a in arg_lists]
-    out = []
-    for a, p in zip(arg_lists, procs):
-        stdout, stderr = p.communicate(timeout=300)
-        out.append(subprocess.CompletedProcess(a, p.returncode, stdout, stderr))
-    return out
+    return run_apps(script, arg_lists, cwd)
 
 
 @pytest.fixture(scope="module")
