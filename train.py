@@ -6,7 +6,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from cpo.config import ConfigError
-from cpo.io import DataError
+from cpo.io import DataError, Unavailable
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
@@ -15,7 +15,7 @@ def main(cfg: DictConfig) -> None:
 
     try:
         run(cfg, HydraConfig.get().runtime.output_dir)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError, Unavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -21,7 +21,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cpo.io import DataError, iter_jsonl
+from cpo.io import DataError, Unavailable, iter_jsonl
 from cpo.languages import LANGUAGES, language_name
 from cpo.preferences import Candidate, Selection, select_pair
 
@@ -167,7 +167,11 @@ def read_alma_r_preference(source: str, pairs: Sequence[str], scorer: str = "kiw
         except ImportError:
             raise RuntimeError(f"data.path={source!r} is not a local path; loading it from the hub needs `pip install cpo[hub]`") from None
         for c in configs:
-            ds = datasets.load_dataset(source, c, split=split)
+            try:
+                ds = datasets.load_dataset(source, c, split=split)
+            except Exception as e:  # offline, unknown name, missing config: say which and what to do
+                raise Unavailable(f"data.path={source!r} (config {c}): cannot load it from the hub ({type(e).__name__}: {e}); "
+                                  "pass a local copy instead") from None
             rows += [(f"{source}[{c}] row {i}", r) for i, r in enumerate(ds, 1)]
     examples: list[PreferenceExample] = []
     dropped: Counter = Counter()

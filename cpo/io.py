@@ -16,6 +16,10 @@ class DataError(ValueError):
     """Bad input data; the message names the file, the line and the field."""
 
 
+class Unavailable(RuntimeError):
+    """A model or data set named by the config cannot be loaded here (e.g. no hub access)."""
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 

@@ -37,7 +37,10 @@ def load_tokenizer(name_or_path: str, padding_side: str = "left"):
     """Tokenizer with a pad token (EOS when the model defines none, as LLaMA-2 does)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=_local_only(name_or_path))
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=_local_only(name_or_path))
+    except OSError as e:
+        raise _unavailable("model.name_or_path", name_or_path, e) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
     tok.padding_side = padding_side
@@ -54,7 +57,10 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", attn_implementatio
     kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "local_files_only": _local_only(name_or_path), "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
-    return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    except OSError as e:
+        raise _unavailable("model.name_or_path", name_or_path, e) from None
 
 
 def add_lora(model: nn.Module, lora: LoraSettings) -> nn.Module:
@@ -62,7 +68,10 @@ def add_lora(model: nn.Module, lora: LoraSettings) -> nn.Module:
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if lora.adapter:
-        return PeftModel.from_pretrained(model, lora.adapter, is_trainable=True, local_files_only=_local_only(lora.adapter))
+        try:
+            return PeftModel.from_pretrained(model, lora.adapter, is_trainable=True, local_files_only=_local_only(lora.adapter))
+        except (OSError, ValueError) as e:
+            raise _unavailable("model.lora.adapter", lora.adapter, e) from None
     cfg = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -92,6 +101,13 @@ def build_policy(
         model = add_lora(model, lora)
     # from_pretrained returns eval mode; training must see dropout (e.g. ALMA's LoRA dropout 0.05).
     return model.train()
+
+
+def _unavailable(key: str, name: str, e: Exception):
+    from cpo.io import Unavailable
+
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return Unavailable(f"{key}={name!r} cannot be loaded ({first}); use a local path, or a machine with hub access")
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
