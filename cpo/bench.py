@@ -5,22 +5,41 @@ What one measurement is
     pre-collated batch (data loading excluded, for TRL too: its step is timed from the Trainer's
     ``on_step_begin`` to ``on_step_end`` callbacks, which bracket exactly the same work plus TRL's
     own metric bookkeeping). A *chunk* is ``steps`` consecutive steps on the same ``steps`` batches;
-    every implementation runs one chunk per repetition, repetitions are interleaved (the order is
-    rotated every repetition) and the first ``warmup`` repetitions are discarded. Reported: min
+    every implementation runs one chunk per repetition, repetitions are interleaved (our order is
+    rotated every repetition; with TRL, its chunk runs inside ``trainer.train()`` and ours run
+    from its callback between its chunks) and the first ``warmup`` repetitions are discarded. Reported: min
     and median over repetitions of pairs/s and completion tokens/s.
 
 FLOPs
     Executed model FLOPs on real (non-pad) tokens: 2 x matmul parameters per token (forward),
     x3 with the backward (the usual 6 N T), plus causal attention (4 d ctx per token and layer),
     plus the LM head on the positions where each implementation actually runs it. A reference
-    forward under no_grad counts 1/3 of that. Peak is a square fp32 matmul measured in the same
+    forward under no_grad counts 1/3 of that; recomputation under gradient checkpointing is not counted. Peak is a square fp32 matmul measured in the same
     process at the same thread count.
 
 Memory
-    CPU: each implementation runs in its own fresh subprocess (same imports for all); the peak
-    RSS (VmHWM) is reset with /proc/self/clear_refs right before the first step, so the reported
-    ``step_rss_mb`` is what training adds on top of the loaded model and data, and ``peak_rss_mb``
-    is the process's peak from the first step on. GPU: ``torch.cuda.max_memory_allocated``.
+    CPU: each implementation runs in its own fresh subprocess (same imports for all, glibc's mmap
+    threshold fixed at 64 KiB so RSS follows live memory, free heap trimmed before the mark); the
+    peak RSS (VmHWM) is reset with /proc/self/clear_refs right before the first step:
+    ``peak_rss_mb`` is the process's peak from the first step on, ``step_rss_mb`` what training
+    adds above the loaded model and data (the first AdamW step, with gradients alive while the
+    moment buffers are allocated, is in it). ``activation_mb`` counts, exactly, the tensors
+    autograd saves for the backward of one step (parameters excluded). GPU:
+    ``torch.cuda.max_memory_allocated``.
+
+Sharing the prompt
+    ``shared_prompt`` runs each prompt once instead of once per side: by default through
+    PreferenceModule's KV-cache route (cpo.logprobs.completion_logps_shared_prompt); with
+    ``packed``, through one forward over [prompt; chosen; rejected] with a 4D attention mask
+    (cpo.logprobs.completion_logps_packed), measured here through a bench-only PreferenceModule
+    subclass until the module calls it.
+
+Fairness with TRL
+    Same initial weights (deep copies), same pairs in the same order (TRL's sampler made
+    sequential), same prompt and completion strings (token ids checked equal), same batch size,
+    the same AdamW object type and settings passed to the Trainer, clipping at 1.0 on both sides,
+    fp32, sigmoid loss with beta 0.1 and alpha 1.0, and gradient checkpointing off on both sides
+    unless ``gradient_checkpointing`` (TRL's CPOConfig turns it on by default).
 """
 from __future__ import annotations
 
@@ -36,7 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -167,8 +186,8 @@ def _seg_flops(spec: ModelSpec, vocab: int, ctx0: int, n: int, head: int, grad: 
     return fwd * (3 if grad else 1)
 
 
-def ours_work(spec: ModelSpec, vocab: int, batch: dict, sides: Sequence[str], shared: bool, keep: bool, grad: bool) -> Work:
-    """Work of one cpo.logprobs forward (concatenated or shared-prompt) over ``sides``."""
+def ours_work(spec: ModelSpec, vocab: int, batch: dict, sides: Sequence[str], shared: bool | str, keep: bool, grad: bool) -> Work:
+    """Work of one cpo.logprobs forward over ``sides``: ``shared`` False (concatenated), True (KV cache) or "packed"."""
     w = Work()
     pl = batch["prompt_mask"].sum(-1).tolist()
     P, B = batch["prompt_mask"].shape[1], batch["prompt_mask"].shape[0]
@@ -178,7 +197,8 @@ def ours_work(spec: ModelSpec, vocab: int, batch: dict, sides: Sequence[str], sh
     for s in sides:
         w.completion_tokens += sum(cl[s])
     if shared and k > 1:
-        w.positions = B * P + k * B * C
+        # KV cache: prompt rows once, then k*B continuation rows; packed: B rows of prompt + every side.
+        w.positions = B * P + (k * B * C if shared != "packed" else B * sum(batch[f"{s}_mask"].shape[1] for s in sides))
         for i in range(B):
             w.flops += _seg_flops(spec, vocab, 0, pl[i], 1, grad)
             w.real += pl[i]
@@ -222,6 +242,10 @@ def matmul_peak(threads: int, n: int = 1024, reps: int = 8, device: str = "cpu")
     return 2 * n**3 / best
 
 
+def _peak_n(device: str) -> int:
+    return 4096 if device.startswith("cuda") else 1024
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -257,6 +281,8 @@ class Variant:
     logits_to_keep: bool = True
     fused_adamw: bool = False
     group_by_length: bool = False
+    gradient_checkpointing: bool = False
+    packed: bool = False  # cpo.logprobs.completion_logps_packed instead of the KV-cache route (needs shared_prompt)
 
 
 class OursImpl:
@@ -267,6 +293,8 @@ class OursImpl:
 
         self.name, self.v, self.device = v.name, v, device
         policy = copy.deepcopy(init).to(device).train()
+        if v.gradient_checkpointing:
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         loss = {
             "sft": PreferenceLoss("sft", kind="none", alpha=1.0),
             "cpo": PreferenceLoss("cpo", kind="sigmoid", beta=0.1, alpha=1.0),
@@ -275,7 +303,8 @@ class OursImpl:
         }[v.loss]
         net = policy if v.logits_to_keep else FullLogits(policy)
         reference = FrozenCopyReference(net) if v.loss == "dpo_live" else None
-        self.module = PreferenceModule(net, loss, optim=None, pad_id=wl.pad_id, reference=reference, shared_prompt=v.shared_prompt)
+        forward = ("packed" if v.packed else "kv_cache") if v.shared_prompt else "concat"
+        self.module = PreferenceModule(net, loss, optim=None, pad_id=wl.pad_id, reference=reference, forward=forward)
         self.opt, self.sched = make_optimizer(policy, lr, v.fused_adamw)
         self.params = [p for p in policy.parameters() if p.requires_grad]
         self.ref_cache_s = None
@@ -289,14 +318,22 @@ class OursImpl:
             self.ref_cache_s = time.perf_counter() - t
             del ref_model
         idx = wl.batch_indices(v.group_by_length)
-        self.batches = [{k: t.to(device) for k, t in wl.collate(i, ref).items()} for i in idx]
+        self.spec, self.vocab = spec, policy.config.vocab_size
+        self.set_batches([wl.collate(i, ref) for i in idx])
+
+    def set_batches(self, batches: list[dict]) -> None:
+        v = self.v
+        self.batches = [{k: t.to(self.device) for k, t in b.items()} for b in batches]
         sides = ["chosen"] if v.loss == "sft" else ["chosen", "rejected"]
-        vocab = policy.config.vocab_size
+        # The KV-cache route falls back to the concatenated forward under gradient checkpointing (in
+        # training mode); the packed one does not.
+        mode = ("packed" if v.packed else True) if v.shared_prompt else False
+        shared = mode if (v.packed or not v.gradient_checkpointing) else False
         self.work = []
         for b in self.batches:
-            w = ours_work(spec, vocab, b, sides, v.shared_prompt, v.logits_to_keep, True)
-            if v.loss == "dpo_live":
-                r = ours_work(spec, vocab, b, sides, v.shared_prompt, v.logits_to_keep, False)
+            w = ours_work(self.spec, self.vocab, b, sides, shared, v.logits_to_keep, True)
+            if v.loss == "dpo_live":  # the frozen copy is in eval mode: it does share the prompt
+                r = ours_work(self.spec, self.vocab, b, sides, mode, v.logits_to_keep, False)
                 w.flops += r.flops
                 w.positions += r.positions
                 w.real += r.real
@@ -328,6 +365,7 @@ class OursImpl:
 
 # --------------------------------------------------------------------------- TRL
 def trl_available() -> bool:
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     try:
         import trl.experimental.cpo  # noqa: F401
     except Exception:
@@ -340,7 +378,8 @@ class TrlImpl:
 
     name = "trl_cpo"
 
-    def __init__(self, init: nn.Module, wl: Workload, spec: ModelSpec, lr: float, device: str, fused: bool, threads: int, total_steps: int):
+    def __init__(self, init: nn.Module, wl: Workload, spec: ModelSpec, lr: float, device: str, fused: bool, threads: int, total_steps: int,
+                 gradient_checkpointing: bool = False):
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
         import datasets
         from torch.utils.data import SequentialSampler
@@ -357,6 +396,8 @@ class TrlImpl:
 
         self.device = device
         self.model = copy.deepcopy(init).to(device).train()
+        if gradient_checkpointing:  # the Trainer turns it on only inside train(); on now, for the first-batch checks too
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         n = wl.batch_size * wl.steps
         # Our completion is the continuation of the prompt after one space (cpo.data.PairEncoder); TRL
         # tokenizes prompt+answer as given, adds BOS to the prompt and EOS to the answer.
@@ -372,6 +413,7 @@ class TrlImpl:
             report_to="none", logging_strategy="no", save_strategy="no", disable_tqdm=True, dataloader_num_workers=0,
             dataloader_pin_memory=False, remove_unused_columns=False, use_cpu=not device.startswith("cuda"), seed=0,
             bf16=False, fp16=False, gradient_accumulation_steps=1,
+            gradient_checkpointing=gradient_checkpointing,  # TRL's own default is True; ours is False: same on both sides
         )
         self.opt, self.sched = make_optimizer(self.model, lr, fused)
         self.trainer = SequentialCPOTrainer(
@@ -524,7 +566,8 @@ def memory_probe(cfg: dict) -> dict:
     spec = MODELS[cfg["model"]]
     mark = {}
     if cfg["impl"] == "trl_cpo":
-        impl = TrlImpl(init, wl, spec, cfg["lr"], "cpu", cfg["fused"], cfg["threads"], total_steps=2 * cfg["steps"])
+        impl = TrlImpl(init, wl, spec, cfg["lr"], "cpu", cfg["fused"], cfg["threads"], total_steps=2 * cfg["steps"],
+                       gradient_checkpointing=cfg.get("gradient_checkpointing", False))
         del init
         impl.train(lambda t: None, cfg["steps"], on_step_begin=lambda: mark.setdefault("base", reset_peak_rss()))
     else:
@@ -593,6 +636,8 @@ class BenchArgs:
     fused_adamw: bool = True  # TRL's default optimizer (adamw_torch_fused) since torch 2.8
     levers: bool = False
     vocab_size: int | None = None
+    gradient_checkpointing: bool = False
+    packed: bool = True  # the shared prompt through cpo.logprobs.completion_logps_packed (PreferenceModule's default forward)
     memory: str = "subprocess"  # subprocess | off
     device: str = "cpu"
     seed: int = 0
@@ -605,28 +650,32 @@ def bench_model(name: str, a: BenchArgs, peak: float, log=print) -> dict:
     wl = make_workload(a.batch_size, a.steps, seed=a.seed)
     init = build_model(wl.tok, name, seed=a.seed, vocab_size=a.vocab_size)
     n_params = sum(p.numel() for p in init.parameters())
-    base = dict(shared_prompt=a.shared_prompt, fused_adamw=a.fused_adamw)
+    base = dict(shared_prompt=a.shared_prompt, fused_adamw=a.fused_adamw, gradient_checkpointing=a.gradient_checkpointing,
+                packed=a.packed and a.shared_prompt)
     variants = [Variant(l, l, **base) for l in LOSSES]
-    if a.levers:
-        cpo = variants[1]
+    if a.levers:  # explicit configurations around our default one (duplicates of it are measured again)
+        cpo, dpo = variants[1], variants[2]
+        for base_v, stem in ((cpo, "cpo"), (dpo, "dpo_live")):
+            variants += [
+                replace(base_v, name=f"{stem}[concat]", shared_prompt=False, packed=False),
+                replace(base_v, name=f"{stem}[kv_cache]", shared_prompt=True, packed=False),
+                replace(base_v, name=f"{stem}[packed]", shared_prompt=True, packed=True),
+            ]
         variants += [
-            Variant("cpo[shared_prompt=%s]" % (not cpo.shared_prompt), "cpo", not cpo.shared_prompt, True, cpo.fused_adamw),
-            Variant("cpo[full_logits]", "cpo", cpo.shared_prompt, False, cpo.fused_adamw),
-            Variant("cpo[fused_adamw=%s]" % (not cpo.fused_adamw), "cpo", cpo.shared_prompt, True, not cpo.fused_adamw),
-            Variant("dpo_live[shared_prompt=%s]" % (not cpo.shared_prompt), "dpo_live", not cpo.shared_prompt, True, cpo.fused_adamw),
+            replace(cpo, name="cpo[concat,full_logits]", shared_prompt=False, packed=False, logits_to_keep=False),
+            replace(cpo, name=f"cpo[fused_adamw={not a.fused_adamw}]", fused_adamw=not a.fused_adamw),
         ]
     impls = [OursImpl(v, init, wl, spec, a.lr, a.device) for v in variants]
     if a.levers:  # length grouping: a bigger pool, the same model, random vs length-grouped batches
         pool = make_workload(a.batch_size, lever_pool, seed=a.seed, tok=wl.tok)
         for g in (False, True):
-            v = Variant(f"cpo[pool,group_by_length={g}]", "cpo", a.shared_prompt, True, a.fused_adamw, group_by_length=g)
+            v = replace(variants[1], name=f"cpo[pool,group_by_length={g}]", group_by_length=g)
             impl = OursImpl(v, init, pool, spec, a.lr, a.device)
             if not g:  # random order (not sequential) for the ungrouped pool batches
                 order = list(range(len(pool.pairs)))
                 random.Random(a.seed).shuffle(order)
                 idx = [order[s * a.batch_size : (s + 1) * a.batch_size] for s in range(lever_pool)]
-                impl.batches = [pool.collate(i) for i in idx]
-                impl.work = [ours_work(spec, init.config.vocab_size, b, ["chosen", "rejected"], a.shared_prompt, True, True) for b in impl.batches]
+                impl.set_batches([pool.collate(i) for i in idx])
             impls.append(impl)
     chunks: dict[str, list[list[float]]] = {i.name: [] for i in impls}
     gpu_mem: dict[str, int] = {}
@@ -648,7 +697,7 @@ def bench_model(name: str, a: BenchArgs, peak: float, log=print) -> dict:
     trl = None
     if a.against == "trl":
         total = (a.warmup + a.reps) * a.steps
-        trl = TrlImpl(init, wl, spec, a.lr, a.device, a.fused_adamw, a.threads, total)
+        trl = TrlImpl(init, wl, spec, a.lr, a.device, a.fused_adamw, a.threads, total, a.gradient_checkpointing)
         result["trl_tokens"] = trl.token_check(wl)
         result["trl_first_batch"] = compare_first_batch(impls[1], trl)
         act[trl.name] = saved_activation_mb(trl.first_batch_loss, list(trl.model.parameters()))
@@ -686,7 +735,8 @@ def bench_model(name: str, a: BenchArgs, peak: float, log=print) -> dict:
         cfgs = []
         for n in names:
             cfg = dict(model=name, impl=n, batch_size=a.batch_size, steps=a.steps, lr=a.lr, threads=a.threads, seed=a.seed,
-                       fused=a.fused_adamw, import_trl=trl is not None, vocab_size=a.vocab_size)
+                       fused=a.fused_adamw, import_trl=trl is not None, vocab_size=a.vocab_size,
+                       gradient_checkpointing=a.gradient_checkpointing)
             if n != "trl_cpo":
                 cfg["variant"] = asdict(next(v for v in variants if v.name == n))
             cfgs.append(cfg)
@@ -712,15 +762,16 @@ def bench_model(name: str, a: BenchArgs, peak: float, log=print) -> dict:
         def speed(x, y):  # how much faster y is than x (median and best)
             return {"median": r[x]["step_s_median"] / r[y]["step_s_median"], "best": r[x]["step_s_min"] / r[y]["step_s_min"]}
 
-        flip = not a.shared_prompt
-        sp_on, sp_off = ("cpo", f"cpo[shared_prompt={flip}]") if a.shared_prompt else (f"cpo[shared_prompt={flip}]", "cpo")
-        dsp_on, dsp_off = ("dpo_live", f"dpo_live[shared_prompt={flip}]") if a.shared_prompt else (f"dpo_live[shared_prompt={flip}]", "dpo_live")
-        fu_on, fu_off = ("cpo", f"cpo[fused_adamw={not a.fused_adamw}]") if a.fused_adamw else (f"cpo[fused_adamw={not a.fused_adamw}]", "cpo")
+        fu_on, fu_off = ("cpo", f"cpo[fused_adamw={not a.fused_adamw}]")[:: 1 if a.fused_adamw else -1]
         g0, g1 = "cpo[pool,group_by_length=False]", "cpo[pool,group_by_length=True]"
         result["levers"] = {
-            "shared_prompt_speedup_cpo": speed(sp_off, sp_on),
-            "shared_prompt_speedup_dpo_live": speed(dsp_off, dsp_on),
-            "logits_to_keep_speedup": speed("cpo[full_logits]", "cpo"),
+            "kv_cache_over_concat_speedup_cpo": speed("cpo[concat]", "cpo[kv_cache]"),
+            "kv_cache_over_concat_speedup_dpo_live": speed("dpo_live[concat]", "dpo_live[kv_cache]"),
+            "packed_over_concat_speedup_cpo": speed("cpo[concat]", "cpo[packed]"),
+            "packed_over_concat_speedup_dpo_live": speed("dpo_live[concat]", "dpo_live[packed]"),
+            "packed_over_kv_cache_speedup_cpo": speed("cpo[kv_cache]", "cpo[packed]"),
+            "logits_to_keep_speedup_concat": speed("cpo[concat,full_logits]", "cpo[concat]"),
+            "logits_to_keep_activation_mb": {"full": r["cpo[concat,full_logits]"]["activation_mb"], "kept": r["cpo[concat]"]["activation_mb"]},
             "fused_adamw_speedup": speed(fu_off, fu_on),
             "group_by_length_speedup_pairs_per_s": {
                 "median": r[g1]["pairs_per_s_median"] / r[g0]["pairs_per_s_median"],
@@ -766,8 +817,8 @@ def run_train_bench(a: BenchArgs, log=print) -> dict:
     if a.against == "trl" and not trl_available():
         raise RuntimeError("--against trl: trl (with trl.experimental.cpo) is not importable")
     t0 = time.perf_counter()
-    peak = matmul_peak(a.threads, device=a.device)
-    log(f"[bench] fp32 matmul peak (1024^3, {a.threads} thread(s), {a.device}): {peak / 1e9:.1f} GFLOP/s")
+    peak = matmul_peak(a.threads, n=_peak_n(a.device), device=a.device)
+    log(f"[bench] fp32 matmul peak ({_peak_n(a.device)}^3, {a.threads} thread(s), {a.device}): {peak / 1e9:.1f} GFLOP/s")
     out = {"mode": "train", "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(a).items()},
            "matmul_peak_flops": peak, "torch": torch.__version__, "models": {}}
     for name in a.models:
@@ -775,15 +826,16 @@ def run_train_bench(a: BenchArgs, log=print) -> dict:
         for line in format_model(res, peak):
             log(line)
         out["models"][name] = res
-    out["peak_after_flops"] = matmul_peak(a.threads, device=a.device)
+    out["peak_after_flops"] = matmul_peak(a.threads, n=_peak_n(a.device), device=a.device)
     out["wall_s"] = time.perf_counter() - t0
     log(f"[bench] matmul peak re-measured at the end: {out['peak_after_flops'] / 1e9:.1f} GFLOP/s; wall {out['wall_s']:.0f} s")
     return out
 
 
 # --------------------------------------------------------------------------- generation
-def run_generation_bench(models: Sequence[str], threads: int, n_sentences: int = 32, n_single: int = 8, batch_size: int = 16,
-                         num_beams: int = 5, max_new_tokens: int = 24, reps: int = 3, seed: int = 0, log=print) -> dict:
+def run_generation_bench(models: Sequence[str], threads: int, n_sentences: int = 64, n_single: int = 8,
+                         batch_sizes: Sequence[int] = (16, 64), num_beams: int = 5, max_new_tokens: int = 24, reps: int = 3,
+                         seed: int = 0, log=print) -> dict:
     """Sentences/s of cpo.generation.translate batched vs one sentence at a time (interleaved repetitions).
 
     The models are random-initialised, so beams rarely stop early: every sentence decodes
@@ -795,32 +847,27 @@ def run_generation_bench(models: Sequence[str], threads: int, n_sentences: int =
     tok = build_tokenizer(seed)
     sources = [e.source for e in make_examples(n_sentences, seed + 7)]
     out = {"mode": "generation", "threads": threads, "num_beams": num_beams, "max_new_tokens": max_new_tokens,
-           "batch_size": batch_size, "models": {}}
+           "sentences": n_sentences, "single_sentences": n_single, "batch_sizes": list(batch_sizes), "models": {}}
+    kw = dict(num_beams=num_beams, max_new_tokens=max_new_tokens)
     for name in models:
         model = build_model(tok, name, seed).eval()
-        model.generation_config.use_cache = True
-        batched, single = [], []
-        kw = dict(num_beams=num_beams, max_new_tokens=max_new_tokens)
-        translate(model, tok, sources[:batch_size], SRC, TGT, batch_size=batch_size, **kw)  # warm-up
-        translate(model, tok, sources[:1], SRC, TGT, batch_size=1, **kw)
+        runs: dict[int, list[float]] = {bs: [] for bs in (1, *batch_sizes)}
+        for bs in runs:  # warm-up
+            translate(model, tok, sources[: max(bs, 1)], SRC, TGT, batch_size=bs, **kw)
         for r in range(reps):
-            for mode in (("b", "s") if r % 2 == 0 else ("s", "b")):
+            order = list(runs) if r % 2 == 0 else list(runs)[::-1]
+            for bs in order:
+                n = n_single if bs == 1 else len(sources)
                 t = time.perf_counter()
-                if mode == "b":
-                    translate(model, tok, sources, SRC, TGT, batch_size=batch_size, **kw)
-                    batched.append(len(sources) / (time.perf_counter() - t))
-                else:
-                    translate(model, tok, sources[:n_single], SRC, TGT, batch_size=1, **kw)
-                    single.append(n_single / (time.perf_counter() - t))
-        res = {
-            "batched_sent_per_s_median": statistics.median(batched), "batched_sent_per_s_max": max(batched),
-            "single_sent_per_s_median": statistics.median(single), "single_sent_per_s_max": max(single),
-        }
-        res["speedup_median"] = res["batched_sent_per_s_median"] / res["single_sent_per_s_median"]
-        res["speedup_best"] = res["batched_sent_per_s_max"] / res["single_sent_per_s_max"]
-        log(f"== generation {name}: {num_beams} beams, {max_new_tokens} new tokens, batch {batch_size}: "
-            f"batched {res['batched_sent_per_s_median']:.2f} sent/s (best {res['batched_sent_per_s_max']:.2f}), "
-            f"one at a time {res['single_sent_per_s_median']:.2f} sent/s (best {res['single_sent_per_s_max']:.2f}); "
-            f"speedup median {res['speedup_median']:.1f}x, best {res['speedup_best']:.1f}x")
+                translate(model, tok, sources[:n], SRC, TGT, batch_size=bs, **kw)
+                runs[bs].append(n / (time.perf_counter() - t))
+        res = {"single_sent_per_s_median": statistics.median(runs[1]), "single_sent_per_s_max": max(runs[1]), "batched": {}}
+        for bs in batch_sizes:
+            med, best = statistics.median(runs[bs]), max(runs[bs])
+            res["batched"][bs] = {"sent_per_s_median": med, "sent_per_s_max": best,
+                                  "speedup_median": med / res["single_sent_per_s_median"], "speedup_best": best / res["single_sent_per_s_max"]}
+            log(f"== generation {name}: {num_beams} beams, {max_new_tokens} new tokens: batch {bs}: {med:.1f} sent/s (best {best:.1f}) "
+                f"vs one at a time {res['single_sent_per_s_median']:.1f} sent/s (best {res['single_sent_per_s_max']:.1f}): "
+                f"speedup median {med / res['single_sent_per_s_median']:.1f}x, best {best / res['single_sent_per_s_max']:.1f}x")
         out["models"][name] = res
     return out

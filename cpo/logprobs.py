@@ -107,7 +107,8 @@ def completion_logps_shared_prompt(
     the prompt forward saves.
     """
     b, p = prompt_ids.shape
-    if p < 2:  # nothing to cache
+    # Nothing to cache; or gradient checkpointing, whose layers drop the KV cache in training mode.
+    if p < 2 or (model.training and getattr(model, "is_gradient_checkpointing", False)):
         return completion_logps(model, prompt_ids, prompt_mask, completions, pad_id)
     k = len(completions)
     comp_ids, comp_mask = pad_right([c[0] for c in completions], [c[1] for c in completions], pad_id)
@@ -133,6 +134,67 @@ def completion_logps_shared_prompt(
     token_logps = gather_token_logps(cont.logits[:, :-1], comp_ids) * comp_mask
     sums, counts = token_logps.sum(-1), comp_mask.sum(-1)
     return [CompletionLogps(sums[i * b : (i + 1) * b], counts[i * b : (i + 1) * b]) for i in range(k)]
+
+
+def packed_attention_mask(prompt_mask: Tensor, side_masks: list[Tensor]) -> Tensor:
+    """[B, T, T] boolean mask (True = may attend) for rows [prompt; side_1; ...; side_k].
+
+    A prompt column sees the prompt causally; a side column sees the whole prompt and its own side
+    causally, never another side; no query sees a padding key. Every column also sees itself, so
+    padding rows stay finite (their outputs are never used).
+    """
+    widths = [prompt_mask.shape[1]] + [m.shape[1] for m in side_masks]
+    dev = prompt_mask.device
+    seg = torch.cat([torch.full((w,), i, device=dev) for i, w in enumerate(widths)])
+    col = torch.arange(seg.numel(), device=dev)
+    allowed = (col[None, :] <= col[:, None]) & ((seg[None, :] == seg[:, None]) | (seg[None, :] == 0))
+    real = torch.cat([prompt_mask] + list(side_masks), 1).bool()
+    return (allowed[None] & real[:, None, :]) | torch.eye(seg.numel(), dtype=torch.bool, device=dev)[None]
+
+
+_PACKED_ATTENTION = ("sdpa", "eager")
+
+
+def completion_logps_packed(
+    model: nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    completions: list[tuple[Tensor, Tensor]],
+    pad_id: int,
+) -> list[CompletionLogps]:
+    """Same result as :func:`completion_logps`, with the prompt run once: one forward per pair over
+    [prompt; side_1; ...; side_k] (e.g. chosen and rejected) with a 4D attention mask that lets each
+    side see the prompt and itself only, and position ids that restart after the prompt for every side.
+
+    One call and no KV cache, so it also works under gradient checkpointing, and each side keeps its
+    own padded width. Needs an attention implementation that takes a 4D mask (sdpa, eager); others
+    fall back to :func:`completion_logps_shared_prompt`.
+    """
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    if impl not in _PACKED_ATTENTION or len(completions) < 2:
+        fallback = completion_logps_shared_prompt if len(completions) > 1 else completion_logps
+        return fallback(model, prompt_ids, prompt_mask, completions, pad_id)
+    b, p = prompt_ids.shape
+    ids = torch.cat([prompt_ids] + [c[0] for c in completions], 1)
+    mask = packed_attention_mask(prompt_mask, [c[1] for c in completions])[:, None]
+    if impl == "eager":  # eager attention adds the mask to the scores
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
+    plen = prompt_mask.sum(-1, keepdim=True)
+    pos = [position_ids_from_mask(prompt_mask)] + [plen + c[1].long().cumsum(-1) - 1 for c in completions]
+    keep = ids.shape[1] - (p - 1)  # the prompt's last column, then every side column
+    logits = _logits(model, keep, input_ids=ids, attention_mask=mask, position_ids=torch.cat(pos, 1))
+    out, offset = [], p
+    for side_ids, side_mask in completions:
+        w = side_ids.shape[1]
+        # Token 0 of every side is predicted by the prompt's last column (kept column 0); token j >= 1
+        # by the side's column j - 1 (kept column offset - p + j).
+        first = gather_token_logps(logits[:, :1], side_ids[:, :1])
+        rest = gather_token_logps(logits[:, offset - p + 1 : offset - p + w], side_ids[:, 1:])
+        token_logps = torch.cat([first, rest], 1) * side_mask
+        out.append(CompletionLogps(token_logps.sum(-1), side_mask.sum(-1)))
+        offset += w
+    return out
 
 
 def _repeat_cache(cache, k: int) -> None:

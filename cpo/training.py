@@ -249,7 +249,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
             reference = build_reference(cfg.loss.reference, policy)
             say(f"DPO reference: {reference.mode}")
 
-    module = PreferenceModule(policy if policy is not None else make_policy, loss, OptimSettings(**OmegaConf.to_container(cfg.optim)), dm.collator.pad_id, reference, cfg.shared_prompt)
+    module = PreferenceModule(policy if policy is not None else make_policy, loss, OptimSettings(**OmegaConf.to_container(cfg.optim)), dm.collator.pad_id, reference, cfg.forward)
     loggers = build_loggers(cfg, out_dir)
     from cpo.callbacks import build_callbacks
 

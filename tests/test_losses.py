@@ -58,7 +58,8 @@ def test_preference_loss_dispatch_and_validation():
         PreferenceLoss("dpo", kind="dpo").preference_terms(PC, PR)
 
 
-def test_cpo_total_loss_through_the_module_matches_hand_value(tiny_tok_model):
+@pytest.mark.parametrize("forward", ["concat", "kv_cache", "packed"])
+def test_cpo_total_loss_through_the_module_matches_hand_value(tiny_tok_model, forward):
     """L = mean L_prefer + alpha * token-mean NLL of y_w, computed by hand from per-token log-probs."""
     from cpo.data import Collator, PairEncoder, PreferenceExample
     from cpo.module import OptimSettings, PreferenceModule
@@ -67,7 +68,7 @@ def test_cpo_total_loss_through_the_module_matches_hand_value(tiny_tok_model):
     enc = PairEncoder(tok, 64, 128)
     exs = [PreferenceExample("der hund", "the dog", "a cat sees", "de", "en"), PreferenceExample("die katze 3", "the cat 3 today", "cat", "de", "en")]
     batch = Collator(tok.pad_token_id)([{"pair": enc.encode(i, e)} for i, e in enumerate(exs)])
-    mod = PreferenceModule(model, PreferenceLoss("cpo", beta=0.1, alpha=1.0), OptimSettings(), tok.pad_token_id)
+    mod = PreferenceModule(model, PreferenceLoss("cpo", beta=0.1, alpha=1.0), OptimSettings(), tok.pad_token_id, forward=forward)
     loss, stats = mod.compute(batch, train=False)
     # by hand: per-example unpadded forward
     sums, toks = [], []

@@ -1,0 +1,113 @@
+"""Smoke test of the throughput benchmark (cpo/bench.py, scripts/bench.py) on a tiny model."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from cpo import bench
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("bench_script", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def run():
+    """One short run: tiny model, 1 measured repetition of 2 steps, TRL alongside when importable."""
+    import io
+    from contextlib import redirect_stdout
+
+    argv = ["--model", "tiny", "--reps", "1", "--warmup", "1", "--steps", "2", "--batch-size", "4", "--memory", "off", "--levers"]
+    if bench.trl_available():
+        argv += ["--against", "trl"]
+    out = io.StringIO()
+    with redirect_stdout(out):
+        summary = _script().main(argv)
+    return summary, out.getvalue()
+
+
+def test_output_structure_and_json_last_line(run):
+    summary, text = run
+    last = text.strip().splitlines()[-1]
+    assert json.loads(last) == json.loads(json.dumps(summary, default=str))
+    assert summary["matmul_peak_flops"] > 0
+    res = summary["models"]["tiny"]["results"]
+    for name in bench.LOSSES:
+        r = res[name]
+        for key in ("pairs_per_s_median", "pairs_per_s_max", "completion_tokens_per_s_median", "step_s_min",
+                    "flops_per_s_median", "peak_share_median", "activation_mb"):
+            assert r[key] > 0, (name, key)
+        assert 0 <= r["padding_share"] < 1
+        assert r["step_s_min"] <= r["step_s_median"]
+    assert res["dpo_cached"]["ref_cache_s"] > 0
+    ratios = summary["models"]["tiny"]["ratios"]
+    assert ratios["cpo_step_over_dpo_live_median"] > 0
+    levers = summary["models"]["tiny"]["levers"]
+    assert levers["group_by_length_padding_share"]["grouped"] <= levers["group_by_length_padding_share"]["random"]
+    assert "== model tiny" in text
+
+
+def test_first_batch_loss_equals_trl(run):
+    if not bench.trl_available():
+        pytest.skip("trl not importable")
+    summary, _ = run
+    m = summary["models"]["tiny"]
+    assert m["trl_tokens"]["identical_ids"] == m["trl_tokens"]["pairs"]
+    first = m["trl_first_batch"]
+    assert first["loss_abs_diff"] < 1e-4, first
+    assert first["logps_max_abs_diff"] < 1e-3, first
+    assert m["results"]["trl_cpo"]["pairs_per_s_median"] > 0
+    assert m["ratios"]["cpo_pairs_per_s_over_trl_median"] > 0
+
+
+def test_memory_probe_in_process():
+    cfg = dict(model="tiny", impl="cpo", batch_size=4, steps=1, lr=1e-5, threads=1, seed=0, fused=True,
+               variant={"name": "cpo", "loss": "cpo"})
+    m = bench.memory_probe(cfg)
+    assert m["peak_rss_mb"] > 0 and m["step_rss_mb"] >= 0
+
+
+def test_flop_accounting():
+    spec = bench.MODELS["tiny"]
+    d, f, L = spec.hidden, spec.ffn, spec.layers
+    per_token = L * (2 * d * d + 2 * d * spec.kv_heads * (d // spec.heads) + 3 * d * f)
+    # Linear part of a training step is 6 N T; the LM head adds 6 d V per position that runs it.
+    assert bench._seg_flops(spec, 100, 0, 1, 0, True) == pytest.approx(6 * per_token + 3 * 4 * d * L)
+    assert bench._seg_flops(spec, 100, 0, 1, 1, False) - bench._seg_flops(spec, 100, 0, 1, 0, False) == 2 * d * 100
+    wl = bench.make_workload(4, 1)
+    b = wl.collate(range(4))
+    shared = bench.ours_work(spec, 100, b, ["chosen", "rejected"], True, True, True)
+    concat = bench.ours_work(spec, 100, b, ["chosen", "rejected"], False, True, True)
+    assert shared.flops < concat.flops and shared.real < concat.real
+    assert shared.completion_tokens == concat.completion_tokens == int(b["chosen_mask"].sum() + b["rejected_mask"].sum())
+
+
+def test_prompt_sharing_routes_match_the_concatenated_forward():
+    """The two shared-prompt forwards the levers measure give the concatenated forward's values and gradients."""
+    import copy
+
+    import torch
+
+    from cpo.logprobs import completion_logps, completion_logps_packed, completion_logps_shared_prompt
+
+    wl = bench.make_workload(4, 1)
+    model = bench.build_model(wl.tok, "tiny")
+    b = wl.collate(range(4))
+    sides = [(b["chosen_ids"], b["chosen_mask"]), (b["rejected_ids"], b["rejected_mask"])]
+    got = []
+    for fn in (completion_logps, completion_logps_shared_prompt, completion_logps_packed):
+        m = copy.deepcopy(model)
+        c, r = fn(m, b["prompt_ids"], b["prompt_mask"], sides, wl.pad_id)
+        (-(c.sum - 0.5 * r.sum).sum()).backward()
+        got.append((torch.cat([c.sum, r.sum]).detach(), torch.cat([p.grad.flatten() for p in m.parameters()])))
+    for vals, grads in got[1:]:
+        assert torch.allclose(vals, got[0][0], atol=1e-4)
+        assert (grads - got[0][1]).norm() / got[0][1].norm() < 1e-4
