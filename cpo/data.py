@@ -165,7 +165,8 @@ def read_alma_r_preference(source: str, pairs: Sequence[str], scorer: str = "kiw
         try:
             import datasets
         except ImportError:
-            raise RuntimeError(f"data.path={source!r} is not a local path; loading it from the hub needs `pip install cpo[hub]`") from None
+            raise Unavailable(f"data.path={source!r}: cannot load it from the hub without the `datasets` package "
+                              "(bash scripts/install.sh hub); or pass a local copy") from None
         for c in configs:
             try:
                 ds = datasets.load_dataset(source, c, split=split)

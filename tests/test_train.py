@@ -109,7 +109,7 @@ def test_multirun_sweep_groups_runs_in_wandb(tmp_path):
     [
         (["beta=0"], "beta must be > 0"),
         (["data=jsonl", "data.train_file=/nope.jsonl", "model=hf", "model.name_or_path=x"], "data.train_file: /nope.jsonl does not exist"),
-        (["data=alma_r_preference", "model=hf", "model.name_or_path=x"], "data.path='haoranxu/ALMA-R-Preference' (config cs-en): cannot load it from the hub"),
+        (["data=alma_r_preference", "model=hf", "model.name_or_path=x"], "data.path='haoranxu/ALMA-R-Preference'"),
     ],
 )
 def test_cli_errors_are_one_sentence(args, message):
