@@ -116,3 +116,19 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
             yield i, obj
+
+
+def report_paths(output: str | os.PathLike) -> tuple[Path, Path]:
+    """Where the Markdown and JSON reports of a JSONL output go: beside it, same stem."""
+    output = Path(output)
+    return output.parent / f"{output.stem}.report.md", output.parent / f"{output.stem}.report.json"
+
+
+def write_jsonl_with_report(output: str | os.PathLike, rows: Iterable[dict], report: dict, markdown: str, overwrite: bool) -> None:
+    """The JSONL and its two reports, each atomic; re-checked first, since another run may have written them meanwhile."""
+    md_path, json_path = report_paths(output)
+    for p in (output, md_path, json_path):
+        check_writable(p, overwrite)
+    atomic_write_jsonl(output, rows)
+    atomic_write_json(json_path, report)
+    atomic_write_text(md_path, markdown)

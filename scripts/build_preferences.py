@@ -26,7 +26,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from cpo.evaluation import WMT22_DIRECTIONS, parse_direction, wmt22_directions
-from cpo.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, check_writable
+from cpo.io import check_writable, report_paths, write_jsonl_with_report
 from cpo.languages import language_name
 from cpo.parallel import FORMATS, ParallelData, read_parallel, read_system_outputs
 from cpo.preferences import NEGATIVES, BuildCounts, NoiseSettings, build_pairs, win_counts
@@ -350,10 +350,6 @@ def markdown_report(report: dict) -> str:
 
 
 # --------------------------------------------------------------------------- app
-def report_paths(output: Path) -> tuple[Path, Path]:
-    return output.parent / f"{output.stem}.report.md", output.parent / f"{output.stem}.report.json"
-
-
 def make_scorer(cfg: DictConfig, output: Path) -> tuple[Scorer, Path | None]:
     cache = cfg.get("scorer_cache_dir")
     if cache is None:
@@ -433,11 +429,7 @@ def build(cfg: DictConfig) -> dict:
         "win_vs_ref_by_group": aggregate_wins(per_direction),
         "run_time_s": round(time.time() - t0, 3),
     }
-    for p in (output, md_path, json_path):  # another run may have written them meanwhile
-        check_writable(p, bool(cfg.overwrite))
-    atomic_write_jsonl(output, all_rows)
-    atomic_write_json(json_path, report)
-    atomic_write_text(md_path, markdown_report(report))
+    write_jsonl_with_report(output, all_rows, report, markdown_report(report), bool(cfg.overwrite))
     return report
 
 

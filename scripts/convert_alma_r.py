@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from cpo.data import alma_r_examples, example_from_record
 from cpo.evaluation import parse_direction
-from cpo.io import DataError, atomic_write_json, atomic_write_jsonl, atomic_write_text, check_writable, iter_jsonl
+from cpo.io import DataError, check_writable, iter_jsonl, report_paths, write_jsonl_with_report
 from cpo.languages import language_name
 
 log = logging.getLogger("convert_alma_r")
@@ -168,7 +168,7 @@ def run(cfg: DictConfig) -> dict:
         language_name(src, f"pairs: {p}")
         language_name(tgt, f"pairs: {p}")
     output = Path(to_absolute_path(str(cfg.output)))
-    md_path, json_path = output.parent / f"{output.stem}.report.md", output.parent / f"{output.stem}.report.json"
+    md_path, json_path = report_paths(output)
     for p in (output, md_path, json_path):
         check_writable(p, bool(cfg.overwrite))
     rows, inputs = read_rows(str(cfg.source), pairs, str(cfg.split))
@@ -186,11 +186,7 @@ def run(cfg: DictConfig) -> dict:
         "directions": stats,
         "run_time_s": round(time.time() - t0, 3),
     }
-    for p in (output, md_path, json_path):
-        check_writable(p, bool(cfg.overwrite))
-    atomic_write_jsonl(output, records)
-    atomic_write_json(json_path, report)
-    atomic_write_text(md_path, markdown_report(report))
+    write_jsonl_with_report(output, records, report, markdown_report(report), bool(cfg.overwrite))
     return report
 
 
