@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import lightning as L
+import torch
 from omegaconf import DictConfig
 
 
@@ -33,13 +34,11 @@ class TranslationEval(L.Callback):
             if type(lg).__name__ == "WandbLogger" and self.table_rows:
                 rows = [[e.source, e.reference or "", e.chosen, e.rejected, h] for e, h in list(zip(ex, hyps))[: self.table_rows]]
                 lg.log_table("val/samples", columns=["source", "reference", "chosen", "rejected", "policy"], data=rows, step=trainer.global_step)
-        trainer.callback_metrics.update({k: __import__("torch").tensor(v) for k, v in metrics.items()})
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
 
 
-def build_callbacks(cfg: DictConfig, tokenizer, data) -> list:
+def build_callbacks(cfg: DictConfig, tokenizer, data, scorers=()) -> list:
     t = cfg.evaluate.get("during_training") or {}
     if not t.get("enabled", False) or not data.val:
         return []
-    from cpo.training import default_scorers
-
-    return [TranslationEval(data.val, tokenizer, default_scorers(cfg), t.get("max_sentences", 32), t.get("table_rows", 8))]
+    return [TranslationEval(data.val, tokenizer, scorers, t.get("max_sentences", 32), t.get("table_rows", 8))]

@@ -505,5 +505,9 @@ class PreferenceDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_pairs, "train", train=True)
 
+    def heldout_dataloader(self) -> DataLoader:
+        """All validation pairs on this process, unsharded (the before/after table runs on rank 0 alone)."""
+        return DataLoader(PairDataset(self.val_pairs), batch_size=self.eval_batch_size, collate_fn=self.collator)
+
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_pairs, "val", train=False) if self.val_pairs else []

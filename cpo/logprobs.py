@@ -64,6 +64,18 @@ def pad_right(seqs: list[Tensor], masks: list[Tensor], pad_id: int) -> tuple[Ten
     return torch.cat(ids, 0), torch.cat(ms, 0)
 
 
+def _pad_sides(completions: list[tuple[Tensor, Tensor]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """All sides' completions right-padded to one width and stacked: [k*B, C]."""
+    return pad_right([c[0] for c in completions], [c[1] for c in completions], pad_id)
+
+
+def _split_sides(token_logps: Tensor, comp_mask: Tensor, b: int) -> list[CompletionLogps]:
+    """Masked per-token log-probs of k stacked sides [k*B, C] -> one CompletionLogps per side."""
+    token_logps = token_logps * comp_mask
+    sums, counts = token_logps.sum(-1), comp_mask.sum(-1)
+    return [CompletionLogps(sums[i : i + b], counts[i : i + b]) for i in range(0, sums.shape[0], b)]
+
+
 def completion_logps(
     model: nn.Module,
     prompt_ids: Tensor,
@@ -77,16 +89,13 @@ def completion_logps(
     "concatenated forward" does.
     """
     k = len(completions)
-    comp_ids, comp_mask = pad_right([c[0] for c in completions], [c[1] for c in completions], pad_id)
+    comp_ids, comp_mask = _pad_sides(completions, pad_id)
     c_len = comp_ids.shape[1]
     ids = torch.cat([prompt_ids.repeat(k, 1), comp_ids], 1)
     mask = torch.cat([prompt_mask.repeat(k, 1), comp_mask], 1)
     logits = _logits(model, c_len + 1, input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask))
     # The logit at column t predicts token t+1: the first completion token comes from the prompt's last column.
-    token_logps = gather_token_logps(logits[:, :-1], comp_ids) * comp_mask
-    sums, counts = token_logps.sum(-1), comp_mask.sum(-1)
-    b = prompt_ids.shape[0]
-    return [CompletionLogps(sums[i * b : (i + 1) * b], counts[i * b : (i + 1) * b]) for i in range(k)]
+    return _split_sides(gather_token_logps(logits[:, :-1], comp_ids), comp_mask, prompt_ids.shape[0])
 
 
 def completion_logps_shared_prompt(
@@ -111,7 +120,7 @@ def completion_logps_shared_prompt(
     if p < 2 or (model.training and getattr(model, "is_gradient_checkpointing", False)):
         return completion_logps(model, prompt_ids, prompt_mask, completions, pad_id)
     k = len(completions)
-    comp_ids, comp_mask = pad_right([c[0] for c in completions], [c[1] for c in completions], pad_id)
+    comp_ids, comp_mask = _pad_sides(completions, pad_id)
     prompt_pos = position_ids_from_mask(prompt_mask)
     head_ids, head_mask = prompt_ids[:, :-1], prompt_mask[:, :-1]
     cont_ids = torch.cat([prompt_ids[:, -1:].repeat(k, 1), comp_ids], 1)  # [kB, 1 + C]
@@ -131,9 +140,7 @@ def completion_logps_shared_prompt(
     cont_pos = prompt_pos[:, -1:].repeat(k, 1) + cont_mask.long().cumsum(-1) - 1
     cont = model(**cont_in, attention_mask=full_mask, position_ids=cont_pos, past_key_values=cache, use_cache=True)
     # Column 0 (the prompt's last token) predicts the first completion token, as in completion_logps.
-    token_logps = gather_token_logps(cont.logits[:, :-1], comp_ids) * comp_mask
-    sums, counts = token_logps.sum(-1), comp_mask.sum(-1)
-    return [CompletionLogps(sums[i * b : (i + 1) * b], counts[i * b : (i + 1) * b]) for i in range(k)]
+    return _split_sides(gather_token_logps(cont.logits[:, :-1], comp_ids), comp_mask, b)
 
 
 def packed_attention_mask(prompt_mask: Tensor, side_masks: list[Tensor]) -> Tensor:

@@ -4,6 +4,7 @@ train.py is a thin Hydra entry around :func:`run`; tests call :func:`run` (or th
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from cpo.config import validate
 from cpo.data import PreferenceDataModule, read_alma_r_preference, read_preference_jsonl, split_examples
 from cpo.heldout import TestSet, before_after_table, pair_metrics, translation_metrics
-from cpo.io import atomic_write_json, atomic_write_text, iter_jsonl
+from cpo.io import DataError, atomic_write_json, atomic_write_text, iter_jsonl
 from cpo.losses import PreferenceLoss
 from cpo.models import LoraSettings, build_policy, build_reference, count_parameters, is_peft, load_tokenizer
 from cpo.module import OptimSettings, PreferenceModule
@@ -46,13 +47,9 @@ def _read_test(path: str) -> TestSet:
     for where, r in rows:
         for key in ("source", "reference", "src_lang", "tgt_lang"):
             if not isinstance(r.get(key), str) or not r[key].strip():
-                from cpo.io import DataError
-
                 raise DataError(f"{where}: field {key!r} missing or empty")
     langs = {(r["src_lang"], r["tgt_lang"]) for _, r in rows}
     if len(langs) != 1:
-        from cpo.io import DataError
-
         raise DataError(f"{path}: a test file must hold one direction, found {sorted(langs)}")
     (src, tgt) = langs.pop()
     return TestSet([r["source"] for _, r in rows], [r["reference"] for _, r in rows], src, tgt)
@@ -182,7 +179,7 @@ def build_trainer(cfg: DictConfig, out_dir: Path, loggers: list, callbacks: list
 
 
 def evaluate_policy(policy, tokenizer, dm: PreferenceDataModule, test: TestSet | None, cfg: DictConfig, scorers) -> tuple[dict, list[str]]:
-    metrics = pair_metrics(policy, dm._loader(dm.val_pairs, "val", train=False), dm.collator.pad_id) if dm.val_pairs else {}
+    metrics = pair_metrics(policy, dm.heldout_dataloader(), dm.collator.pad_id) if dm.val_pairs else {}
     hyps: list[str] = []
     if test is not None:
         e = cfg.evaluate
@@ -253,11 +250,12 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     loggers = build_loggers(cfg, out_dir)
     from cpo.callbacks import build_callbacks
 
-    trainer = build_trainer(cfg, out_dir, loggers, build_callbacks(cfg, tokenizer, data))
+    # Built once: a COMET scorer loads its model, and both the callback and the table use it.
+    scorers = default_scorers(cfg) if cfg.evaluate.before_after or cfg.evaluate.during_training.enabled else []
+    trainer = build_trainer(cfg, out_dir, loggers, build_callbacks(cfg, tokenizer, data, scorers))
     for lg in loggers:
         lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), "trainable_parameters": trainable, "total_parameters": total})
 
-    scorers = default_scorers(cfg) if cfg.evaluate.before_after else []
     before = None
     if cfg.evaluate.before_after and rank_zero_only.rank == 0 and policy is not None:
         say("evaluating the starting policy on held-out data")
@@ -280,7 +278,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     if trainer.is_global_zero:
         results = {
             "config": OmegaConf.to_container(cfg, resolve=True),
-            "loss": loss.name, "beta": loss.beta, "seed": cfg.seed,
+            "loss": loss.name, "beta": loss.beta, "seed": cfg.seed, "start_model": data.model_path,
             "trainable_parameters": trainable, "total_parameters": total,
             "train_pairs": len(dm.train_pairs), "val_pairs": len(dm.val_pairs), "tokenization": dm.drop_counts,
             "global_steps": trainer.global_step, "fit_seconds": round(fit_seconds, 2),
@@ -320,18 +318,12 @@ def attach_cached_reference(cfg: DictConfig, policy, dm: PreferenceDataModule, m
 
     def compute():
         say("computing reference log-probs once (loss.reference=cached)")
-        ctx = policy.disable_adapter() if is_peft(policy) else _null()
+        ctx = policy.disable_adapter() if is_peft(policy) else contextlib.nullcontext()
         with ctx:
             return {s: compute_reference_logps(policy, dm.collator, pairs, dm.collator.pad_id, dm.eval_batch_size) for s, pairs in splits.items()}
 
     dm.ref_logps, hit = load_or_compute(cfg.cache_dir, key, compute)
     say(f"DPO reference: cached log-probs {'read from' if hit else 'written to'} {cfg.cache_dir}/reference_logps/{key}.pt")
-
-
-def _null():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def finish_wandb(loggers: list) -> None:

@@ -64,9 +64,13 @@ def test_full_model_saved_reloads_and_translates_and_table(tmp_path, capsys):
     assert (tmp_path / "checkpoints" / "last.ckpt").exists() and (tmp_path / "before_after.md").exists()
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "policy")
     tok = AutoTokenizer.from_pretrained(tmp_path / "policy")
-    before_w = model.state_dict()
-    assert translate(model, tok, ["vosh vidrak"], "zb", "en", num_beams=1, max_new_tokens=8)[0] is not None
-    assert res["global_steps"] == 4 and before_w
+    start = AutoModelForCausalLM.from_pretrained(res["start_model"])
+    # What was saved is the trained policy, not the warm start it began from.
+    trained, initial = model.state_dict(), start.state_dict()
+    assert trained.keys() == initial.keys()
+    assert any(not torch.equal(trained[k], initial[k]) for k in trained)
+    assert isinstance(translate(model, tok, ["vosh vidrak"], "zb", "en", num_beams=1, max_new_tokens=8)[0], str)
+    assert res["global_steps"] == 4
 
 
 def test_wandb_offline_run_holds_metrics_and_config(tmp_path):
