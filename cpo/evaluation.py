@@ -60,6 +60,7 @@ def corpus_metrics(
     tgt_lang: str,
     sources: Sequence[str] | None = None,
     scorers: Sequence[Scorer] = (),
+    src_lang: str | None = None,
 ) -> dict[str, Any]:
     """Corpus BLEU/chrF with signatures, segment count, and each scorer's mean segment score.
 

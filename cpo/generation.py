@@ -7,8 +7,8 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from cpo.data import format_prompt
 from cpo.languages import language_name
+from cpo.prompt import PromptEncoder
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +23,6 @@ def postprocess(generated: str, tgt_lang: str) -> str:
     return ""
 
 
-def _prompt_ids(tokenizer, prompt: str) -> list[int]:
-    # Same ids as training (cpo.data.PairEncoder.prompt_ids): BOS first, no other specials.
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    return [tokenizer.bos_token_id] + ids if tokenizer.bos_token_id is not None else ids
-
-
 @torch.no_grad()
 def translate(
     model,
@@ -40,15 +34,21 @@ def translate(
     num_beams: int = 5,
     max_new_tokens: int = 256,
     progress: bool = False,
+    max_prompt_length: int | None = None,
 ) -> list[str]:
-    """Translations of ``sources``, in order. Batches are sorted by length (less padding) and left-padded."""
+    """Translations of ``sources``, in order. Batches are sorted by length (less padding) and left-padded.
+
+    Prompts are built and cut exactly as in training (:class:`cpo.prompt.PromptEncoder`): pass the
+    training run's ``data.max_prompt_length`` so that an over-long source is left-truncated the same way.
+    """
     if not sources:
         return []
     model_was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = [_prompt_ids(tokenizer, format_prompt(s, src_lang, tgt_lang)) for s in sources]
+    prompts = PromptEncoder(tokenizer, max_prompt_length, "left")  # an output per source: never reject here
+    encoded = [prompts.encode(s, src_lang, tgt_lang).ids for s in sources]
     order = sorted(range(len(sources)), key=lambda i: len(encoded[i]))
     out: list[str] = [""] * len(sources)
     bar = tqdm(total=len(sources), desc=f"translate {src_lang}-{tgt_lang}", disable=not progress, unit="sent")

@@ -3,19 +3,10 @@ quality of its translations of test sources (BLEU, chrF, a QE/COMET scorer). Use
 before/after table that closes every training run."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from cpo.data.sources import TestSet
 from cpo.logprobs import completion_logps
-
-
-@dataclass
-class TestSet:
-    sources: list[str]
-    references: list[str]
-    src_lang: str
-    tgt_lang: str
 
 
 @torch.no_grad()
@@ -37,12 +28,14 @@ def pair_metrics(policy, loader, pad_id: int) -> dict[str, float]:
     return {"pref_accuracy": wins / max(n, 1), "logp_margin": margin / max(n, 1), "pairs": n}
 
 
-def translation_metrics(policy, tokenizer, test: TestSet, scorers=(), batch_size: int = 64, num_beams: int = 1, max_new_tokens: int = 64) -> tuple[dict, list[str]]:
+def translation_metrics(policy, tokenizer, test: TestSet, scorers=(), batch_size: int = 64, num_beams: int = 1,
+                        max_new_tokens: int = 64, max_prompt_length: int | None = None) -> tuple[dict, list[str]]:
     from cpo.evaluation import corpus_metrics
     from cpo.generation import translate
 
-    hyps = translate(policy, tokenizer, test.sources, test.src_lang, test.tgt_lang, batch_size=batch_size, num_beams=num_beams, max_new_tokens=max_new_tokens)
-    metrics = corpus_metrics(hyps, test.references, test.tgt_lang, sources=test.sources, scorers=scorers)
+    hyps = translate(policy, tokenizer, test.sources, test.src_lang, test.tgt_lang, batch_size=batch_size,
+                     num_beams=num_beams, max_new_tokens=max_new_tokens, max_prompt_length=max_prompt_length)
+    metrics = corpus_metrics(hyps, test.references, test.tgt_lang, sources=test.sources, scorers=scorers, src_lang=test.src_lang)
     return metrics, hyps
 
 

@@ -57,3 +57,23 @@ def load_or_compute(cache_dir: str | os.PathLike, key: str, compute) -> tuple[di
     torch.save(data, tmp)
     os.replace(tmp, path)
     return data, False
+
+
+def attach_cached_reference(cfg, policy, dm, model_path: str, say=print) -> None:
+    """DPO reference log-probs for every train/val pair, read from the cache or computed once and stored."""
+    import contextlib
+
+    from cpo.models import is_peft
+
+    splits = {"train": dm.train_pairs, "val": dm.val_pairs}
+    cfg_dict = policy.config.to_dict() if hasattr(policy, "config") else {}
+    key = cache_key(f"{model_path}|{cfg.model.dtype}|{cfg.model.lora}", cfg_dict, splits)
+
+    def compute():
+        say("computing reference log-probs once (loss.reference=cached)")
+        ctx = policy.disable_adapter() if is_peft(policy) else contextlib.nullcontext()
+        with ctx:
+            return {s: compute_reference_logps(policy, dm.collator, pairs, dm.collator.pad_id, dm.eval_batch_size) for s, pairs in splits.items()}
+
+    dm.ref_logps, hit = load_or_compute(cfg.cache_dir, key, compute)
+    say(f"DPO reference: cached log-probs {'read from' if hit else 'written to'} {cfg.cache_dir}/reference_logps/{key}.pt")

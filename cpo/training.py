@@ -19,9 +19,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from cpo.config import validate
-from cpo.data import PreferenceDataModule, read_alma_r_preference, read_preference_jsonl, split_examples
-from cpo.heldout import TestSet, before_after_table, pair_metrics, translation_metrics
-from cpo.io import DataError, atomic_write_json, atomic_write_text, iter_jsonl
+from cpo.data import LoadContext, PreferenceDataModule, RunData, TestSet, build_source
+from cpo.heldout import before_after_table, pair_metrics, translation_metrics
+from cpo.io import atomic_write_json, atomic_write_text
 from cpo.losses import PreferenceLoss
 from cpo.models import LoraSettings, build_policy, build_reference, count_parameters, is_peft, load_tokenizer
 from cpo.module import OptimSettings, PreferenceModule
@@ -34,65 +34,32 @@ def say(msg: str) -> None:
         print(msg, flush=True)
 
 
-@dataclass
-class RunData:
-    train: list
-    val: list
-    test: TestSet | None
-    model_path: str
-
-
-def _read_test(path: str) -> TestSet:
-    rows = [(f"{path}:{i}", r) for i, r in iter_jsonl(path)]
-    for where, r in rows:
-        for key in ("source", "reference", "src_lang", "tgt_lang"):
-            if not isinstance(r.get(key), str) or not r[key].strip():
-                raise DataError(f"{where}: field {key!r} missing or empty")
-    langs = {(r["src_lang"], r["tgt_lang"]) for _, r in rows}
-    if len(langs) != 1:
-        raise DataError(f"{path}: a test file must hold one direction, found {sorted(langs)}")
-    (src, tgt) = langs.pop()
-    return TestSet([r["source"] for _, r in rows], [r["reference"] for _, r in rows], src, tgt)
-
-
-def demo_settings(cfg: DictConfig):
-    from cpo.demo.assets import DemoSettings
-
-    d, m = cfg.data, cfg.model
-    keys = DemoSettings.__dataclass_fields__
-    model_demo = OmegaConf.to_container(m.demo) if m.get("demo") is not None else {}
-    merged = {k: v for k, v in {**OmegaConf.to_container(d), **model_demo}.items() if k in keys}
-    if "candidates" in merged:
-        merged["candidates"] = tuple(merged["candidates"])
-    return DemoSettings(**merged)
-
-
 def load_data(cfg: DictConfig) -> RunData:
-    d = cfg.data
-    if d.format == "demo":
-        from cpo.demo.assets import ensure_demo_assets
+    """The configured data source's examples, dev/test sets and models (cpo.data.sources)."""
+    source = build_source(cfg.data)
+    ctx = LoadContext(cfg.cache_dir, cfg.seed, OmegaConf.to_container(cfg.model, resolve=True), progress=say)
+    return source.load(ctx)
 
-        assets = ensure_demo_assets(cfg.cache_dir, demo_settings(cfg), progress=say)
-        model_path = str(assets.model_dir) if cfg.model.name_or_path == "demo" else cfg.model.name_or_path
-        return RunData(read_preference_jsonl(assets.train_file), read_preference_jsonl(assets.val_file), _read_test(str(assets.test_file)), model_path)
-    if d.format == "jsonl":
-        train = read_preference_jsonl(d.train_file)
-        val = read_preference_jsonl(d.val_file) if d.val_file else None
-    else:
-        train = read_alma_r_preference(d.path, list(d.pairs), d.scorer, d.split)
-        val = None
-    if val is None:
-        train, val = split_examples(train, d.val_size, cfg.seed)
-    test = _read_test(d.test_file) if d.get("test_file") else None
-    return RunData(train, val, test, cfg.model.name_or_path)
+
+def resolve_model_path(cfg: DictConfig, data: RunData) -> str:
+    """``model.name_or_path``, or the local model of that name that the data source provides (the demo's)."""
+    name = cfg.model.name_or_path
+    if name in data.models:
+        return data.models[name]
+    if name == "demo":
+        from cpo.config import ConfigError
+
+        raise ConfigError("model.name_or_path=demo is the embedded demo's warm start, which only data=demo provides; "
+                          "name a model (model=hf model.name_or_path=...)")
+    return name
 
 
 def build_loss(cfg: DictConfig) -> PreferenceLoss:
-    l = cfg.loss
-    return PreferenceLoss(
-        name=l.name, kind=l.kind, beta=float(l.beta), alpha=float(l.alpha), label_smoothing=float(l.label_smoothing),
-        gamma=float(l.gamma), average_logps=bool(l.average_logps), nll_target=l.nll_target,
-    )
+    """The configured objective: every key of ``cfg.loss`` that is a ``PreferenceLoss`` field."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(PreferenceLoss)}
+    return PreferenceLoss(**{k: v for k, v in OmegaConf.to_container(cfg.loss, resolve=True).items() if k in names})
 
 
 def build_loggers(cfg: DictConfig, out_dir: Path) -> list:
@@ -184,19 +151,19 @@ def evaluate_policy(policy, tokenizer, dm: PreferenceDataModule, test: TestSet |
     if test is not None:
         e = cfg.evaluate
         n = min(len(test.sources), e.max_sentences)
-        sub = TestSet(test.sources[:n], test.references[:n], test.src_lang, test.tgt_lang)
-        tm, hyps = translation_metrics(policy, tokenizer, sub, scorers, e.batch_size, e.num_beams, e.max_new_tokens)
+        sub = test.head(n)
+        tm, hyps = translation_metrics(policy, tokenizer, sub, scorers, e.batch_size, e.num_beams, e.max_new_tokens, cfg.data.max_prompt_length)
         metrics.update({k: v for k, v in tm.items() if isinstance(v, (int, float)) and k != "n"})
         metrics["bleu_signature"] = tm.get("bleu_signature")
     return metrics, hyps
 
 
-def default_scorers(cfg: DictConfig) -> list:
+def default_scorers(cfg: DictConfig, data: RunData) -> list:
     from cpo.scoring import build_scorer
 
     names = cfg.evaluate.get("scorers")
     if names is None:
-        names = ["demo_qe"] if cfg.data.format == "demo" else []
+        names = list(data.default_scorers)
     return [build_scorer(n) for n in names]
 
 
@@ -211,12 +178,13 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     t_start = time.time()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = load_data(cfg)
+    model_path = resolve_model_path(cfg, data)
 
-    tokenizer = load_tokenizer(data.model_path)
+    tokenizer = load_tokenizer(model_path)
     m = cfg.model
     lora = LoraSettings(**OmegaConf.to_container(m.lora)) if m.lora is not None else None
     def make_policy():
-        return build_policy(data.model_path, m.dtype, lora, m.gradient_checkpointing, m.attn_implementation, m.trust_remote_code)
+        return build_policy(model_path, m.dtype, lora, m.gradient_checkpointing, m.attn_implementation, m.trust_remote_code)
 
     # Sharded strategies (FSDP, ZeRO-3) build the model in LightningModule.configure_model instead.
     lazy = bool(cfg.get("build_in_configure_model", False))
@@ -241,7 +209,9 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
 
             raise ConfigError("with build_in_configure_model=true, DPO needs loss.reference=adapter_disabled (LoRA)")
         if cfg.loss.reference == "cached":
-            attach_cached_reference(cfg, policy, dm, data.model_path)
+            from cpo.reference_cache import attach_cached_reference
+
+            attach_cached_reference(cfg, policy, dm, model_path, say)
         else:
             reference = build_reference(cfg.loss.reference, policy)
             say(f"DPO reference: {reference.mode}")
@@ -251,7 +221,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     from cpo.callbacks import build_callbacks
 
     # Built once: a COMET scorer loads its model, and both the callback and the table use it.
-    scorers = default_scorers(cfg) if cfg.evaluate.before_after or cfg.evaluate.during_training.enabled else []
+    scorers = default_scorers(cfg, data) if cfg.evaluate.before_after or cfg.evaluate.during_training.enabled else []
     trainer = build_trainer(cfg, out_dir, loggers, build_callbacks(cfg, tokenizer, data, scorers))
     for lg in loggers:
         lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), "trainable_parameters": trainable, "total_parameters": total})
@@ -278,7 +248,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     if trainer.is_global_zero:
         results = {
             "config": OmegaConf.to_container(cfg, resolve=True),
-            "loss": loss.name, "beta": loss.beta, "seed": cfg.seed, "start_model": data.model_path,
+            "loss": loss.name, "beta": loss.beta, "seed": cfg.seed, "start_model": model_path,
             "trainable_parameters": trainable, "total_parameters": total,
             "train_pairs": len(dm.train_pairs), "val_pairs": len(dm.val_pairs), "tokenization": dm.drop_counts,
             "global_steps": trainer.global_step, "fit_seconds": round(fit_seconds, 2),
@@ -307,23 +277,6 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         atomic_write_json(out_dir / "results.json", results)
     finish_wandb(loggers)
     return results
-
-
-def attach_cached_reference(cfg: DictConfig, policy, dm: PreferenceDataModule, model_path: str) -> None:
-    from cpo.reference_cache import cache_key, compute_reference_logps, load_or_compute
-
-    splits = {"train": dm.train_pairs, "val": dm.val_pairs}
-    cfg_dict = policy.config.to_dict() if hasattr(policy, "config") else {}
-    key = cache_key(f"{model_path}|{cfg.model.dtype}|{cfg.model.lora}", cfg_dict, splits)
-
-    def compute():
-        say("computing reference log-probs once (loss.reference=cached)")
-        ctx = policy.disable_adapter() if is_peft(policy) else contextlib.nullcontext()
-        with ctx:
-            return {s: compute_reference_logps(policy, dm.collator, pairs, dm.collator.pad_id, dm.eval_batch_size) for s, pairs in splits.items()}
-
-    dm.ref_logps, hit = load_or_compute(cfg.cache_dir, key, compute)
-    say(f"DPO reference: cached log-probs {'read from' if hit else 'written to'} {cfg.cache_dir}/reference_logps/{key}.pt")
 
 
 def finish_wandb(loggers: list) -> None:

@@ -59,7 +59,7 @@ def test_trainer_keys_pass_through():
         (["loss.alpha=-0.5"], "loss.alpha must be >= 0"),
         (["loss.kind=nope"], "loss.kind='nope' is not a known loss"),
         (["data=jsonl", "data.train_file=/nonexistent/pairs.jsonl", "model=hf", "model.name_or_path=x"], "data.train_file: /nonexistent/pairs.jsonl does not exist"),
-        (["data=jsonl", "model=hf", "model.name_or_path=x"], "data=jsonl needs data.train_file"),
+        (["data=jsonl", "model=hf", "model.name_or_path=x"], "data.train_file is not set"),
         (["loss=dpo", "loss.reference=none"], "loss=dpo needs loss.reference"),
     ],
 )
