@@ -1,0 +1,120 @@
+"""The fingerprint of what changes a run's result: the resolved config minus the keys that do not.
+
+A finished run is reused, and a checkpoint resumed, only when this fingerprint matches the one stored
+with it (issue 8, section 2). Keys that only change where things are written, what is shown or how
+often a checkpoint is taken are left out, so that re-launching with another logger or a new output
+path still finds the finished job; everything else counts, including keys that look like labels,
+because when in doubt a stale result is worse than a re-run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Mapping
+
+# Bumped whenever NEUTRAL_KEYS or the canonical form changes, so that older fingerprints never match by accident.
+FINGERPRINT_VERSION = 1
+
+# Dotted keys (a key also removes everything below it) that cannot change the trained weights or any number in
+# results.json, each with why.
+NEUTRAL_KEYS: dict[str, str] = {
+    "logger": "where metrics are sent (W&B, CSV or nowhere), not what is computed",
+    "trainer.enable_progress_bar": "console display only",
+    "trainer.enable_model_summary": "console display only",
+    "progress_every_seconds": "console display only (progress lines in log files)",
+    "trainer.log_every_n_steps": "how often metrics are written; Lightning updates the callback metrics every step",
+    "evaluate.during_training.table_rows": "rows of the W&B sample table; the logged scores use all max_sentences",
+    "cache_dir": "where the demo assets and reference log-probs are cached; caches are keyed by their own settings",
+    "hydra": "output paths and launcher settings",
+    "experiment_name": "the W&B group and tag of a sweep",
+    "resume": "whether a folder is reused, not how a run trains (the key of older configs)",
+    "rerun": "whether old outputs are moved aside, not how a run trains",
+    "ckpt_path": "where to resume from; the checkpoint's own fingerprint is checked instead",
+    "checkpoint": "how often checkpoints are written; a resumed run reproduces the uninterrupted one",
+    "save_policy": "whether policy/ is written; training and metrics are the same",
+    "debug": "whether errors show a traceback",
+    # The batch sampler runs in the main process and collation is deterministic, and a DataLoader draws its
+    # base seed from the global generator with or without workers: the batches and the RNG stream are the same.
+    "data.num_workers": "worker processes only load the batches the main process chose",
+}
+
+
+def plain_config(cfg: Any) -> Any:
+    """A resolved OmegaConf config as plain containers; anything else as it is."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        return cfg
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+def canonical_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of ``cfg`` that changes results: a deep copy with NEUTRAL_KEYS removed."""
+    out = json.loads(json.dumps(plain_config(cfg), default=str))  # deep copy; tuples -> lists, paths -> strings
+    if not isinstance(out, dict):
+        raise TypeError(f"a config must be a mapping, got {type(cfg).__name__}")
+    for dotted in NEUTRAL_KEYS:
+        *parents, last = dotted.split(".")
+        node: Any = out
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(last, None)
+    return out
+
+
+def _canonical_json(cfg: Mapping[str, Any]) -> str:
+    # Keys sorted, list order kept (candidate order breaks score ties). Numbers are not normalised:
+    # trainer.val_check_interval=1 (every batch) and 1.0 (once an epoch) are different settings.
+    payload = {"fingerprint_version": FINGERPRINT_VERSION, "config": canonical_config(cfg)}
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+
+
+def fingerprint(cfg: Mapping[str, Any]) -> str:
+    """sha256 (hex) of the canonical JSON of everything in ``cfg`` that changes the result."""
+    return hashlib.sha256(_canonical_json(cfg).encode("ascii")).hexdigest()
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict) and node:
+        flat: dict[str, Any] = {}
+        for k, v in node.items():
+            flat.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return flat
+    return {prefix: node}
+
+
+_ABSENT = object()
+
+
+def _short(value: Any, width: int = 40) -> str:
+    if value is _ABSENT:
+        return "(absent)"
+    text = json.dumps(value, ensure_ascii=False, allow_nan=True, default=str)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``"key: old -> new"`` for every dotted key whose value differs between the canonical forms, sorted.
+
+    Lists are compared whole. Neutral keys are ignored, so the list names exactly what makes the
+    fingerprints differ (empty when only FINGERPRINT_VERSION does).
+    """
+    a, b = _flatten(canonical_config(old)), _flatten(canonical_config(new))
+    lines = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
+        # Compared as JSON so that 1 and 1.0 differ (see _canonical_json) and NaN equals NaN.
+        if _short(va, 10**9) != _short(vb, 10**9):
+            lines.append(f"{key}: {_short(va)} -> {_short(vb)}")
+    return lines
+
+
+def describe_diff(lines: list[str], limit: int = 6) -> str:
+    """The diff as one clause for a message: the first ``limit`` keys, then how many more."""
+    if not lines:
+        return "no configuration key differs"
+    shown = "; ".join(lines[:limit])
+    return shown + (f"; and {len(lines) - limit} more" if len(lines) > limit else "")
