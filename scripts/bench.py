@@ -4,8 +4,10 @@
     python scripts/bench.py --model h256 --against trl       # + TRL's CPOTrainer, same weights and batches
     python scripts/bench.py --model h256 --levers            # + each speed lever on/off
     python scripts/bench.py --generation                     # batched vs one-at-a-time beam search
+    # ALMA-R's setting on a GPU: 7B shape, LoRA r16 on down_proj, bf16, batch 2, ALMA-R's token lengths
+    python scripts/bench.py --model 7b --lora-r 16 --precision bf16 --batch-size 2 --lengths alma_r --against trl
 
-The last line printed is a JSON summary. See cpo/bench.py for what is measured and how.
+The last line printed is a JSON summary. See cpo/bench/ for what is measured and how.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # torc
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from cpo.bench import MODELS
+    from cpo.bench import FORWARDS, LENGTHS, LOSSES, MODELS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", nargs="+", default=["demo", "h256"], choices=sorted(MODELS), help="model configs to run")
@@ -43,6 +45,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--levers", action="store_true", help="also measure each lever on/off for CPO")
     p.add_argument("--memory", choices=["subprocess", "off"], default="subprocess", help="peak-RSS probes (CPU)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--loss", nargs="+", default=list(LOSSES), choices=LOSSES, help="our implementations to run, by loss")
+    p.add_argument("--forward", nargs="+", default=[], choices=FORWARDS, help="also CPO with each of these forwards")
+    p.add_argument("--lora-r", type=int, default=None, help="LoRA of this rank on a frozen base shared by every implementation")
+    p.add_argument("--lora-targets", nargs="+", default=["down_proj"], help="LoRA target projections")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: bf16 weights, bf16 autocast")
+    p.add_argument("--lengths", choices=LENGTHS, default="demo",
+                   help="demo sentences, ALMA-R's token lengths, or every pair at its bounds (256 prompt, 512 total)")
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("generation (--generation runs only this)")
     g.add_argument("--generation", action="store_true", help="batched vs one-at-a-time beam search (cpo.generation.translate)")
@@ -63,13 +72,15 @@ def main(argv=None) -> dict:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if ns.device == "auto" else ns.device
     if ns.generation:
         summary = run_generation_bench(ns.model, ns.threads, ns.gen_sentences, ns.gen_single, ns.gen_batch_size, ns.num_beams,
-                                       ns.max_new_tokens, reps=3 if ns.reps > 1 else 1, seed=ns.seed)
+                                       ns.max_new_tokens, reps=3 if ns.reps > 1 else 1, seed=ns.seed, device=device,
+                                       dtype="bfloat16" if ns.precision == "bf16" else "float32", lengths=ns.lengths)
     else:
         args = BenchArgs(models=ns.model, batch_size=ns.batch_size, threads=ns.threads, reps=ns.reps, warmup=ns.warmup,
                          steps=ns.steps, lr=ns.lr, against=ns.against, shared_prompt=ns.shared_prompt, fused_adamw=ns.fused_adamw,
                          levers=ns.levers, memory=ns.memory, device=device, seed=ns.seed,
                          vocab_size=ns.vocab_size, gradient_checkpointing=ns.gradient_checkpointing,
-                         packed=ns.packed)
+                         packed=ns.packed, losses=tuple(ns.loss), forwards=tuple(ns.forward), lora_r=ns.lora_r,
+                         lora_targets=tuple(ns.lora_targets), precision=ns.precision, lengths=ns.lengths)
         summary = run_train_bench(args)
     print(json.dumps(summary, default=str), flush=True)
     return summary

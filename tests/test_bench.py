@@ -1,4 +1,4 @@
-"""Smoke test of the throughput benchmark (cpo/bench.py, scripts/bench.py) on a tiny model."""
+"""The throughput benchmark (cpo/bench/, scripts/bench.py) on tiny models: output, TRL equality, FLOPs, lengths, LoRA."""
 from __future__ import annotations
 
 import importlib.util
@@ -111,3 +111,57 @@ def test_prompt_sharing_routes_match_the_concatenated_forward():
     for vals, grads in got[1:]:
         assert torch.allclose(vals, got[0][0], atol=1e-4)
         assert (grads - got[0][1]).norm() / got[0][1].norm() < 1e-4
+
+
+def test_lora_flops_count_no_weight_gradient_for_the_frozen_base():
+    spec = bench.MODELS["tiny"]
+    d, L, V, n = spec.hidden, spec.layers, 100, 7
+    per_layer = 2 * d * d + 2 * d * spec.kv_heads * (d // spec.heads) + 3 * d * spec.ffn
+    full = bench.seg_flops(spec, V, 0, n, n, True)
+    lora = bench.Lora(r=4, targets=("down_proj",), inputs_require_grad=True)
+    adapters = 2 * 4 * (spec.ffn + d) * L * n
+    # Same work, minus the weight gradients of every frozen matrix (2 N per token, LM head included), plus the adapters.
+    expected = full - 2 * per_layer * L * n - 2 * d * V * n + 3 * adapters
+    assert bench.seg_flops(spec, V, 0, n, n, True, lora) == pytest.approx(expected)
+    # Without gradients into the inputs, nothing below the first layer's down_proj is differentiated.
+    lower = bench.Lora(r=4, targets=("down_proj",))
+    attn = 4 * d * n * (n + 1) / 2
+    skipped = bench.seg_flops(spec, V, 0, n, n, True, lora) - bench.seg_flops(spec, V, 0, n, n, True, lower)
+    assert skipped == pytest.approx(2 * per_layer * n + 2 * attn)
+    assert bench.seg_flops(spec, V, 0, n, n, False, lora) == bench.seg_flops(spec, V, 0, n, n, False)
+
+
+def test_alma_r_lengths_are_built_exactly_and_within_the_bounds():
+    from cpo.bench.lengths import MAX_PROMPT, MAX_TOTAL, SOURCE_TOKENS, draw_lengths
+
+    wl = bench.make_workload(2, 30, seed=3, lengths="alma_r")
+    source_ids = wl.tok(" " + wl.examples[0].source, add_special_tokens=False)["input_ids"]
+    enc_overhead = len(wl.pairs[0].prompt_ids) - len(source_ids)
+    drawn = draw_lengths(60, 3, enc_overhead)
+    got = [(len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)) for p in wl.pairs]
+    assert got == drawn  # every pair has exactly the drawn token counts
+    assert all(p <= MAX_PROMPT and p + max(c, r) <= MAX_TOTAL for p, c, r in got)
+    sources = sorted(p - enc_overhead for p, _, _ in got)
+    assert SOURCE_TOKENS[4] <= sources[len(sources) // 2] <= SOURCE_TOKENS[16]  # median of 60 draws in the 20-80% band
+    worst = bench.make_workload(2, 1, seed=0, lengths="alma_r_max")
+    assert [(len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)) for p in worst.pairs] == [(256, 256, 256)] * 2
+
+
+def test_shared_lora_base_each_implementation_trains_its_own_adapter():
+    import torch
+
+    wl = bench.make_workload(2, 2, seed=0, lengths="alma_r")
+    base = bench.build_model(wl.tok, "tiny", vocab_size=512)
+    frozen = {n: p.detach().clone() for n, p in base.named_parameters()}
+    policies = bench.SharedLora(base, bench.Lora(r=4))
+    spec = bench.MODELS["tiny"]
+    impls = [bench.OursImpl(bench.Variant(name, loss, packed=True), policies, wl, spec, 1e-2, "cpu")
+             for name, loss in (("cpo", "cpo"), ("dpo_live", "dpo_live"), ("cpo[concat]", "cpo"))]
+    start = [{n: p.detach().clone() for n, p in zip(range(len(i.params)), i.params)} for i in impls]
+    assert all(torch.equal(start[0][k], start[1][k]) for k in start[0])  # same initial adapter weights
+    impls[0].run_chunk()
+    impls[1].run_chunk()
+    changed = [any(not torch.equal(p, start[j][k]) for k, p in enumerate(i.params)) for j, i in enumerate(impls)]
+    assert changed == [True, True, False]  # the one not run kept its initial weights
+    assert all(torch.equal(p, frozen[n.replace("base_model.model.", "").replace(".base_layer", "")])
+               for n, p in policies.model.named_parameters() if "lora_" not in n)  # the base never moves
