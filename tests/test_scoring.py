@@ -1,10 +1,12 @@
 """Tests of cpo.scoring on real (tiny, offline-built) COMET checkpoints and sacrebleu.
 
 The tiny checkpoints go through exactly the path a hub model takes after download: a local
-``checkpoints/model.ckpt`` with ``hparams.yaml`` beside its folder, loaded by comet.
+``checkpoints/model.ckpt`` with ``hparams.yaml`` beside its folder, loaded by comet. A hub name is
+tested on a Hugging Face cache laid out by hand (``models--<owner>--<name>/snapshots/<commit>``).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -15,16 +17,20 @@ from pathlib import Path
 import pytest
 import sacrebleu
 
+from cpo.io import DataError, Unavailable
 from cpo.scoring import (
+    CACHE_FORMAT,
+    SCORER_PRESET_DIR,
     CachedScorer,
     CometScorer,
     MeanScorer,
     Scorer,
+    ScoreError,
+    ScorerConfigError,
     SentenceBleuScorer,
     SentenceChrfScorer,
     build_scorer,
     load_scorer_preset,
-    SCORER_PRESET_DIR,
 )
 
 try:
@@ -81,6 +87,18 @@ class CountingScorer(Scorer):
         return [float(len(h)) for h in hypotheses]
 
 
+class NaNScorer(CountingScorer):
+    """len(hypothesis), except NaN (or ``value``) for hypotheses containing ``bad``: a model overflowing on one input."""
+
+    def __init__(self, bad: str = "BAD", value: float = float("nan"), name: str = "nan") -> None:
+        super().__init__(name)
+        self.bad, self.value = bad, value
+
+    def _score(self, sources, hypotheses, references, tgt_lang):
+        lengths = super()._score(sources, hypotheses, references, tgt_lang)
+        return [self.value if self.bad in h else s for h, s in zip(hypotheses, lengths)]
+
+
 # ------------------------------------------------------------------------------ COMET
 def test_reference_free_comet_scores_each_item_deterministically(tiny_comet, qe_scorer):
     assert qe_scorer.requires_reference is False and qe_scorer.uses_reference is False
@@ -94,6 +112,9 @@ def test_reference_free_comet_scores_each_item_deterministically(tiny_comet, qe_
     assert by_file.identity == qe_scorer.identity
     assert by_file.score(SRC, HYP) == pytest.approx(scores, abs=1e-6)
     assert qe_scorer.score([], []) == []
+    # An empty hypothesis (real system output) is scored like any other text.
+    with_empty = qe_scorer.score(SRC[:2], ["", HYP[1]])
+    assert with_empty[1] == pytest.approx(scores[1], abs=1e-6) and with_empty[0] != with_empty[1]
 
 
 def test_reference_model_needs_references(tiny_comet):
@@ -123,10 +144,75 @@ def test_missing_local_checkpoint_and_unavailable_hub_model(tmp_path):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="checkpoints/model.ckpt"):
         CometScorer(model=str(empty), gpus=0).score(SRC, HYP)
-    hub = CometScorer(model="Unbabel/no-such-model-for-cpo-tests", gpus=0, use_reference=False)
-    assert "Unbabel/no-such-model-for-cpo-tests" in hub.identity  # known without a download
-    with pytest.raises(RuntimeError, match="not available offline.*local checkpoint path"):
+    broken = tmp_path / "broken"
+    (broken / "checkpoints").mkdir(parents=True)
+    (broken / "checkpoints" / "model.ckpt").write_bytes(b"not a checkpoint")
+    (broken / "hparams.yaml").write_text("class_identifier: unified_metric\ninput_segments: [mt, src]\n")
+    with pytest.raises(Unavailable, match="cannot be loaded.*download the model again"):
+        CometScorer(model=str(broken), gpus=0).score(SRC, HYP)
+    # A hub model is keyed by its commit, so it must be in the local cache (or pinned by a full commit hash).
+    hub = CometScorer(model="Unbabel/no-such-model-for-cpo-tests", gpus=0, use_reference=False,
+                      hub_cache_dir=str(tmp_path / "hf"))
+    with pytest.raises(Unavailable, match="not in the local Hugging Face cache.*local checkpoint path"):
+        hub.identity
+    with pytest.raises(Unavailable, match="not in the local Hugging Face cache"):
         hub.score(SRC, HYP)
+    pinned = CometScorer(model="Unbabel/no-such-model-for-cpo-tests", revision="c" * 40, use_reference=False)
+    assert pinned.identity.endswith(f":Unbabel/no-such-model-for-cpo-tests@{'c' * 40}:noref")
+
+
+def _hub_snapshot(cache: Path, repo: str, commit: str, checkpoint_dir: Path) -> None:
+    """Lay out one snapshot of ``repo`` in a Hugging Face cache the way snapshot_download leaves it."""
+    snap = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / commit
+    (snap / "checkpoints").mkdir(parents=True)
+    (snap / "checkpoints" / "model.ckpt").symlink_to(checkpoint_dir / "checkpoints" / "model.ckpt")
+    (snap / "hparams.yaml").symlink_to(checkpoint_dir / "hparams.yaml")
+    refs = cache / f"models--{repo.replace('/', '--')}" / "refs"
+    refs.mkdir(exist_ok=True)
+    (refs / "main").write_text(commit)
+
+
+def test_hub_model_identity_carries_the_snapshot_commit(tiny_comet, tmp_path):
+    """A hub model updated in the cache (a new snapshot of main) gets new cache entries, never the old scores."""
+    hf, scores_dir = tmp_path / "hf", tmp_path / "scores"
+    old, new = "a" * 40, "b" * 40
+    _hub_snapshot(hf, "Unbabel/tiny-kiwi", old, tiny_comet.qe_dir)
+
+    def cached(**kw):
+        model = CometScorer(model="Unbabel/tiny-kiwi", gpus=0, progress=False, hub_cache_dir=str(hf), **kw)
+        return model, CachedScorer(model, scores_dir, progress=False)
+
+    model, first = cached()
+    assert model.hub_revision == old and f"Unbabel/tiny-kiwi@{old}:noref" in first.identity
+    scores = first.score(SRC, HYP)
+    direct = CometScorer(str(tiny_comet.qe_dir), gpus=0, progress=False).score(SRC, HYP)
+    assert model.n_model_calls == 1 and scores == pytest.approx(direct, abs=1e-6)
+    model, again = cached()
+    assert again.score(SRC, HYP) == scores and model.n_model_calls == 0  # same commit: every score from the cache
+    _hub_snapshot(hf, "Unbabel/tiny-kiwi", new, tiny_comet.ref_dir)  # main now points at another model
+    model, updated = cached()
+    assert model.hub_revision == new and updated.path != first.path
+    assert updated.misses == 0 and len(updated.score(SRC, HYP, REF)) == len(HYP)
+    assert updated.misses == len(HYP) and model.n_model_calls == 1  # scored again by the new model
+    model, pinned = cached(revision=old)  # a pinned revision finds its own scores
+    assert pinned.score(SRC, HYP) == scores and model.n_model_calls == 0
+
+
+def test_progress_false_reaches_comets_own_progress_bar(tiny_comet, tmp_path, capfd):
+    model = CometScorer(model=str(tiny_comet.qe_dir), gpus=0, progress=True)
+    quiet = CachedScorer(model, tmp_path, progress=False)  # as build_preferences.py progress=false sets it
+    assert model.progress is False
+    quiet.score(SRC, HYP)
+    assert "Predicting" not in capfd.readouterr().err
+    model.set_progress(True)
+    model.score(SRC, HYP)
+    assert "Predicting" in capfd.readouterr().err  # the bar that progress=false must silence
+    mean = build_scorer({"_target_": "cpo.scoring.MeanScorer", "name": "m", "scorers": [
+        {"_target_": "cpo.scoring.CometScorer", "model": str(tiny_comet.qe_dir), "name": "q", "gpus": 0}, "chrf"]},
+        cache_dir=tmp_path / "m", progress=False)
+    assert [s.scorer.progress for s in mean.scorers if isinstance(s.scorer, CometScorer)] == [False]
+    mean.score(SRC, HYP, REF)
+    assert "Predicting" not in capfd.readouterr().err
 
 
 def test_lengths_are_validated(qe_scorer):
@@ -134,6 +220,50 @@ def test_lengths_are_validated(qe_scorer):
         qe_scorer.score(SRC, HYP[:3])
     with pytest.raises(ValueError, match="2 references but 4 hypotheses"):
         SentenceChrfScorer().score(SRC, HYP, REF[:2])
+
+
+# ------------------------------------------------------------------------------ non-finite scores
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_score_is_an_error_naming_the_scorer_and_segment(tmp_path, value):
+    hyps = ["fine", "also fine", "BAD output", "ok"]
+    message = rf"segment 3: scorer 'nan' \(counting:nan\) gave {value} for the hypothesis 'BAD output'"
+    with pytest.raises(ScoreError, match=message):
+        NaNScorer(value=value).score(SRC, hyps)
+    # Through the cache, in chunks: the segment is named in the caller's list, and nothing of its chunk is stored.
+    cached = CachedScorer(NaNScorer(value=value), tmp_path, chunk_size=2, progress=False)
+    with pytest.raises(ScoreError, match="segment 3: scorer 'nan'") as err:
+        cached.score(SRC, hyps)
+    assert err.value.index == 2
+    assert cached.score(SRC[:2], hyps[:2]) == [4.0, 9.0] and cached.hits == 2  # the first chunk was kept
+    # Inside a mean, the member is named, not the mean.
+    with pytest.raises(ScoreError, match="scorer 'nan'"):
+        MeanScorer([CountingScorer(), NaNScorer(value=value)], name="mix").score(SRC, hyps)
+
+
+def test_a_non_finite_score_in_the_cache_file_is_an_error_naming_the_line(tmp_path):
+    cached = CachedScorer(CountingScorer(), tmp_path, progress=False)
+    cached.score(["a", "b"], ["x", "yy"])
+    with open(cached.path, "a", encoding="utf-8") as f:
+        f.write('{"k": "%s", "s": NaN}\n' % ("0" * 64))  # json.dumps(float("nan")) writes exactly this
+    message = rf"{cached.path}:4: the cached score nan of scorer 'count' .*not a finite number; delete this line"
+    with pytest.raises(DataError, match=message):
+        CachedScorer(CountingScorer(), tmp_path, progress=False).score(["a"], ["x"])
+
+
+def test_a_cache_line_of_another_identity_is_a_miss(tmp_path):
+    """Lines written for another identity (a copied file, the old key format) are never served."""
+    cached = CachedScorer(CountingScorer(), tmp_path, progress=False)
+    path = cached.path
+    # A file at this scorer's path, written for another identity, holding "scores" for the same texts.
+    foreign_key = hashlib.sha256(json.dumps(["counting:other", "a", "x", None, None]).encode()).hexdigest()
+    v1_key = hashlib.sha256(json.dumps(["a", "x", None, None]).encode()).hexdigest()  # format 1: texts only
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"identity": "counting:other", "format": CACHE_FORMAT}) + "\n"
+                    + json.dumps({"k": foreign_key, "s": 99.0}) + "\n" + json.dumps({"k": v1_key, "s": 77.0}) + "\n")
+    inner = CountingScorer()
+    fresh = CachedScorer(inner, tmp_path, progress=False)
+    assert fresh.score(["a"], ["x"]) == [1.0] and inner.seen == ["x"] and fresh.misses == 1
+    assert fresh.key("a", "x", None, None) not in (foreign_key, v1_key)
 
 
 # ------------------------------------------------------------------------------ cache
@@ -177,7 +307,7 @@ def test_cache_survives_a_truncated_last_line(tmp_path):
     assert inner.seen == ["zzz"]
     lines = cached.path.read_text(encoding="utf-8").splitlines()
     assert all(json.loads(line) for line in lines)  # the fragment was cut before appending
-    assert json.loads(lines[0]) == {"identity": "counting:count"}
+    assert json.loads(lines[0]) == {"identity": "counting:count", "format": CACHE_FORMAT}
 
 
 def test_cache_resumes_after_sigkill_mid_build(tmp_path):
@@ -230,6 +360,9 @@ def test_sentence_chrf_and_bleu_equal_sacrebleu():
     zh = SentenceBleuScorer().score(["a", "b"], zh_hyp, zh_ref, tgt_lang="zh")
     assert zh == [sacrebleu.sentence_bleu(h, [r], tokenize="zh").score for h, r in zip(zh_hyp, zh_ref)]
     assert zh != SentenceBleuScorer(tokenize="13a").score(["a", "b"], zh_hyp, zh_ref)
+    # Korean follows SPEC section 6 (13a), and no longer raises for a missing MeCab.
+    ko = SentenceBleuScorer().score(["a"], ["고양이를 좋아해요"], ["나는 고양이를 좋아해요"], tgt_lang="ko")
+    assert ko == [sacrebleu.sentence_bleu("고양이를 좋아해요", ["나는 고양이를 좋아해요"], tokenize="13a").score]
     with pytest.raises(ValueError, match="tgt_lang"):
         SentenceBleuScorer().score(SRC, HYP, REF)
 
@@ -244,9 +377,10 @@ def test_every_preset_builds_without_downloading():
     paper = build_scorer("kiwi_xcomet")
     assert isinstance(paper, MeanScorer) and [s.name for s in paper.scorers] == ["kiwi", "xcomet"]
     assert [s.model for s in paper.scorers] == ["Unbabel/wmt23-cometkiwi-da-xxl", "Unbabel/XCOMET-XXL"]
-    assert paper.uses_reference is False and "XCOMET-XXL" in paper.identity
+    assert paper.uses_reference is False  # known from the config, without the model
     assert build_scorer("comet22").requires_reference is True
     assert load_scorer_preset("xcomet_xxl")["use_reference"] is False
+    assert build_scorer("kiwi", progress=False).progress is False
 
 
 def test_build_scorer_from_config_with_cache(tiny_comet, tmp_path):
@@ -274,24 +408,26 @@ def test_build_scorer_from_config_with_cache(tiny_comet, tmp_path):
 
 
 def test_build_scorer_errors_are_clear(tmp_path):
-    with pytest.raises(ValueError, match="cannot build scorer _target_='cpo.scoring.NoSuchScorer'"):
+    with pytest.raises(ScorerConfigError, match="cannot build scorer _target_='cpo.scoring.NoSuchScorer'"):
         build_scorer({"_target_": "cpo.scoring.NoSuchScorer"})
-    with pytest.raises(ValueError, match="no _target_"):
+    with pytest.raises(ScorerConfigError, match="no _target_"):
         build_scorer({"model": "x"})
-    with pytest.raises(ValueError, match="unknown scorer 'nope'.*known presets"):
-        build_scorer("nope")
-    with pytest.raises(TypeError, match="not a cpo.scoring.Scorer"):
+    with pytest.raises(ScorerConfigError, match=r"scorers\[1\]: unknown scorer 'nope'.*does not exist.*known presets"):
+        build_scorer("nope", where="scorers[1]")
+    with pytest.raises(ScorerConfigError, match="not a cpo.scoring.Scorer"):
         build_scorer({"_target_": "builtins.dict"})
+    with pytest.raises(ScorerConfigError, match=r"scorer\.scorers\[0\]: MeanScorer 'm': 1 weights for 2 scorers"):
+        inner = {"_target_": "cpo.scoring.MeanScorer", "name": "m", "weights": [1], "scorers": ["chrf", "bleu"]}
+        build_scorer({"_target_": "cpo.scoring.MeanScorer", "name": "outer", "scorers": [inner, "chrf"]})
     missing = tmp_path / "missing.ckpt"
     with pytest.raises(FileNotFoundError, match=str(missing)):
         build_scorer({"_target_": "cpo.scoring.CometScorer", "model": str(missing)})
 
 
-def test_demo_qe_scorer():
-    pytest.importorskip("cpo.demo.quality")
+def test_demo_qe_scorer_lives_with_the_demo():
     from cpo.demo.language import sample_sentences
     from cpo.demo.quality import DemoQualityEstimator
-    from cpo.scoring import DemoQEScorer
+    from cpo.demo.scorer import DemoQEScorer
 
     sentences = sample_sentences(3, seed=0)
     sources = [s.source for s in sentences]
@@ -301,22 +437,29 @@ def test_demo_qe_scorer():
     assert scorer.name == "demo_qe" and scorer.identity == DemoQualityEstimator.identity
     assert scorer.score(sources, hyps) == DemoQualityEstimator().score(sources, hyps)
     assert scorer.score(sources, hyps)[0] > scorer.score(sources, hyps)[1]
+    # The scorer layer does not import the demo.
+    code = "import sys, cpo.scoring; print(sorted(m for m in sys.modules if m.startswith('cpo.demo')))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
 
 
 def test_evaluate_app_with_a_local_comet_checkpoint(tiny_comet, tmp_path):
     """The Hydra evaluation app takes a COMET model by local path just like a hub name."""
     src, ref, hyp = (tmp_path / f"{k}.txt" for k in ("src", "ref", "hyp"))
-    for path, lines in ((src, SRC), (ref, REF), (hyp, HYP)):
+    hyps = HYP[:3] + [""]  # an empty line of system output is scored as empty, not refused
+    for path, lines in ((src, SRC), (ref, REF), (hyp, hyps)):
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    scorer = f"{{_target_: cpo.scoring.CometScorer, model: '{tiny_comet.qe_dir}', name: tiny_kiwi, gpus: 0, progress: false}}"
+    scorer = f"{{_target_: cpo.scoring.CometScorer, model: '{tiny_comet.qe_dir}', name: tiny_kiwi, gpus: 0}}"
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "evaluate.py"), f"src={src}", f"ref={ref}", f"hyp={hyp}",
-         "src_lang=de", "tgt_lang=en", f"scorers=[{scorer}]", f"hydra.run.dir={out}"],
+         "src_lang=de", "tgt_lang=en", f"scorers=[{scorer}]", "progress=false", f"hydra.run.dir={out}"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Predicting" not in proc.stderr  # progress=false reached COMET's bar
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    expected = CometScorer(model=str(tiny_comet.qe_dir), gpus=0, progress=False).score(SRC, HYP)
+    expected = CometScorer(model=str(tiny_comet.qe_dir), gpus=0, progress=False).score(SRC, hyps)
     assert metrics["tiny_kiwi"] == pytest.approx(sum(expected) / len(expected), abs=1e-5)
+    assert metrics["empty"] == 1 and "empty hypotheses (scored as empty): de-en 1" in proc.stdout
