@@ -1,23 +1,33 @@
-"""Train a translator with CPO (or DPO, SFT and the ablations): `python train.py loss=cpo beta=0.1`."""
+"""Train a translator with CPO (or DPO, SFT and the ablations): `python train.py loss=cpo beta=0.1`.
+
+Exit status: 0 finished (or already finished with this configuration); 2 a bad setting or bad input,
+said in one sentence; 3 training diverged (nothing is saved as finished); 128 + N stopped by signal N
+after saving a checkpoint (run the same command again to resume).
+"""
 import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from cpo.config import ConfigError
-from cpo.io import DataError, Unavailable
+from cpo.console import quiet_libraries
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    quiet_libraries()  # before the libraries below print their import-time warnings
+    from cpo.cli import fail, one_sentence_errors
+    from cpo.guards import Diverged
+    from cpo.runs import RunInterrupted
     from cpo.training import run
 
     try:
-        run(cfg, HydraConfig.get().runtime.output_dir)
-    except (ConfigError, DataError, FileNotFoundError, Unavailable) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        one_sentence_errors(run)(cfg, HydraConfig.get().runtime.output_dir)
+    except Diverged as e:
+        fail(f"{e}; nothing was saved as finished (lower optim.lr or check the data, then rerun=true)", code=3)
+    except RunInterrupted as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cpo.losses import KINDS
 
-REFERENCE_MODES = ("none", "auto", "adapter_disabled", "frozen_copy", "cached")
+REFERENCE_MODES = ("none", "auto", "reference_adapter", "adapter_disabled", "frozen_copy", "cached")
 
 
 class ConfigError(ValueError):
@@ -28,13 +28,15 @@ def validate(cfg: DictConfig) -> None:
     try:
         beta = loss.beta
     except InterpolationKeyError as e:  # beta given nowhere: neither beta= nor the loss file's default_beta
-        raise ConfigError(f"loss={loss.get('name')}: no beta ({e}); give beta=... or set default_beta in its conf/loss file") from None
-    _need(beta is not None, "beta=null: leave beta out to use the loss's own default (loss.default_beta), or give a number > 0")
+        raise ConfigError(f"loss={loss.get('name')}: no beta ({str(e).splitlines()[0]}); give beta=... or set "
+                          f"default_beta in conf/loss/{loss.get('name')}.yaml") from None
+    _need(beta is not None, "beta=null: leave beta out to use the loss's own default (loss.default_beta), "
+                            "or give a number > 0")
     _need(isinstance(beta, (int, float)) and not isinstance(beta, bool) and beta > 0, f"beta must be > 0, got {beta}")
     _need(loss.alpha >= 0, f"loss.alpha must be >= 0, got {loss.alpha}")
     _need(0 <= loss.label_smoothing < 0.5, f"loss.label_smoothing must be in [0, 0.5), got {loss.label_smoothing}")
     _need(loss.reference in REFERENCE_MODES, f"loss.reference={loss.reference!r} is not one of {', '.join(REFERENCE_MODES)}")
-    _need(loss.kind != "dpo" or loss.reference != "none", "loss=dpo needs loss.reference (auto, adapter_disabled, frozen_copy or cached)")
+    _need(loss.kind != "dpo" or loss.reference != "none", "loss=dpo needs loss.reference (auto, reference_adapter, adapter_disabled, frozen_copy or cached)")
     try:  # the loss's own checks (ORPO on averaged log-probs, ARPO's tau, ...) as one sentence, not a traceback
         PreferenceLoss.from_config(OmegaConf.to_container(loss, resolve=True))
     except ValueError as e:
@@ -45,6 +47,12 @@ def validate(cfg: DictConfig) -> None:
     if model.lora is not None:
         _need(model.lora.r >= 1, f"model.lora.r must be >= 1, got {model.lora.r}")
         _need(len(model.lora.target_modules) > 0, "model.lora.target_modules is empty")
+    o = cfg.optim
+    _need(isinstance(o.lr, (int, float)) and 0 < o.lr < float("inf"), f"optim.lr must be a positive number, got {o.lr}")
+    _need(isinstance(o.eps, (int, float)) and 0 < o.eps < 1,
+          f"optim.eps must be in (0, 1), got {o.eps} (0 divides by zero for a parameter whose gradient is 0)")
+    _need(0 <= o.warmup_ratio < 1, f"optim.warmup_ratio must be in [0, 1), got {o.warmup_ratio}")
+    _need(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
     _need(cfg.optim.schedule in ("inverse_sqrt", "cosine", "linear", "constant"), f"optim.schedule={cfg.optim.schedule!r} is not one of inverse_sqrt, cosine, linear, constant")
     _need(cfg.logger.name in ("wandb", "csv", "none"), f"logger={cfg.logger.name!r} is not one of wandb, csv, none")
     _need(cfg.logger.name != "wandb" or cfg.logger.get("mode") in ("offline", "online", "disabled"), f"logger.mode={cfg.logger.get('mode')!r} is not one of offline, online, disabled")

@@ -1,12 +1,30 @@
-"""Held-out evaluation of a policy: preference accuracy and margin on held-out pairs, and the
-quality of its translations of test sources (BLEU, chrF, a QE/COMET scorer). Used for the
-before/after table that closes every training run."""
+"""Held-out evaluation of a policy: preference accuracy and margin on held-out pairs, and the quality of its
+translations of test sources (BLEU, chrF, health checks, QE/COMET scorers). Used for the before/after
+table that closes every training run, and for ``test_translations.jsonl``, the per-sentence record that
+``scripts/compare.py`` resamples for significance tests."""
 from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
 
 import torch
 
 from cpo.data.sources import TestSet
 from cpo.logprobs import completion_logps
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    num_beams: int = 5
+    max_new_tokens: int = 256
+    batch_size: int = 16
+    max_prompt_length: int | None = None
+
+
+@dataclass
+class Evaluation:
+    metrics: dict = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)  # one per test sentence: source, reference, hypothesis, scores
 
 
 @torch.no_grad()
@@ -28,20 +46,47 @@ def pair_metrics(policy, loader, pad_id: int) -> dict[str, float]:
     return {"pref_accuracy": wins / max(n, 1), "logp_margin": margin / max(n, 1), "pairs": n}
 
 
-def translation_metrics(policy, tokenizer, test: TestSet, scorers=(), batch_size: int = 64, num_beams: int = 1,
-                        max_new_tokens: int = 64, max_prompt_length: int | None = None) -> tuple[dict, list[str]]:
+def translation_metrics(policy, tokenizer, test: TestSet, scorers=(), gen: GenerationSettings = GenerationSettings(),
+                        progress: bool = False) -> Evaluation:
+    """Translate ``test`` and score it: corpus metrics (cpo.evaluation) and every scorer's segment scores."""
     from cpo.evaluation import corpus_metrics
     from cpo.generation import translate
 
-    hyps = translate(policy, tokenizer, test.sources, test.src_lang, test.tgt_lang, batch_size=batch_size,
-                     num_beams=num_beams, max_new_tokens=max_new_tokens, max_prompt_length=max_prompt_length)
-    metrics = corpus_metrics(hyps, test.references, test.tgt_lang, sources=test.sources, scorers=scorers, src_lang=test.src_lang)
-    return metrics, hyps
+    hyps = translate(policy, tokenizer, test.sources, test.src_lang, test.tgt_lang, batch_size=gen.batch_size,
+                     num_beams=gen.num_beams, max_new_tokens=gen.max_new_tokens, progress=progress,
+                     max_prompt_length=gen.max_prompt_length)
+    metrics = corpus_metrics(hyps, test.references, test.tgt_lang, sources=test.sources, src_lang=test.src_lang)
+    segment: dict[str, list[float]] = {}
+    for scorer in scorers:  # scored here, not inside corpus_metrics, to keep the segment scores
+        segment[scorer.name] = scorer.score(test.sources, hyps, test.references, tgt_lang=test.tgt_lang)
+        metrics[scorer.name] = sum(segment[scorer.name]) / len(hyps)
+    rows = [{"source": s, "reference": r, "hypothesis": h, "src_lang": test.src_lang, "tgt_lang": test.tgt_lang,
+             "scores": {name: v[i] for name, v in segment.items()}}
+            for i, (s, r, h) in enumerate(zip(test.sources, test.references, hyps))]
+    return Evaluation(metrics, rows)
+
+
+def evaluate_policy(policy, tokenizer, heldout_loader, pad_id: int, test: TestSet | None, scorers, gen: GenerationSettings,
+                    say=print, progress: bool = False) -> Evaluation:
+    """Pair metrics on the held-out pairs (when any) and translation metrics on ``test`` (when given)."""
+    t0 = time.time()
+    metrics = pair_metrics(policy, heldout_loader, pad_id) if heldout_loader is not None else {}
+    rows: list[dict] = []
+    if test is not None:
+        say(f"translating {len(test.sources)} test sentences ({test.src_lang}-{test.tgt_lang}, beam {gen.num_beams}, "
+            f"up to {gen.max_new_tokens} new tokens)")
+        ev = translation_metrics(policy, tokenizer, test, scorers, gen, progress)
+        metrics.update({k: v for k, v in ev.metrics.items() if isinstance(v, (int, float)) and k != "n"})
+        metrics.update({k: v for k, v in ev.metrics.items() if k.endswith("_signature")})
+        rows = ev.rows
+    say(f"held-out evaluation done in {time.time() - t0:.1f}s")
+    return Evaluation(metrics, rows)
 
 
 def before_after_table(before: dict, after: dict) -> str:
     """A Markdown table of the numeric metrics present in both."""
-    keys = [k for k in before if k in after and isinstance(before[k], (int, float)) and k not in ("n", "pairs")]
+    keys = [k for k in before if k in after and isinstance(before[k], (int, float)) and not isinstance(before[k], bool)
+            and k not in ("n", "pairs")]
     lines = ["| metric | before | after | change |", "|---|---:|---:|---:|"]
     for k in keys:
         lines.append(f"| {k} | {before[k]:.4g} | {after[k]:.4g} | {after[k] - before[k]:+.4g} |")

@@ -1,6 +1,7 @@
 """The LightningModule: a policy, a configured loss and optimiser settings, all built elsewhere."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -33,8 +34,8 @@ class OptimSettings:
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"optim.schedule: unknown schedule {self.schedule!r} (known: {', '.join(SCHEDULES)})")
-        if not self.lr > 0:
-            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if not 0 < self.lr < float("inf"):
+            raise ValueError(f"optim.lr must be a positive number, got {self.lr}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
@@ -42,7 +43,7 @@ class OptimSettings:
 # Sums accumulated over a validation epoch, reduced across ranks once at its end.
 _VAL_KEYS = (
     "pairs", "pref_loss", "nll_sum", "nll_tokens", "rewards_chosen", "rewards_rejected", "reward_acc",
-    "logps_chosen", "logps_rejected", "logps_acc",
+    "logps_chosen", "logps_rejected", "logps_acc", "logps_chosen_avg", "logps_rejected_avg",
 )
 
 
@@ -119,13 +120,16 @@ class PreferenceModule(L.LightningModule):
             refs = self._reference_logps(batch) if lf.needs_reference_model else (None, None)
             if lf.needs_reference_model and lf.average_logps:
                 refs = (refs[0] / c.n_tokens.clamp(min=1), refs[1] / r.n_tokens.clamp(min=1))
-            losses, rc, rr = lf.preference_terms(pc, pr, *refs)
+            losses, rc, rr = lf.preference_terms(pc, pr, *refs, chosen_avg_logps=c.mean, rejected_avg_logps=r.mean)
             pref_sum = losses.sum()
             stats.update(
                 pref_loss=pref_sum.detach(),
                 rewards_chosen=rc.sum(), rewards_rejected=rr.sum(), reward_acc=(rc > rr).float().sum(),
+                # Summed log-probs whatever the loss, so runs of different losses compare on them; the
+                # mean token log-probs are what TRL logs as logps/* for IPO, SimPO and ORPO.
                 logps_chosen=c.sum.detach().sum(), logps_rejected=r.sum.detach().sum(),
                 logps_acc=(c.sum > r.sum).float().sum(),
+                logps_chosen_avg=c.mean.detach().sum(), logps_rejected_avg=r.mean.detach().sum(),
             )
 
         # Lightning divides by accumulate_grad_batches and DDP averages over ranks; multiplying by
@@ -141,12 +145,18 @@ class PreferenceModule(L.LightningModule):
 
     @staticmethod
     def summarize(s: dict[str, Tensor], alpha: float) -> dict[str, Tensor]:
-        """Per-pair / per-token means with TRL's metric names from summed statistics."""
+        """Per-pair / per-token means with TRL's metric names from summed statistics.
+
+        ``nll_loss`` is the NLL term of the loss, so it is absent when ``alpha`` is 0 (TRL logs a
+        constant 0 there). ``logps/chosen|rejected|margins|accuracies`` are summed log-probs for
+        every loss; ``logps/*_avg`` are the mean token log-probs, TRL's ``logps/*`` for IPO, SimPO, ORPO.
+        """
         n = s["pairs"].clamp(min=1)
         nll = s["nll_sum"] / s["nll_tokens"].clamp(min=1)
-        m = {"nll_loss": nll}
         pref = s.get("pref_loss")
-        m["loss"] = (pref / n if pref is not None else 0.0) + alpha * nll
+        m = {"loss": (pref / n if pref is not None else 0.0) + alpha * nll}
+        if alpha:
+            m["nll_loss"] = nll
         if pref is not None:
             m.update({
                 "rewards/chosen": s["rewards_chosen"] / n,
@@ -157,6 +167,9 @@ class PreferenceModule(L.LightningModule):
                 "logps/rejected": s["logps_rejected"] / n,
                 "logps/margins": (s["logps_chosen"] - s["logps_rejected"]) / n,
                 "logps/accuracies": s["logps_acc"] / n,
+                "logps/chosen_avg": s["logps_chosen_avg"] / n,
+                "logps/rejected_avg": s["logps_rejected_avg"] / n,
+                "logps/margins_avg": (s["logps_chosen_avg"] - s["logps_rejected_avg"]) / n,
             })
         return m
 
@@ -193,6 +206,22 @@ class PreferenceModule(L.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, sync_dist=False, rank_zero_only=False)
         self._val = {}
 
+    def _stepping_batches(self) -> float:
+        """Lightning's ``estimated_stepping_batches``, computed from the data module when it can say its length.
+
+        Lightning's own estimate builds the train loader before a checkpoint is restored, and then never
+        restores the loader's position (its states load only when the loader is first set up), so a run
+        resumed in the middle of an epoch would start the epoch over.
+        """
+        t = self.trainer
+        count = getattr(t.datamodule, "micro_batches_per_epoch", None)
+        if count is None or t.max_epochs == -1:
+            return t.estimated_stepping_batches
+        batches, limit = count(t.world_size), t.limit_train_batches
+        batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+        total = math.ceil(batches / t.accumulate_grad_batches) * max(t.max_epochs or 1, 1)
+        return min(total, t.max_steps) if t.max_steps != -1 else total
+
     def configure_optimizers(self):
         from transformers import get_scheduler
 
@@ -204,12 +233,18 @@ class PreferenceModule(L.LightningModule):
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
         o = self.optim
         groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        # Lightning's mixed precision (16-mixed, bf16-mixed) refuses to clip the gradients of a fused optimizer,
+        # which unscales them itself: under it, torch's default (foreach) AdamW is used.
+        from lightning.pytorch.plugins.precision import MixedPrecision
+
+        amp = self._trainer is not None and isinstance(self.trainer.precision_plugin, MixedPrecision)
+        fused = o.fused and not amp
         try:
-            opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=o.fused or None)
+            opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, fused=fused or None)
         except RuntimeError:  # fused needs floating-point parameters on a supported device: fall back
             opt = torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(round(o.warmup_ratio * total))
+        total = max(1, int(self._stepping_batches()))
+        warmup = math.ceil(o.warmup_ratio * total)  # rounded up, as the HF Trainer that ALMA-R used does
         name = "constant_with_warmup" if o.schedule == "constant" else o.schedule
         kwargs = {"num_warmup_steps": warmup}
         if name in ("cosine", "linear"):

@@ -1,37 +1,37 @@
-"""Composition of one training run from a validated config: data -> model -> loss -> Trainer.fit -> save.
+"""One training run from a validated config: data -> model -> loss -> Trainer.fit -> evaluation -> save.
 
 train.py is a thin Hydra entry around :func:`run`; tests call :func:`run` (or the script) directly.
+The run folder is guarded (cpo.runs): one writer at a time, finished results reused only when the
+configuration that changes them is the same, checkpoints written atomically and often, and a run that
+diverges or is stopped by a signal leaves nothing that looks finished.
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from cpo.config import validate
-from cpo.data import LoadContext, PreferenceDataModule, RunData, TestSet, build_source
-from cpo.heldout import before_after_table, pair_metrics, translation_metrics
-from cpo.io import atomic_write_json, atomic_write_text
+from cpo.config import ConfigError, validate
+from cpo.console import interactive, say
+from cpo.data import LoadContext, PreferenceDataModule, RunData, build_source
+from cpo.guards import Diverged, DivergenceGuard, check_finite_weights
+from cpo.heldout import Evaluation, GenerationSettings, before_after_table, evaluate_policy
+from cpo.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from cpo.loggers import build_loggers, finish_wandb
 from cpo.losses import PreferenceLoss
 from cpo.models import LoraSettings, build_policy, build_reference, count_parameters, is_peft, load_tokenizer
+from cpo.models import save_policy as save_pretrained_policy
 from cpo.module import OptimSettings, PreferenceModule
-
-log = logging.getLogger(__name__)
-
-
-def say(msg: str) -> None:
-    if rank_zero_only.rank == 0:
-        print(msg, flush=True)
+from cpo.provenance import provenance
+from cpo.trainer import BatchPlan, build_trainer, plan_batch
 
 
 def load_data(cfg: DictConfig) -> RunData:
@@ -47,8 +47,6 @@ def resolve_model_path(cfg: DictConfig, data: RunData) -> str:
     if name in data.models:
         return data.models[name]
     if name == "demo":
-        from cpo.config import ConfigError
-
         raise ConfigError("model.name_or_path=demo is the embedded demo's warm start, which only data=demo provides; "
                           "name a model (model=hf model.name_or_path=...)")
     return name
@@ -56,106 +54,14 @@ def resolve_model_path(cfg: DictConfig, data: RunData) -> str:
 
 def build_loss(cfg: DictConfig) -> PreferenceLoss:
     """The configured objective: every key of ``cfg.loss`` that is a ``PreferenceLoss`` field."""
-    from dataclasses import fields
-
-    names = {f.name for f in fields(PreferenceLoss)}
-    return PreferenceLoss(**{k: v for k, v in OmegaConf.to_container(cfg.loss, resolve=True).items() if k in names})
+    return PreferenceLoss.from_config(OmegaConf.to_container(cfg.loss, resolve=True))
 
 
-def build_loggers(cfg: DictConfig, out_dir: Path) -> list:
-    lg = cfg.logger
-    if lg.name == "none":
-        return []
-    from lightning.pytorch.loggers import CSVLogger
-
-    # A local CSV of every logged metric, beside W&B too: scripts/compare.py reads it with no server.
-    csv = CSVLogger(save_dir=str(out_dir), name="csv", version="")
-    if lg.name == "csv":
-        return [csv]
-    wandb_dir = out_dir / "wandb_files"
-    for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"), ("WANDB_CONFIG_DIR", "config")):
-        (wandb_dir / sub).mkdir(parents=True, exist_ok=True)
-        os.environ[var] = str(wandb_dir / sub)  # keep every W&B file in the run directory, never in $HOME
-    os.environ.setdefault("WANDB_DISABLE_GIT", "true")
-    os.environ.setdefault("WANDB_CONSOLE", "off")
-    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
-    from lightning.pytorch.loggers import WandbLogger
-
-    names = run_names(cfg)
-    return [
-        WandbLogger(
-            project=lg.project, entity=lg.entity, mode=lg.mode, save_dir=str(wandb_dir), dir=str(wandb_dir),
-            group=lg.group or names["group"], job_type=cfg.loss.name, name=names["name"],
-            tags=list(lg.tags) + ([cfg.experiment_name] if cfg.experiment_name else []), log_model=lg.log_model,
-        ),
-        csv,
-    ]
-
-
-def run_names(cfg: DictConfig) -> dict[str, str | None]:
-    """W&B group (the sweep) and run name (only the overrides that vary across the sweep's jobs)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        hc = HydraConfig.get()
-    except ValueError:  # not under Hydra (library use)
-        return {"name": cfg.loss.name, "group": cfg.experiment_name}
-    if hc.mode != RunMode.MULTIRUN:
-        return {"name": hc.job.override_dirname or cfg.loss.name, "group": cfg.experiment_name}
-    varying = sweep_keys(hc)
-    parts = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in varying]
-    name = ",".join(sorted(parts)) or cfg.loss.name
-    # An experiment's sweep directory is stable (re-launches resume into the same group); a plain
-    # sweep is named by its date and time folders so that sweeps of different days never share one.
-    group = cfg.experiment_name or "sweep-" + "/".join(Path(hc.sweep.dir).parts[-2:])
-    return {"name": name, "group": group}
-
-
-def sweep_keys(hc) -> set[str]:
-    """Keys swept on the command line (a,b / range() / choice()) or in an experiment's sweeper params."""
-    import sys
-
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    keys: set[str] = set()
-    args = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
-    try:
-        for o in OverridesParser.create().parse_overrides(args):
-            if o.is_sweep_override():
-                keys.add(o.get_key_element().lstrip("+~"))
-    except Exception:  # an argument Hydra itself accepted but we cannot parse: fall back to all overrides
-        keys.update(a.split("=", 1)[0].lstrip("+~") for a in args)
-    params = hc.sweeper.get("params") or {}
-    keys.update(str(k) for k in params)
-    return keys
-
-
-def build_trainer(cfg: DictConfig, out_dir: Path, loggers: list, callbacks: list | None = None) -> L.Trainer:
-    from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    kwargs: dict[str, Any] = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
-    if isinstance(kwargs.get("strategy"), dict):
-        kwargs["strategy"] = instantiate(cfg.trainer.strategy)
-    ckpt = ModelCheckpoint(dirpath=str(out_dir / "checkpoints"), save_last=True, save_top_k=0)
-    return L.Trainer(
-        default_root_dir=str(out_dir), logger=loggers or False, callbacks=[ckpt] + (callbacks or []),
-        enable_checkpointing=True, **kwargs,
-    )
-
-
-def evaluate_policy(policy, tokenizer, dm: PreferenceDataModule, test: TestSet | None, cfg: DictConfig, scorers) -> tuple[dict, list[str]]:
-    metrics = pair_metrics(policy, dm.heldout_dataloader(), dm.collator.pad_id) if dm.val_pairs else {}
-    hyps: list[str] = []
-    if test is not None:
-        e = cfg.evaluate
-        n = min(len(test.sources), e.max_sentences)
-        sub = test.head(n)
-        tm, hyps = translation_metrics(policy, tokenizer, sub, scorers, e.batch_size, e.num_beams, e.max_new_tokens, cfg.data.max_prompt_length)
-        metrics.update({k: v for k, v in tm.items() if isinstance(v, (int, float)) and k != "n"})
-        metrics["bleu_signature"] = tm.get("bleu_signature")
-    return metrics, hyps
+def check_numerics(cfg: DictConfig) -> None:
+    """Settings known to diverge or crash, refused before anything is built."""
+    if str(cfg.model.dtype) in ("float16", "fp16"):
+        raise ConfigError("model.dtype=float16 trains half-precision weights without fp32 master weights, which "
+                          "diverges; use model.dtype=bfloat16, or float32 with trainer.precision=16-mixed")
 
 
 def default_scorers(cfg: DictConfig, data: RunData) -> list:
@@ -167,121 +73,264 @@ def default_scorers(cfg: DictConfig, data: RunData) -> list:
     return [build_scorer(n) for n in names]
 
 
+def generation_settings(cfg: DictConfig, data: RunData) -> GenerationSettings:
+    e = cfg.evaluate
+    return GenerationSettings(
+        num_beams=int(e.num_beams if e.num_beams is not None else data.generation["num_beams"]),
+        max_new_tokens=int(e.max_new_tokens if e.max_new_tokens is not None else data.generation["max_new_tokens"]),
+        batch_size=int(e.batch_size), max_prompt_length=int(cfg.data.max_prompt_length),
+    )
+
+
 def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Train one configuration; returns the results written to ``out_dir/results.json``."""
+    from cpo.runs import RunFolder
+
     validate(cfg)
+    check_numerics(cfg)
+    plan = plan_batch(cfg)
     out_dir = Path(out_dir)
-    if cfg.get("resume", True) and (out_dir / "results.json").exists():
-        # Re-launching a sweep into the same directory skips the jobs that already finished.
-        say(f"{out_dir}: already finished (results.json exists), skipping; pass resume=false to train again")
-        return json.loads((out_dir / "results.json").read_text())
-    t_start = time.time()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = load_data(cfg)
-    model_path = resolve_model_path(cfg, data)
+    folder = RunFolder(out_dir)
+    # Rank 0 owns the folder; processes Lightning starts for the other ranks follow its decision.
+    owner = rank_zero_only.rank == 0 and "CPO_RUN_DECISION" not in os.environ
+    with folder.acquire() if owner else contextlib.nullcontext():
+        if owner:
+            decision = folder.decide(OmegaConf.to_container(cfg, resolve=True), rerun=bool(cfg.rerun),
+                                     ckpt_path=cfg.ckpt_path)
+            if decision.action == "skip":
+                say(f"{out_dir}: already finished with this configuration; skipping (rerun=true trains it again)")
+                if cfg.save_policy and not decision.results.get("policy_dir"):
+                    say(f"note: that run saved no policy/ (save_policy was false); rerun=true trains it again to save one")
+                return decision.results
+            folder.start(decision, OmegaConf.to_container(cfg, resolve=True))
+            say(decision.reason)
+            os.environ["CPO_RUN_DECISION"] = json.dumps({"ckpt_path": decision.ckpt_path, "log_step": decision.log_step})
+        shared = json.loads(os.environ["CPO_RUN_DECISION"])
+        try:
+            return _Run(cfg, out_dir, plan, folder, shared["ckpt_path"], shared["log_step"]).execute()
+        finally:
+            if owner:
+                os.environ.pop("CPO_RUN_DECISION", None)
 
-    tokenizer = load_tokenizer(model_path)
-    m = cfg.model
-    lora = LoraSettings(**OmegaConf.to_container(m.lora)) if m.lora is not None else None
-    def make_policy():
-        return build_policy(model_path, m.dtype, lora, m.gradient_checkpointing, m.attn_implementation, m.trust_remote_code)
 
-    # Sharded strategies (FSDP, ZeRO-3) build the model in LightningModule.configure_model instead.
-    lazy = bool(cfg.get("build_in_configure_model", False))
-    policy = None if lazy else make_policy()
-    trainable, total = count_parameters(policy) if policy is not None else (0, 0)
-    if policy is not None:
-        say(f"policy {m.name}: {trainable:,} trainable of {total:,} parameters" + (" (LoRA)" if is_peft(policy) else ""))
+class _Run:
+    """The steps of one run, sharing what they build."""
 
-    loss = build_loss(cfg)
-    d = cfg.data
-    dm = PreferenceDataModule(
-        data.train, data.val, tokenizer, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
-        max_prompt_length=d.max_prompt_length, max_length=d.max_length, prompt_truncation=d.prompt_truncation,
-        nll_target=loss.nll_target, group_by_length=d.group_by_length, seed=cfg.seed, num_workers=d.num_workers,
-    )
-    say(f"data {d.name}: {len(dm.train_pairs)} train / {len(dm.val_pairs)} val pairs; tokenization {dm.drop_counts}")
+    def __init__(self, cfg: DictConfig, out_dir: Path, plan: BatchPlan, folder, ckpt_path: str | None,
+                 log_step: int | None):
+        self.cfg, self.out_dir, self.plan, self.folder = cfg, out_dir, plan, folder
+        self.ckpt_path, self.log_step = ckpt_path, log_step
+        self.t_start = time.time()
 
-    reference = None
-    if loss.needs_reference_model:
-        if lazy and cfg.loss.reference != "adapter_disabled":
-            from cpo.config import ConfigError
+    # ------------------------------------------------------------------ building
+    def build(self) -> None:
+        cfg = self.cfg
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        self.data = data = load_data(cfg)
+        self.model_path = resolve_model_path(cfg, data)
+        self.tokenizer = load_tokenizer(self.model_path)
+        m = cfg.model
+        self.lora = lora = LoraSettings(**OmegaConf.to_container(m.lora)) if m.lora is not None else None
 
-            raise ConfigError("with build_in_configure_model=true, DPO needs loss.reference=adapter_disabled (LoRA)")
-        if cfg.loss.reference == "cached":
+        def make_policy():
+            return build_policy(self.model_path, m.dtype, lora, m.gradient_checkpointing, m.attn_implementation,
+                                m.trust_remote_code, m.disable_dropout)
+
+        # Sharded strategies (FSDP, ZeRO-3) build the model in LightningModule.configure_model instead.
+        self.lazy = bool(cfg.get("build_in_configure_model", False))
+        policy = None if self.lazy else make_policy()
+        self.trainable, self.total = count_parameters(policy) if policy is not None else (0, 0)
+        if policy is not None:
+            say(f"policy {m.name}: {self.trainable:,} trainable of {self.total:,} parameters"
+                + (" (LoRA)" if is_peft(policy) else ""))
+        self.loss = loss = build_loss(cfg)
+        d = cfg.data
+        self.dm = dm = PreferenceDataModule(
+            data.train, data.val, self.tokenizer, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
+            max_prompt_length=d.max_prompt_length, max_length=d.max_length, prompt_truncation=d.prompt_truncation,
+            nll_target=loss.nll_target, group_by_length=d.group_by_length, seed=cfg.seed, num_workers=d.num_workers,
+        )
+        say(f"data {d.name}: {len(dm.train_pairs)} train / {len(dm.val_pairs)} val pairs; tokenization {dm.drop_counts}; "
+            f"global batch {self.plan.global_batch} = {self.plan.per_device} per device x {self.plan.devices} devices x "
+            f"{self.plan.nodes} nodes x {self.plan.accumulate} accumulated")
+        reference = self._reference(policy)
+        self.module = PreferenceModule(policy if policy is not None else make_policy, loss,
+                                       OptimSettings(**OmegaConf.to_container(cfg.optim)), dm.collator.pad_id,
+                                       reference, cfg.forward)
+        # Built once: a COMET scorer loads its model, and both the callback and the table use it.
+        e = cfg.evaluate
+        self.scorers = default_scorers(cfg, data) if e.before_after or e.during_training.enabled else []
+        self.gen = generation_settings(cfg, data)
+
+    def _reference(self, policy):
+        cfg, loss = self.cfg, self.loss
+        if not loss.needs_reference_model:
+            return None
+        reference = build_reference(cfg.loss.reference, policy, self.lora, sharded=self.lazy)
+        if reference is None:  # loss.reference=cached: log-probs of the starting policy travel with the batches
             from cpo.reference_cache import attach_cached_reference
 
-            attach_cached_reference(cfg, policy, dm, model_path, say)
-        else:
-            reference = build_reference(cfg.loss.reference, policy)
-            say(f"DPO reference: {reference.mode}")
+            attach_cached_reference(cfg, policy, self.dm, self.model_path, say)
+            return None
+        say(f"DPO reference: {reference.mode}")
+        return reference
 
-    module = PreferenceModule(policy if policy is not None else make_policy, loss, OptimSettings(**OmegaConf.to_container(cfg.optim)), dm.collator.pad_id, reference, cfg.forward)
-    loggers = build_loggers(cfg, out_dir)
-    from cpo.callbacks import build_callbacks
+    def trainer(self) -> L.Trainer:
+        from cpo.callbacks import FinalTrainMetrics, PreemptionDeferral, ProgressLog, build_callbacks
+        from cpo.runs import AtomicCheckpointIO, checkpoint_callback, fingerprint
+        from cpo.runs.fingerprint import canonical_config
 
-    # Built once: a COMET scorer loads its model, and both the callback and the table use it.
-    scorers = default_scorers(cfg, data) if cfg.evaluate.before_after or cfg.evaluate.during_training.enabled else []
-    trainer = build_trainer(cfg, out_dir, loggers, build_callbacks(cfg, tokenizer, data, scorers))
-    for lg in loggers:
-        lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), "trainable_parameters": trainable, "total_parameters": total})
+        cfg = self.cfg
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        g, c = cfg.guard, cfg.checkpoint
+        callbacks = [DivergenceGuard(g.max_nll_ratio, g.window), PreemptionDeferral(), FinalTrainMetrics()]
+        callbacks += build_callbacks(cfg, self.tokenizer, self.data, self.scorers)
+        if not interactive() and cfg.trainer.get("enable_progress_bar") is not True:
+            callbacks.append(ProgressLog(float(cfg.get("progress_every_seconds", 30))))
+        callbacks.append(checkpoint_callback(self.out_dir, c.every_n_steps, c.every_minutes, fingerprint(resolved),
+                                             canonical_config(resolved)))
+        self.loggers = build_loggers(cfg, self.out_dir, self.log_step)
+        return build_trainer(cfg, self.out_dir, self.plan, self.loggers, callbacks, plugins=[AtomicCheckpointIO()])
 
-    before = None
-    if cfg.evaluate.before_after and rank_zero_only.rank == 0 and policy is not None:
+    # ------------------------------------------------------------------ steps
+    def execute(self) -> dict:
+        self.build()
+        trainer = self.trainer()
+        self.provenance = provenance(self.data.files, self.plan.as_dict())
+        for lg in self.loggers:
+            lg.log_hyperparams({"config": OmegaConf.to_container(self.cfg, resolve=True), "provenance": self.provenance,
+                                "trainable_parameters": self.trainable, "total_parameters": self.total})
+        before = self.evaluate_before()
+        t_fit = time.time()
+        if self.ckpt_path:
+            say(f"resuming from {self.ckpt_path}")
+        try:
+            trainer.fit(self.module, datamodule=self.dm, ckpt_path=self.ckpt_path)
+            self.validate_at_end(trainer)
+        except Diverged as e:
+            self.fail(trainer, e)
+        except SIGTERMException:
+            self.interrupted(trainer)
+        fit_seconds = time.time() - t_fit
+        # Gathered through the strategy (a collective under FSDP/ZeRO-3), so every rank takes part.
+        state = trainer.strategy.lightning_module_state_dict() if self.cfg.save_policy else None
+        results: dict[str, Any] = {}
+        if trainer.is_global_zero:
+            try:
+                check_finite_weights(self.module.policy)
+            except Diverged as e:
+                self.fail(trainer, e)
+            results = self.finish(trainer, before, state, fit_seconds)
+        finish_wandb(self.loggers)
+        return results
+
+    def evaluate_before(self) -> dict | None:
+        """The starting policy's held-out metrics (rank 0); kept in before.json so a resumed run reuses them."""
+        cfg = self.cfg
+        if not cfg.evaluate.before_after or rank_zero_only.rank != 0 or self.module.policy is None:
+            return None
+        saved = self.out_dir / "before.json"
+        if self.ckpt_path and saved.is_file():
+            return json.loads(saved.read_text())
         say("evaluating the starting policy on held-out data")
-        before, _ = evaluate_policy(policy, tokenizer, dm, data.test, cfg, scorers)
+        before = self._evaluate().metrics
+        atomic_write_json(saved, before)
+        return before
 
-    t_fit = time.time()
-    last = out_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if cfg.get("resume", True) and last.exists() else None
-    if ckpt_path:
-        say(f"resuming from {ckpt_path}")
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
-    fit_seconds = time.time() - t_fit
+    def _evaluate(self) -> Evaluation:
+        e = self.cfg.evaluate
+        test = self.data.test.head(int(e.max_sentences)) if self.data.test is not None else None
+        loader = self.dm.heldout_dataloader() if self.dm.val_pairs else None
+        return evaluate_policy(self.module.policy, self.tokenizer, loader, self.dm.collator.pad_id, test, self.scorers,
+                               self.gen, say, progress=interactive())
 
-    policy = module.policy
-    # Gathered through the strategy (a collective under FSDP/ZeRO-3), so every rank takes part.
-    state = trainer.strategy.lightning_module_state_dict() if cfg.save_policy else None
-    if lazy and trainer.is_global_zero:
-        trainable, total = count_parameters(policy)
-    results: dict[str, Any] = {}
-    if trainer.is_global_zero:
-        results = {
+    def validate_at_end(self, trainer: L.Trainer) -> None:
+        """A run stopped by a step limit ends without validating: validate once more so results always hold val/*."""
+        if not self.dm.val_pairs or self.cfg.trainer.get("limit_val_batches") == 0:
+            return
+        from cpo.callbacks import FinalTrainMetrics
+
+        tracker = next((c for c in trainer.callbacks if isinstance(c, FinalTrainMetrics)), None)
+        if tracker is not None and tracker.last_val_step == trainer.global_step:
+            return
+        trainer.validate(self.module, datamodule=self.dm, verbose=False)
+
+    def fail(self, trainer: L.Trainer, e: Diverged) -> None:
+        if trainer.is_global_zero:
+            self.folder.discard_outputs()
+        finish_wandb(self.loggers)
+        raise e
+
+    def interrupted(self, trainer: L.Trainer) -> None:
+        import signal
+
+        from cpo.runs import RunInterrupted, check_checkpoint
+
+        last = self.out_dir / "checkpoints" / "last.ckpt"
+        finish_wandb(self.loggers)
+        step = check_checkpoint(last)["global_step"] if last.is_file() else None
+        raise RunInterrupted(signal.SIGTERM, last if last.is_file() else None, step)
+
+    def finish(self, trainer: L.Trainer, before: dict | None, state, fit_seconds: float) -> dict:
+        cfg, out_dir, loss = self.cfg, self.out_dir, self.loss
+        if self.lazy:
+            self.trainable, self.total = count_parameters(self.module.policy)
+        from cpo.runs import last_logged
+
+        # A resume of a finished fit trains no step and leaves callback_metrics empty: read the metrics history.
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} or last_logged(out_dir / "csv" / "metrics.csv")
+        results: dict[str, Any] = {
             "config": OmegaConf.to_container(cfg, resolve=True),
-            "loss": loss.name, "beta": loss.beta, "seed": cfg.seed, "start_model": model_path,
-            "trainable_parameters": trainable, "total_parameters": total,
-            "train_pairs": len(dm.train_pairs), "val_pairs": len(dm.val_pairs), "tokenization": dm.drop_counts,
+            "loss": loss.name, "beta": loss.beta, "seed": cfg.seed, "start_model": self.model_path,
+            "trainable_parameters": self.trainable, "total_parameters": self.total,
+            "train_pairs": len(self.dm.train_pairs), "val_pairs": len(self.dm.val_pairs),
+            "tokenization": self.dm.drop_counts, "global_batch": self.plan.as_dict(),
             "global_steps": trainer.global_step, "fit_seconds": round(fit_seconds, 2),
-            "val": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")},
-            "train": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")},
+            "val": {k: float(v) for k, v in metrics.items() if k.startswith("val/")},
+            "train": {k: float(v) for k, v in metrics.items() if k.startswith("train/")},
+            "dev_references": self.data.dev.label if self.data.dev is not None else None,
+            "provenance": self.provenance,
         }
         if before is not None:
             say("evaluating the trained policy on held-out data")
-            after, hyps = evaluate_policy(policy, tokenizer, dm, data.test, cfg, scorers)
-            results.update(before=before, after=after)
-            table = before_after_table(before, after)
+            after = self._evaluate()
+            results.update(before=before, after=after.metrics)
+            table = before_after_table(before, after.metrics)
             say("\nHeld-out results, before -> after training (" + loss.name + "):\n" + table + "\n")
             atomic_write_text(out_dir / "before_after.md", table + "\n")
-            if hyps:
-                atomic_write_text(out_dir / "test_hypotheses.txt", "".join(h + "\n" for h in hyps))
-            for lg in loggers:
-                lg.log_metrics({f"test/{k}": v for k, v in after.items() if isinstance(v, (int, float)) and k != "pairs"})
+            if after.rows:
+                atomic_write_jsonl(out_dir / "test_translations.jsonl", after.rows)
+            for lg in self.loggers:
+                lg.log_metrics({f"test/{k}": v for k, v in after.metrics.items()
+                                if isinstance(v, (int, float)) and k != "pairs"}, step=trainer.global_step)
         if cfg.save_policy:
-            save_dir = out_dir / "policy"
-            sd = {k[len("policy.") :]: v for k, v in state.items() if k.startswith("policy.")}
-            policy.save_pretrained(save_dir, state_dict=sd)
-            tokenizer.save_pretrained(save_dir)
-            results["policy_dir"] = str(save_dir)
-            say(f"saved policy to {save_dir}")
-        results["total_seconds"] = round(time.time() - t_start, 2)
-        atomic_write_json(out_dir / "results.json", results)
-    finish_wandb(loggers)
-    return results
+            results["policy_dir"] = str(self.save_policy(state))
+        results["total_seconds"] = round(time.time() - self.t_start, 2)
+        return self.folder.finish(results)  # results.json last: it means "finished"
+
+    def save_policy(self, state) -> Path:
+        """``policy/`` via a temporary folder renamed into place, so a kill never leaves half a policy."""
+        import shutil
+        import tempfile
+
+        final = self.out_dir / "policy"
+        tmp = Path(tempfile.mkdtemp(prefix=".policy.", dir=self.out_dir))
+        try:
+            sd = {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}
+            save_pretrained_policy(self.module.policy, tmp, state_dict=sd)  # the trained adapter, not the reference
+            self.tokenizer.save_pretrained(tmp)
+            os.chmod(tmp, 0o777 & ~_umask())
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        say(f"saved policy to {final}")
+        return final
 
 
-def finish_wandb(loggers: list) -> None:
-    """End the W&B run so the next job of a sequential multirun starts its own."""
-    if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
-        import wandb
-
-        wandb.finish()
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -12,7 +12,7 @@ from conftest import REPO, SMALL_DEMO, compose
 from cpo.training import run
 
 FAST = SMALL_DEMO + ["logger=csv", "evaluate.before_after=false", "save_policy=false", "+trainer.fast_dev_run=2"]
-LOSSES = ["cpo", "dpo", "sft", "sft_ref", "cpo_prefer_only", "simpo", "cpo_simpo", "ipo", "hinge"]
+LOSSES = ["cpo", "dpo", "sft", "sft_ref", "cpo_prefer_only", "simpo", "cpo_simpo", "ipo", "hinge", "orpo", "arpo"]
 
 
 @pytest.mark.parametrize("loss", LOSSES)
@@ -20,7 +20,10 @@ def test_every_loss_trains(loss, tmp_path):
     res = run(compose(FAST + [f"loss={loss}"]), tmp_path)
     assert res["global_steps"] == 2 and res["loss"] == loss
     m = res["train"]
-    assert torch.isfinite(torch.tensor(m["train/loss"])) and torch.isfinite(torch.tensor(m["train/nll_loss"]))
+    assert torch.isfinite(torch.tensor(m["train/loss"]))
+    # nll_loss is the NLL term: logged exactly when the loss has one (alpha > 0).
+    assert ("train/nll_loss" in m) == (loss not in ("dpo", "cpo_prefer_only", "simpo", "ipo", "hinge"))
+    assert torch.isfinite(torch.tensor(m.get("train/nll_loss", 0.0)))
     if loss not in ("sft", "sft_ref"):
         assert {"train/rewards/margins", "train/rewards/accuracies", "train/logps/chosen"} <= set(m)
 

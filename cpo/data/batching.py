@@ -160,3 +160,4 @@ class Collator:
             ref = torch.tensor([it["ref"] for it in items], dtype=torch.float32)
             batch["ref_chosen_logps"], batch["ref_rejected_logps"] = ref[:, 0], ref[:, 1]
         return batch
+

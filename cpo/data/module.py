@@ -9,6 +9,7 @@ from cpo.data.encoding import EncodedPair, PairEncoder
 from cpo.data.records import PreferenceExample
 from cpo.io import DataError
 from cpo.prompt import PromptTooShort
+from cpo.runs.data import ResumableDataLoader, loop_position
 
 
 class PreferenceDataModule(L.LightningDataModule):
@@ -87,7 +88,17 @@ class PreferenceDataModule(L.LightningDataModule):
             group_by_length=self.group_by_length,
         )
         refs = self.ref_logps.get(split) if self.ref_logps else None
-        return DataLoader(PairDataset(pairs, refs), batch_sampler=sampler, collate_fn=self.collator, num_workers=self.num_workers)
+        if not train:
+            return DataLoader(PairDataset(pairs, refs), batch_sampler=sampler, collate_fn=self.collator,
+                              num_workers=self.num_workers)
+        # Resumable mid-epoch (exactly, from any step-boundary checkpoint) and reshuffled every epoch.
+        return ResumableDataLoader(PairDataset(pairs, refs), sampler, position=lambda: loop_position(self.trainer),
+                                   collate_fn=self.collator, num_workers=self.num_workers)
+
+    def micro_batches_per_epoch(self, world_size: int) -> int:
+        """What ``len(train_dataloader())`` will be on ``world_size`` ranks, without building the loader."""
+        n, step = len(self.train_pairs), self.batch_size * world_size
+        return n // step if n >= step else 1
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_pairs, "train", train=True)

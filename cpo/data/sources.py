@@ -44,6 +44,8 @@ class RunData:
     models: dict[str, str] = field(default_factory=dict)  # local models by name ("demo": the warm start)
     default_scorers: tuple[str, ...] = ()  # scorer presets when evaluate.scorers is null
     files: list[str] = field(default_factory=list)  # the files read, for the run's provenance
+    # Decoding of the before/after translations when evaluate.num_beams / max_new_tokens are null: SPEC section 6.
+    generation: dict = field(default_factory=lambda: {"num_beams": 5, "max_new_tokens": 256})
 
 
 @dataclass

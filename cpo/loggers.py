@@ -1,0 +1,94 @@
+"""Loggers of a training run: a CSV log always, W&B (offline unless told) with sweep-aware names."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+
+def build_loggers(cfg: DictConfig, out_dir: Path, resume_step: int | None = None) -> list:
+    """CSV (always, unless logger=none) and W&B. A resumed run keeps the CSV rows up to its checkpoint's step
+    and continues the same W&B run (its id is derived from the run folder)."""
+    lg = cfg.logger
+    if lg.name == "none":
+        return []
+    from cpo.runs import ResumableCSVLogger
+
+    # A local CSV of every logged metric, beside W&B too: scripts/compare.py reads it with no server.
+    csv = ResumableCSVLogger(save_dir=str(out_dir), resume_step=resume_step)
+    if lg.name == "csv":
+        return [csv]
+    wandb_dir = out_dir / "wandb_files"
+    for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"), ("WANDB_CONFIG_DIR", "config")):
+        (wandb_dir / sub).mkdir(parents=True, exist_ok=True)
+        os.environ[var] = str(wandb_dir / sub)  # keep every W&B file in the run directory, never in $HOME
+    os.environ.setdefault("WANDB_DISABLE_GIT", "true")
+    os.environ.setdefault("WANDB_CONSOLE", "off")
+    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+    from lightning.pytorch.loggers import WandbLogger
+
+    names = run_names(cfg)
+    return [
+        WandbLogger(
+            project=lg.project, entity=lg.entity, mode=lg.mode, save_dir=str(wandb_dir), dir=str(wandb_dir),
+            group=lg.group or names["group"], job_type=cfg.loss.name, name=names["name"],
+            tags=list(lg.tags) + ([cfg.experiment_name] if cfg.experiment_name else []), log_model=lg.log_model,
+            id=_run_id(out_dir), resume="allow",
+        ),
+        csv,
+    ]
+
+
+def _run_id(out_dir: Path) -> str:
+    """A W&B run id that is stable for a run folder, so a resumed run logs into the run it continues."""
+    import hashlib
+
+    return hashlib.sha256(str(Path(out_dir).resolve()).encode()).hexdigest()[:16]
+
+
+def run_names(cfg: DictConfig) -> dict[str, str | None]:
+    """W&B group (the sweep) and run name (only the overrides that vary across the sweep's jobs)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+    except ValueError:  # not under Hydra (library use)
+        return {"name": cfg.loss.name, "group": cfg.experiment_name}
+    if hc.mode != RunMode.MULTIRUN:
+        return {"name": hc.job.override_dirname or cfg.loss.name, "group": cfg.experiment_name}
+    varying = sweep_keys(hc)
+    parts = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in varying]
+    name = ",".join(sorted(parts)) or cfg.loss.name
+    # An experiment's sweep directory is stable (re-launches resume into the same group); a plain
+    # sweep is named by its date and time folders so that sweeps of different days never share one.
+    group = cfg.experiment_name or "sweep-" + "/".join(Path(hc.sweep.dir).parts[-2:])
+    return {"name": name, "group": group}
+
+
+def sweep_keys(hc) -> set[str]:
+    """Keys swept on the command line (a,b / range() / choice()) or in an experiment's sweeper params."""
+    import sys
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys: set[str] = set()
+    args = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+    try:
+        for o in OverridesParser.create().parse_overrides(args):
+            if o.is_sweep_override():
+                keys.add(o.get_key_element().lstrip("+~"))
+    except Exception:  # an argument Hydra itself accepted but we cannot parse: fall back to all overrides
+        keys.update(a.split("=", 1)[0].lstrip("+~") for a in args)
+    params = hc.sweeper.get("params") or {}
+    keys.update(str(k) for k in params)
+    return keys
+
+
+def finish_wandb(loggers: list) -> None:
+    """End the W&B run so the next job of a sequential multirun starts its own."""
+    if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
+        import wandb
+
+        wandb.finish()

@@ -1,0 +1,203 @@
+"""Runs that never lie: divergence, stale folders, preemption and kills, a second writer, corrupt checkpoints.
+
+Each test drives `train.py` (or `cpo.training.run`) the way a researcher does and checks the exit status,
+the one sentence, and what is (not) left in the run folder.
+"""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, SMALL_DEMO, compose
+from cpo.config import ConfigError
+from cpo.guards import Diverged
+from cpo.training import run
+
+QUICK = SMALL_DEMO + ["logger=csv", "evaluate.before_after=false", "evaluate.during_training.enabled=false"]
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return env
+
+
+def _train(out: Path, extra: list[str], **kw) -> subprocess.CompletedProcess:
+    args = [sys.executable, "train.py", f"hydra.run.dir={out}"] + QUICK + extra
+    return subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600, **kw)
+
+
+def _one_sentence(p: subprocess.CompletedProcess, rc: int, *needles: str) -> str:
+    err = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+    assert p.returncode == rc, (p.returncode, p.stderr[-2000:])
+    assert len(err) == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    for n in needles:
+        assert n in err[0], err[0]
+    return err[0]
+
+
+def _weights(ckpt: Path) -> dict:
+    return torch.load(ckpt, weights_only=False, map_location="cpu")["state_dict"]
+
+
+# ----------------------------------------------------------------------------------------- divergence
+@pytest.mark.parametrize("override", ["beta=inf", "optim.lr=1e6"])
+def test_a_diverged_run_fails_and_leaves_nothing_finished(tmp_path, override):
+    with pytest.raises(Diverged, match=r"training diverged at step \d+: the (training loss|gradient norm) is (nan|inf)"):
+        run(compose(QUICK + ["trainer.max_steps=30", override]), tmp_path)
+    assert not (tmp_path / "results.json").exists() and not (tmp_path / "policy").exists()
+
+
+def test_divergence_exits_3_with_one_sentence(tmp_path):
+    p = _train(tmp_path, ["trainer.max_steps=20", "beta=inf"])
+    _one_sentence(p, 3, "training diverged at step", "nothing was saved as finished")
+    assert not (tmp_path / "results.json").exists() and not (tmp_path / "policy").exists()
+
+
+def test_half_precision_settings(tmp_path):
+    with pytest.raises(ConfigError, match="model.dtype=float16 trains half-precision weights"):
+        run(compose(QUICK + ["model.dtype=float16"]), tmp_path / "a")
+    # fp16 mixed precision with the default fused AdamW trains (the fused optimizer is not used there).
+    res = run(compose(QUICK + ["trainer.max_steps=3", "trainer.precision=16-mixed", "save_policy=false"]), tmp_path / "b")
+    assert res["global_steps"] == 3
+
+
+def test_a_finite_divergence_is_caught_by_the_nll_guard(tmp_path):
+    # A learning rate that keeps the loss finite while the NLL of the preferred side explodes.
+    with pytest.raises(Diverged, match="NLL of the preferred translations rose"):
+        run(compose(QUICK + ["trainer.max_steps=60", "optim.lr=0.3", "optim.schedule=constant", "guard.window=3",
+                             "guard.max_nll_ratio=1.5", "trainer.gradient_clip_val=null"]), tmp_path)
+    assert not (tmp_path / "results.json").exists()
+
+
+# ----------------------------------------------------------------------------------------- stale folders
+def test_finished_results_are_reused_only_for_the_same_config(tmp_path, capsys):
+    base = QUICK + ["trainer.max_steps=3", "save_policy=false"]
+    first = run(compose(base), tmp_path)
+    assert run(compose(base + ["trainer.log_every_n_steps=1"]), tmp_path)["fingerprint"] == first["fingerprint"]
+    assert "already finished" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match=r"beta: 0\.1 -> 0\.5.*rerun=true"):
+        run(compose(base + ["beta=0.5"]), tmp_path)
+    with pytest.raises(ConfigError, match=r"trainer.max_steps: 3 -> 5"):
+        run(compose(QUICK + ["trainer.max_steps=5", "save_policy=false"]), tmp_path)
+    again = run(compose(base + ["beta=0.5", "rerun=true"]), tmp_path)
+    assert again["beta"] == 0.5 and json.loads((tmp_path / "results.json").read_text())["beta"] == 0.5
+    assert len(list(tmp_path.glob("replaced-*/results.json"))) == 1  # the old results were kept, not lost
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches must be >= 1"),  # was a ZeroDivisionError
+    ("global_batch_size=12", "global_batch_size=12 is not a multiple of data.batch_size"),  # batch 8 does not divide 12
+    ("optim.eps=0", "optim.eps must be in (0, 1)"),
+])
+def test_bad_settings_are_refused_before_training(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        run(compose(QUICK + [override]), tmp_path)
+    assert not any(tmp_path.iterdir()) if tmp_path.exists() else True
+
+
+# ----------------------------------------------------------------------------------------- preemption
+def _wait_for(proc: subprocess.Popen, needle: str, timeout: float = 300) -> str:
+    seen, t0 = [], time.time()
+    while time.time() - t0 < timeout:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return "".join(seen)
+    raise AssertionError(f"never saw {needle!r}:\n" + "".join(seen[-30:]))
+
+
+def _start(out: Path, extra: list[str]) -> subprocess.Popen:
+    args = [sys.executable, "train.py", f"hydra.run.dir={out}"] + QUICK + extra
+    return subprocess.Popen(args, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# 160 pairs in micro-batches of 4, two per step: 20 steps an epoch, so 24 steps cross into a second epoch.
+LONG = ["trainer.max_epochs=2", "trainer.max_steps=24", "data.batch_size=4", "trainer.accumulate_grad_batches=2", "progress_every_seconds=0",
+        "checkpoint.every_n_steps=4", "trainer.log_every_n_steps=1", "seed=3", "trainer.limit_val_batches=0"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("whole")
+    p = _train(out, LONG)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return out
+
+
+def test_sigterm_saves_exits_143_and_resumes_to_the_uninterrupted_run(tmp_path, uninterrupted):
+
+    proc = _start(tmp_path / "cut", LONG)
+    _wait_for(proc, "step 9/")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "stopped by SIGTERM" in err and "run the same command again to resume" in err and "Traceback" not in err
+    cut = tmp_path / "cut"
+    assert (cut / "checkpoints" / "last.ckpt").is_file() and not (cut / "results.json").exists()
+    stopped_at = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert 9 <= stopped_at < 24
+
+    resumed = _train(cut, LONG)  # the same command continues
+    assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stderr[-2000:]
+    a, b = _weights(uninterrupted / "checkpoints" / "last.ckpt"), _weights(cut / "checkpoints" / "last.ckpt")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    # The metrics history survived the resume: one row per logged step, before and after the cut.
+    with open(cut / "csv" / "metrics.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert steps == list(range(24))
+    res = json.loads((cut / "results.json").read_text())
+    assert res["train"] and res["global_steps"] == 24
+
+
+@pytest.mark.slow
+def test_kill_9_resumes_from_the_last_periodic_checkpoint(tmp_path, uninterrupted):
+    proc = _start(tmp_path / "cut", LONG)
+    _wait_for(proc, "step 11/")
+    proc.kill()
+    proc.communicate(timeout=60)
+    cut = tmp_path / "cut"
+    assert torch.load(cut / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 8
+    resumed = _train(cut, LONG)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = _weights(uninterrupted / "checkpoints" / "last.ckpt"), _weights(cut / "checkpoints" / "last.ckpt")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+
+def test_a_named_checkpoint_resumes_and_a_corrupt_one_is_one_sentence(tmp_path, capsys):
+    base = QUICK + ["trainer.max_steps=6", "checkpoint.every_n_steps=3", "save_policy=false"]
+    run(compose(base), tmp_path / "a")
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    copy = tmp_path / "step6.ckpt"
+    copy.write_bytes(ckpt.read_bytes())
+    with pytest.raises(ConfigError, match=r"another configuration.*trainer.max_steps: 6 -> 8"):
+        run(compose(QUICK + ["trainer.max_steps=8", "checkpoint.every_n_steps=3", "save_policy=false",
+                             f"ckpt_path={copy}"]), tmp_path / "b")
+    res = run(compose(base + [f"ckpt_path={copy}"]), tmp_path / "c")
+    assert f"resuming from {copy}" in capsys.readouterr().out and res["global_steps"] == 6 and res["val"]
+
+    # A truncated last.ckpt in an unfinished folder: one sentence and a way forward, not a traceback.
+    (tmp_path / "a" / "results.json").unlink()
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    p = _train(tmp_path / "a", ["trainer.max_steps=6", "checkpoint.every_n_steps=3", "save_policy=false"])
+    _one_sentence(p, 2, "last.ckpt is truncated or corrupt", "delete it to start this run over")
+
+
+# ----------------------------------------------------------------------------------------- one writer
+def test_a_second_writer_is_refused(tmp_path):
+    from cpo.runs import RunFolder
+
+    with RunFolder(tmp_path):
+        p = _train(tmp_path, ["trainer.max_steps=2"])
+    _one_sentence(p, 2, "is in use by another run", f"pid {os.getpid()}")
+    assert not (tmp_path / "results.json").exists()
+    assert run(compose(QUICK + ["trainer.max_steps=2", "save_policy=false"]), tmp_path)["global_steps"] == 2  # free again
