@@ -17,11 +17,11 @@ class TranslationEval(L.Callback):
     translations next to the preferred and dis-preferred candidates of the same source."""
 
     def __init__(self, dev: TestSet, tokenizer, scorers=(), examples=(), table_rows: int = 8, batch_size: int = 32,
-                 max_new_tokens: int = 64, max_prompt_length: int | None = None):
+                 max_new_tokens: int = 64, max_prompt_length: int | None = None, metrics=("bleu", "chrf", "chrfpp")):
         self.dev, self.tokenizer, self.scorers = dev, tokenizer, list(scorers)
         self.pairs = {e.source: e for e in examples}
         self.table_rows, self.batch_size, self.max_new_tokens = table_rows, batch_size, max_new_tokens
-        self.max_prompt_length = max_prompt_length
+        self.max_prompt_length, self.metrics = max_prompt_length, tuple(metrics)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -32,7 +32,8 @@ class TranslationEval(L.Callback):
         d = self.dev
         hyps = translate(pl_module.policy, self.tokenizer, d.sources, d.src_lang, d.tgt_lang, batch_size=self.batch_size,
                          num_beams=1, max_new_tokens=self.max_new_tokens, max_prompt_length=self.max_prompt_length)
-        m = corpus_metrics(hyps, d.references, d.tgt_lang, sources=d.sources, scorers=self.scorers, src_lang=d.src_lang)
+        m = corpus_metrics(hyps, d.references, d.tgt_lang, sources=d.sources, scorers=self.scorers, src_lang=d.src_lang,
+                           metrics=self.metrics)
         metrics = {f"val/{k}": float(v) for k, v in m.items() if isinstance(v, (int, float)) and k != "n"}
         step = trainer.fit_loop.epoch_loop._batches_that_stepped  # the step Lightning's own rows carry
         for lg in trainer.loggers:
@@ -121,4 +122,5 @@ def build_callbacks(cfg: DictConfig, tokenizer, data, scorers=()) -> list:
         return []
     dev = data.dev.head(int(t.get("max_sentences", 200)))
     return [TranslationEval(dev, tokenizer, scorers, data.val, t.get("table_rows", 8),
-                            max_prompt_length=cfg.data.max_prompt_length)]
+                            max_prompt_length=cfg.data.max_prompt_length,
+                            metrics=t.get("metrics") or ("bleu", "chrf", "chrfpp"))]

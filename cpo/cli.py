@@ -12,7 +12,7 @@ import os
 import sys
 import traceback
 
-from cpo.config import ConfigError
+from cpo.errors import ConfigError
 from cpo.io import DataError, Unavailable
 
 

@@ -3,13 +3,9 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from cpo.losses import KINDS
+from cpo.errors import ConfigError
 
 REFERENCE_MODES = ("none", "auto", "reference_adapter", "adapter_disabled", "frozen_copy", "cached")
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def _need(cond: bool, msg: str) -> None:
@@ -22,7 +18,7 @@ def validate(cfg: DictConfig) -> None:
     loss, data, model = cfg.loss, cfg.data, cfg.model
     from omegaconf.errors import InterpolationKeyError
 
-    from cpo.losses import PreferenceLoss
+    from cpo.losses import KINDS, PreferenceLoss
 
     _need(loss.kind in KINDS, f"loss.kind={loss.kind!r} is not a known loss (known: {', '.join(KINDS)})")
     try:

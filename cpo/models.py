@@ -67,13 +67,19 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", attn_implementatio
         raise _unavailable("model.name_or_path", name_or_path, e) from None
 
 
-def add_lora(model: nn.Module, lora: LoraSettings) -> nn.Module:
-    """Wrap in a peft LoRA adapter: a fresh one, or an existing adapter kept trainable."""
+def add_lora(model: nn.Module, lora: LoraSettings, uniform_dtype: bool = False) -> nn.Module:
+    """Wrap in a peft LoRA adapter: a fresh one, or an existing adapter kept trainable.
+
+    peft keeps adapter weights in fp32 on a bf16 base by default (better updates); FSDP flattens each
+    wrapped layer into one tensor of one dtype and refuses that mix, so ``uniform_dtype`` (sharded
+    strategies) keeps the adapter in the base model's dtype, as TRL does for ZeRO-3.
+    """
     from peft import LoraConfig, PeftModel, get_peft_model
 
+    autocast = not uniform_dtype
     if lora.adapter:
         try:
-            return PeftModel.from_pretrained(model, lora.adapter, is_trainable=True,
+            return PeftModel.from_pretrained(model, lora.adapter, is_trainable=True, autocast_adapter_dtype=autocast,
                                              local_files_only=_local_only(lora.adapter))
         except (OSError, ValueError) as e:
             raise _unavailable("model.lora.adapter", lora.adapter, e) from None
@@ -85,7 +91,7 @@ def add_lora(model: nn.Module, lora: LoraSettings) -> nn.Module:
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, cfg)
+    return get_peft_model(model, cfg, autocast_adapter_dtype=autocast)
 
 
 _DROPOUT_MODULES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
@@ -126,7 +132,9 @@ def build_policy(
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
     disable_dropout: bool = True,
+    sharded: bool = False,
 ) -> nn.Module:
+    """The policy to train; ``sharded`` when FSDP / ZeRO-3 will wrap it (see :func:`add_lora`)."""
     model = load_causal_lm(name_or_path, dtype, attn_implementation, trust_remote_code)
     model.config.use_cache = False  # training never reads the cache; generation turns it back on
     if gradient_checkpointing:
@@ -134,7 +142,7 @@ def build_policy(
         if lora is not None:
             model.enable_input_require_grads()  # frozen embeddings would otherwise cut the graph
     if lora is not None:
-        model = add_lora(model, lora)
+        model = add_lora(model, lora, uniform_dtype=sharded)
     if disable_dropout:  # after add_lora, so the adapter's own dropout (ALMA's 0.05) is switched off too
         n = zero_dropout(model)
         if n:
@@ -316,7 +324,7 @@ def infer_policy_start(policy: nn.Module) -> str:
 
 def resolve_reference_mode(mode: str, start: str, sharded: bool = False) -> str:
     """The concrete reference for ``loss.reference=mode``; ConfigError when it would not be the starting policy."""
-    from cpo.config import ConfigError
+    from cpo.errors import ConfigError
 
     if mode not in REFERENCE_MODES:
         raise ConfigError(f"loss.reference={mode!r} is not one of {', '.join(REFERENCE_MODES)}")

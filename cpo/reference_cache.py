@@ -170,7 +170,7 @@ def attach_cached_reference(cfg, policy, dm, model_path: str, say=print) -> None
     Call it before training starts.
     """
     if policy is None:
-        from cpo.config import ConfigError
+        from cpo.errors import ConfigError
 
         raise ConfigError("loss.reference=cached needs the policy built before training, which "
                           "build_in_configure_model=true (FSDP, DeepSpeed ZeRO-3) does not do; "

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cpo.config import ConfigError
+from cpo.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,7 @@ class _Run:
                  log_step: int | None):
         self.cfg, self.out_dir, self.plan, self.folder = cfg, out_dir, plan, folder
         self.ckpt_path, self.log_step = ckpt_path, log_step
+        self.fit_metrics: dict[str, float] = {}
         self.t_start = time.time()
 
     # ------------------------------------------------------------------ building
@@ -132,12 +133,13 @@ class _Run:
         m = cfg.model
         self.lora = lora = LoraSettings(**OmegaConf.to_container(m.lora)) if m.lora is not None else None
 
-        def make_policy():
-            return build_policy(self.model_path, m.dtype, lora, m.gradient_checkpointing, m.attn_implementation,
-                                m.trust_remote_code, m.disable_dropout)
-
         # Sharded strategies (FSDP, ZeRO-3) build the model in LightningModule.configure_model instead.
         self.lazy = bool(cfg.get("build_in_configure_model", False))
+
+        def make_policy():
+            return build_policy(self.model_path, m.dtype, lora, m.gradient_checkpointing, m.attn_implementation,
+                                m.trust_remote_code, m.disable_dropout, sharded=self.lazy)
+
         policy = None if self.lazy else make_policy()
         self.trainable, self.total = count_parameters(policy) if policy is not None else (0, 0)
         if policy is not None:
@@ -206,6 +208,7 @@ class _Run:
             say(f"resuming from {self.ckpt_path}")
         try:
             trainer.fit(self.module, datamodule=self.dm, ckpt_path=self.ckpt_path)
+            self.fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # validate() clears them
             self.validate_at_end(trainer)
         except Diverged as e:
             self.fail(trainer, e)
@@ -277,8 +280,9 @@ class _Run:
             self.trainable, self.total = count_parameters(self.module.policy)
         from cpo.runs import last_logged
 
-        # A resume of a finished fit trains no step and leaves callback_metrics empty: read the metrics history.
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()} or last_logged(out_dir / "csv" / "metrics.csv")
+        # The metrics history first: a resume of a finished fit trains no step and leaves callback_metrics empty.
+        history = last_logged(out_dir / "csv" / "metrics.csv") if (out_dir / "csv" / "metrics.csv").is_file() else {}
+        metrics = {**history, **self.fit_metrics, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
         results: dict[str, Any] = {
             "config": OmegaConf.to_container(cfg, resolve=True),
             "loss": loss.name, "beta": loss.beta, "seed": cfg.seed, "start_model": self.model_path,

@@ -33,15 +33,47 @@ def test_beta_is_top_level_and_reaches_every_loss():
         assert compose([f"loss={loss}", "beta=0.37"]).loss.beta == 0.37
 
 
-def test_alma_r_setup_composes_to_spec_section_5():
-    cfg = compose(["model=alma-13b-lora", "data=alma_r_preference", "strategy=deepspeed_zero2"])
-    assert cfg.model.name_or_path == "haoranxu/ALMA-13B-Pretrain" and cfg.model.lora.adapter == "haoranxu/ALMA-13B-Pretrain-LoRA"
-    assert (cfg.model.lora.r, cfg.model.lora.alpha, cfg.model.lora.dropout, list(cfg.model.lora.target_modules)) == (16, 32, 0.05, ["down_proj"])
-    assert (cfg.loss.beta, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.schedule, cfg.optim.warmup_ratio) == (0.1, 1e-4, 0.01, "inverse_sqrt", 0.01)
-    assert (cfg.data.max_prompt_length, cfg.data.max_length, cfg.data.batch_size, cfg.trainer.max_epochs) == (256, 512, 2, 1)
-    assert cfg.model.dtype == "bfloat16" and cfg.trainer.precision == "bf16-mixed"
-    assert cfg.trainer.strategy["_target_"] == "cpo.strategies.deepspeed" and cfg.trainer.strategy.stage == 2
-    validate(cfg)
+def test_alma_r_setup_resolves_to_spec_section_5():
+    """`train.py ... --cfg job --resolve` (what a user checks) pins every ALMA-R setting of SPEC section 5."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    args = ["model=alma-13b-lora", "data=alma_r_preference", "strategy=deepspeed_zero2"]
+    p = subprocess.run([sys.executable, "train.py", *args, "--cfg", "job", "--resolve"], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    cfg = yaml.safe_load(p.stdout)
+    m, d, o, t = cfg["model"], cfg["data"], cfg["optim"], cfg["trainer"]
+    assert (m["name_or_path"], m["lora"]["adapter"]) == ("haoranxu/ALMA-13B-Pretrain", "haoranxu/ALMA-13B-Pretrain-LoRA")
+    assert (m["lora"]["r"], m["lora"]["alpha"], m["lora"]["dropout"], m["lora"]["target_modules"]) == (16, 32, 0.05, ["down_proj"])
+    assert m["disable_dropout"] is True  # the stored 0.05 is inactive in training, as in ALMA-R's trainer
+    assert (cfg["beta"], cfg["loss"]["beta"], cfg["loss"]["alpha"]) == (0.1, 0.1, 1.0)
+    assert (o["lr"], o["weight_decay"], o["schedule"], o["warmup_ratio"]) == (1e-4, 0.01, "inverse_sqrt", 0.01)
+    assert (t["max_epochs"], t["precision"], m["dtype"]) == (1, "bf16-mixed", "bfloat16")
+    assert (d["max_prompt_length"], d["max_length"], d["batch_size"], cfg["global_batch_size"]) == (256, 512, 2, 32)
+    assert (d["val_size"], d["group_by_length"]) == (0, False)  # every pair trained on; batches shuffled as ALMA's
+    assert t["strategy"]["_target_"] == "cpo.strategies.deepspeed" and t["strategy"]["stage"] == 2
+    cfg7 = compose(["model=alma-7b-lora"])
+    assert cfg7.model.name_or_path == "haoranxu/ALMA-7B-Pretrain" and cfg7.global_batch_size == 32
+
+
+@pytest.mark.parametrize("devices, nodes, accumulate", [(1, 1, 16), (8, 1, 2), (4, 2, 2), (16, 1, 1)])
+def test_global_batch_fixes_the_accumulation(devices, nodes, accumulate):
+    from cpo.trainer import plan_batch
+
+    cfg = compose(["model=alma-7b-lora", "data=alma_r_preference", "trainer.accelerator=cpu",
+                   f"trainer.devices={devices}", f"trainer.num_nodes={nodes}"])
+    plan = plan_batch(cfg)
+    assert (plan.accumulate, plan.global_batch) == (accumulate, 32)
+
+
+def test_a_global_batch_that_does_not_divide_is_refused():
+    from cpo.trainer import plan_batch
+
+    with pytest.raises(ConfigError, match="global_batch_size=32 is not a multiple of .* = 2 x 3 x 1 = 6"):
+        plan_batch(compose(["model=alma-7b-lora", "data=alma_r_preference", "trainer.accelerator=cpu", "trainer.devices=3"]))
 
 
 def test_trainer_keys_pass_through():

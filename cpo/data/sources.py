@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from cpo.config import ConfigError
+from cpo.errors import ConfigError
 from cpo.data.records import PreferenceExample, read_preference_jsonl
 from cpo.io import DataError, iter_jsonl
 from cpo.text import is_blank

@@ -48,8 +48,11 @@ class DemoSettings:
     # (strong, weak) and warm_start (the warm-start model's own translations).
     candidates: tuple[str, ...] = ("ref", "strong", "weak", "warm_start")
     negatives: str = "real"  # or "noised": the rejected side is a noised copy of the chosen one
+    # The strong system's own translator habits (words it always drops, leaves untranslated or confuses), so
+    # that the preferred candidates are themselves imperfect, as GPT-4's and ALMA's outputs are.
+    strong_habits: bool = False
 
-    PAIR_FIELDS = ("candidates", "negatives")
+    PAIR_FIELDS = ("candidates", "negatives", "strong_habits")
 
     def key(self) -> str:
         """Key of the corpus, tokenizer and warm start (shared by every candidate set)."""
@@ -57,7 +60,10 @@ class DemoSettings:
         return _hash({"version": VERSION, **base})
 
     def pairs_key(self) -> str:
-        return _hash({k: getattr(self, k) for k in self.PAIR_FIELDS})
+        # Fields at their default stay out of the key, so adding a field never renames existing caches.
+        defaults = DemoSettings()
+        return _hash({k: getattr(self, k) for k in self.PAIR_FIELDS
+                      if k in ("candidates", "negatives") or getattr(self, k) != getattr(defaults, k)})
 
 
 def _hash(obj) -> str:
@@ -155,6 +161,10 @@ def _build_pairs(assets: DemoAssets, tmp: Path, s: DemoSettings, progress) -> No
 
     _, _, pref, _, _, _, pref_refs = _split(s)
     systems = {x.name: x for x in DEFAULT_SYSTEMS}
+    if s.strong_habits:
+        from cpo.demo.systems import with_own_habits
+
+        systems["strong"] = with_own_habits(systems["strong"], seed=s.seed + 1000)
     unknown = [c for c in s.candidates if c not in ("ref", "warm_start", *systems)]
     if unknown or len(s.candidates) < (1 if s.negatives == "noised" else 2):
         raise ValueError(f"data.candidates={list(s.candidates)}: need two or more of ref, warm_start, {', '.join(systems)}")

@@ -8,10 +8,10 @@ i.e. the hard negatives CPO learns from. The strong system is better than the gi
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
-from cpo.demo.language import FLAWS, Sentence, apply_flaw, as_sentence, sentence_rng
+from cpo.demo.language import FLAWS, Habits, Sentence, apply_flaw, as_sentence, reference_habits, sentence_rng
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,10 @@ class DemoSystem:
     flaw_rate: float
     flaw_weights: dict[str, float]
     double_flaw_rate: float = 0.2
+    # Systematic errors of its own (like a real system's): applied with probability habit_rate to every
+    # sentence that has a habit word, before the random flaws of the other sentences.
+    habits: Habits | None = None
+    habit_rate: float = 0.9
 
     def __post_init__(self) -> None:
         for field_name in ("flaw_rate", "double_flaw_rate"):
@@ -42,6 +46,9 @@ class DemoSystem:
 
     def _translate_one(self, sentence: Sentence, seed: int) -> str:
         rng = sentence_rng("system", self.name, seed, sentence.source)
+        habit = self.habits.apply(sentence.translation) if self.habits is not None else None
+        if habit is not None and rng.random() < self.habit_rate:
+            return habit
         if rng.random() >= self.flaw_rate:
             return sentence.translation
         first = self._draw_flaw(rng, exclude=None)
@@ -66,3 +73,8 @@ DEFAULT_SYSTEMS: tuple[DemoSystem, ...] = (
     # Like a weaker MT system: frequent errors, often copying source words it did not learn.
     DemoSystem("weak", 0.45, {"omission": 0.3, "wrong_number": 0.3, "untranslated": 0.4}),
 )
+
+
+def with_own_habits(system: DemoSystem, seed: int) -> DemoSystem:
+    """The system with systematic habits of its own, drawn like a reference translator's but with another seed."""
+    return replace(system, habits=reference_habits(seed))

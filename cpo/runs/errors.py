@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import signal
 
-from cpo.config import ConfigError
+from cpo.errors import ConfigError
 
 
 class FolderBusy(ConfigError):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from cpo.config import ConfigError
+from cpo.errors import ConfigError
 from cpo.io import atomic_write_json
 from cpo.runs.errors import CorruptCheckpoint, StaleRun
 from cpo.runs.files import move_into, timestamped_dir
