@@ -1,15 +1,30 @@
 """File helpers shared by every entry point: atomic writes and validated reads.
 
 Outputs are written to a temporary file in the same folder and renamed into place, so an
-interrupted run never leaves a half-written file where a finished one is expected.
+interrupted run never leaves a half-written file where a finished one is expected. They get the
+permissions a plain ``open()`` would give (0666 minus the umask, or the mode of the file they
+replace), so colleagues sharing a folder can read them.
+
+Readers name the file and line of every problem. A UTF-8 byte-order mark at the start of a file is
+removed with a warning (left in, it becomes part of the first text and changes its scores), and a
+JSON object that names a key twice is an error (a JSON reader would silently keep the last value).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from cpo.text import is_blank
+
+log = logging.getLogger(__name__)
+
+BOM = b"\xef\xbb\xbf"
 
 
 class DataError(ValueError):
@@ -18,6 +33,29 @@ class DataError(ValueError):
 
 class Unavailable(RuntimeError):
     """A model or data set named by the config cannot be loaded here (e.g. no hub access)."""
+
+
+# --------------------------------------------------------------------------- writing
+def current_umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask(0) would race other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path) -> int:
+    """What open(path, "w") would leave: the existing file's mode, else 0666 minus the umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -29,6 +67,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600 whatever the umask: results on a shared folder would be unreadable to others.
+        os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -56,20 +96,59 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def check_writable(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuse to replace an existing output unless the user said overwrite=true."""
+def check_writable(path: str | os.PathLike, overwrite: bool, key: str | None = None) -> Path:
+    """Refuse an output that cannot be written, before any work is spent on it.
+
+    The path must not be a folder, must not exist unless ``overwrite``, and its nearest existing
+    parent must be a folder this process may write into (missing folders are created on writing).
+    ``key`` (e.g. ``"output"``) names the setting in the message.
+    """
     path = Path(path)
+    label = f"{key}={path}: " if key else f"{path}: "
+    if path.is_dir():
+        raise IsADirectoryError(f"{label}is a directory; give the path of a file to write")
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=true to replace it")
+        raise FileExistsError(f"{label}exists; pass overwrite=true to replace it")
+    parent = path.parent
+    while not parent.exists():
+        if parent.is_symlink():  # a dangling link: mkdir would fail on it
+            raise NotADirectoryError(f"{label}cannot create the folder {parent}: it is a broken symbolic link")
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"{label}cannot create the folder {path.parent}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"{label}cannot write into {parent} (permission denied); choose another folder")
     return path
 
 
-def read_lines(path: str | os.PathLike, allow_empty: bool = True) -> list[str]:
-    """Lines of a UTF-8 text file without their newline; a bad byte or an empty line is named by line number."""
+# --------------------------------------------------------------------------- reading
+def check_readable_file(path: str | os.PathLike, key: str | None = None) -> Path:
+    """A path that must be an existing file: a folder or a missing path is named as what it is."""
     path = Path(path)
+    label = f"{key}={path}" if key else str(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{label}: is a directory, not a file")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    raw = path.read_bytes()
+        if path.is_symlink():
+            raise FileNotFoundError(f"{label}: a broken symbolic link (its target does not exist)")
+        raise FileNotFoundError(f"{label}: no such file")
+    return path
+
+
+def _strip_bom(path: Path, data: bytes) -> bytes:
+    if data.startswith(BOM):
+        log.warning("%s: removed a UTF-8 byte-order mark at the start of the file", path)
+        return data[len(BOM):]
+    return data
+
+
+def read_lines(path: str | os.PathLike, allow_empty: bool = True) -> list[str]:
+    """Lines of a UTF-8 text file without their newline; a bad byte or an empty line is named by line number.
+
+    A line with nothing visible (whitespace and zero-width characters only) counts as empty.
+    """
+    path = check_readable_file(path)
+    raw = _strip_bom(path, path.read_bytes())
     lines = raw.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -80,7 +159,7 @@ def read_lines(path: str | os.PathLike, allow_empty: bool = True) -> list[str]:
         except UnicodeDecodeError as e:
             raise DataError(f"{path}:{i}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
         s = s.rstrip("\r")
-        if not allow_empty and not s.strip():
+        if not allow_empty and is_blank(s):
             raise DataError(f"{path}:{i}: empty line")
         out.append(s)
     return out
@@ -96,39 +175,198 @@ def read_aligned(paths: dict[str, str | os.PathLike], allow_empty: bool = False)
     return texts
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _DuplicateKey(k)
+            seen.add(k)
+    return obj
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
+def _duplicate(where: str, e: _DuplicateKey) -> DataError:
+    return DataError(f"{where}: the key {e.key!r} appears twice in one object (a JSON reader keeps only "
+                     "the last value); remove one of them")
+
+
+def parse_json_line(text: str, where: str) -> Any:
+    """One JSON value; malformed JSON and duplicate keys are errors naming ``where``."""
+    try:
+        return _DECODER.decode(text)
+    except _DuplicateKey as e:
+        raise _duplicate(where, e) from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+
+
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line of a JSONL file; malformed lines are named."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = check_readable_file(path)
     with open(path, "rb") as f:
         for i, b in enumerate(f, 1):
+            if i == 1:
+                b = _strip_bom(path, b)
             try:
                 line = b.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}:{i}: not valid UTF-8 ({e.reason})") from None
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno})") from None
+            obj = parse_json_line(line, f"{path}:{i}")
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
             yield i, obj
 
 
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def json_layout(path: str | os.PathLike) -> str:
+    """``"list"`` when the file's first non-blank character is ``[`` (one JSON list), else ``"lines"`` (JSON Lines).
+
+    The one rule every reader of JSON data uses, whatever the file's suffix: a ``.json`` file from
+    the hub is often JSON Lines, and a JSON Lines line always starts with ``{``.
+    """
+    path = check_readable_file(path)
+    with open(path, "rb") as f:
+        head = f.read(1 << 16)
+    return "list" if head.removeprefix(BOM).lstrip().startswith(b"[") else "lines"
+
+
+def iter_json_list(path: str | os.PathLike) -> Iterator[tuple[int, int, Any]]:
+    """(line, row number, value) for each element of a file holding one JSON list.
+
+    Elements are decoded one at a time, so an error names the line where its row starts.
+    """
+    path = check_readable_file(path)
+    data = _strip_bom(path, path.read_bytes())
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 ({e.reason})") from None
+    pos = _SPACE.match(text).end()
+    if not text.startswith("[", pos):
+        raise DataError(f"{path}:{text.count(chr(10), 0, pos) + 1}: expected a JSON list starting with '['")
+    line, counted = 1, 0
+
+    def line_at(p: int) -> int:
+        nonlocal line, counted
+        line += text.count("\n", counted, p)
+        counted = p
+        return line
+
+    pos = _SPACE.match(text, pos + 1).end()
+    row = 0
+    if text.startswith("]", pos):
+        pos += 1
+    else:
+        while True:
+            row += 1
+            start = line_at(pos)
+            where = f"{path}:{start} (row {row})"
+            try:
+                value, pos = _DECODER.raw_decode(text, pos)
+            except _DuplicateKey as e:
+                raise _duplicate(where, e) from None
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+            yield start, row, value
+            pos = _SPACE.match(text, pos).end()
+            if text.startswith(",", pos):
+                pos = _SPACE.match(text, pos + 1).end()
+                continue
+            if text.startswith("]", pos):
+                pos += 1
+                break
+            raise DataError(f"{path}:{line_at(pos)}: malformed JSON (expected ',' or ']' after row {row})")
+    pos = _SPACE.match(text, pos).end()
+    if pos != len(text):
+        raise DataError(f"{path}:{line_at(pos)}: malformed JSON (text after the closing ']')")
+
+
+def iter_json_records(path: str | os.PathLike) -> Iterator[tuple[str, Any]]:
+    """(where, value) for each record of a JSON list or JSON Lines file (:func:`json_layout` decides).
+
+    ``where`` is ``file:line`` (``file:line (row n)`` in a list), for messages about the record.
+    """
+    path = Path(path)
+    if json_layout(path) == "list":
+        for line, row, value in iter_json_list(path):
+            yield f"{path}:{line} (row {row})", value
+    else:
+        for line, obj in iter_jsonl(path):
+            yield f"{path}:{line}", obj
+
+
+def duplicate_override_keys(overrides: Iterable[str]) -> str | None:
+    """A sentence naming a key given twice inside a ``{...}`` map of a Hydra command-line override, else None.
+
+    Hydra keeps the last value of ``'systems={gpt4: a.en, gpt4: b.en}'`` without a word; a system (or
+    a direction) would silently vanish from the run.
+    """
+    from hydra.core.override_parser.overrides_parser import create_functions
+    from hydra.core.override_parser.overrides_visitor import HydraErrorListener, HydraOverrideVisitor
+    from hydra.grammar.gen.OverrideLexer import CommonTokenStream, InputStream, OverrideLexer
+    from hydra.grammar.gen.OverrideParser import OverrideParser
+
+    found: list[str] = []
+
+    class _Visitor(HydraOverrideVisitor):
+        """Hydra's own visitor, except that a ``{...}`` map notes a repeated key before building its dict."""
+
+        def visitDictContainer(self, ctx):  # noqa: N802 - ANTLR's naming
+            pairs = [self.visitDictKeyValuePair(ctx.getChild(i)) for i in range(1, ctx.getChildCount() - 1, 2)]
+            keys = [k for k, _ in pairs]
+            found.extend(str(k) for k in keys if keys.count(k) > 1)
+            return dict(pairs)
+
+    functions = create_functions()
+    for text in overrides:
+        lexer = OverrideLexer(InputStream(text))
+        grammar = OverrideParser(CommonTokenStream(lexer))
+        for part in (lexer, grammar):
+            part.removeErrorListeners()
+            part.addErrorListener(HydraErrorListener())
+        try:
+            _Visitor(functions).visit(grammar.override())
+        except Exception:  # noqa: BLE001 - Hydra has parsed (and accepted) it already; only maps matter here
+            continue
+        if found:
+            key = text.split("=", 1)[0].lstrip("+~")
+            return f"{key}: the key {found[0]!r} is given twice in {{...}} on the command line; give each key once"
+    return None
+
+
+# --------------------------------------------------------------------------- JSONL outputs with reports
 def report_paths(output: str | os.PathLike) -> tuple[Path, Path]:
     """Where the Markdown and JSON reports of a JSONL output go: beside it, same stem."""
     output = Path(output)
     return output.parent / f"{output.stem}.report.md", output.parent / f"{output.stem}.report.json"
 
 
+def check_outputs_with_report(output: str | os.PathLike, overwrite: bool, key: str = "output") -> None:
+    """:func:`check_writable` for a JSONL output and its two reports."""
+    check_writable(output, overwrite, key)
+    for p in report_paths(output):
+        check_writable(p, overwrite)
+
+
 def write_jsonl_with_report(output: str | os.PathLike, rows: Iterable[dict], report: dict, markdown: str, overwrite: bool) -> None:
     """The JSONL and its two reports, each atomic; re-checked first, since another run may have written them meanwhile."""
+    check_outputs_with_report(output, overwrite)
     md_path, json_path = report_paths(output)
-    for p in (output, md_path, json_path):
-        check_writable(p, overwrite)
     atomic_write_jsonl(output, rows)
     atomic_write_json(json_path, report)
     atomic_write_text(md_path, markdown)

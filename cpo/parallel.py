@@ -12,11 +12,13 @@ Three formats, one result (``ParallelData``):
   ``alma_human_written`` files). A record holds both languages, so the direction must be
   configured or read from a file name like ``test.cs-en.json``.
 
-``auto`` picks by extension (``.jsonl`` -> jsonl; ``.json`` -> alma_json for a JSON list, jsonl
-for one object per line) and otherwise by content (a first line that is a JSON object with a
-``source`` or ``translation`` field -> jsonl), else text.
+``auto`` decides by content, with the one rule of ``cpo.io.json_layout``: a ``.json`` or ``.jsonl``
+file whose first character is ``[`` is alma_json (a JSON list), else jsonl; any other file is jsonl
+when its first line is a JSON object with a ``source`` or ``translation`` field, else text.
 
-Every error names the file and the line (or, for a JSON list, the row) and the field.
+Every error names the file and the line (for a JSON list, the line where the row starts) and the
+field. Texts with nothing visible (whitespace, zero-width characters) count as empty; empty sources
+and references are errors. A byte-order mark and duplicate JSON keys are handled by ``cpo.io``.
 """
 from __future__ import annotations
 
@@ -26,8 +28,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from cpo.io import DataError, iter_jsonl, read_lines
+from cpo.io import DataError, check_readable_file, iter_json_list, iter_jsonl, json_layout, read_lines
 from cpo.languages import LANGUAGES, language_name
+from cpo.text import is_blank
 
 __all__ = [
     "FORMATS",
@@ -71,24 +74,27 @@ def direction_from_filename(path: str | os.PathLike) -> tuple[str, str] | None:
     return m.group(1), m.group(2)
 
 
+def setting_error(message: str) -> Exception:
+    """A wrong setting (``cpo.cli.UsageError``), imported on the error path only: cpo.cli imports torch."""
+    from cpo.cli import UsageError
+
+    return UsageError(message)
+
+
 def _first_nonblank_line(path: Path) -> bytes:
     with open(path, "rb") as f:
         for raw in f:
             if raw.strip():
-                return raw.strip()
+                return raw.strip().removeprefix(b"\xef\xbb\xbf")
     return b""
 
 
 def detect_format(path: str | os.PathLike) -> str:
     """The format of an input file (see the module docstring for the rules)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = check_readable_file(path)
+    if path.suffix in (".json", ".jsonl"):
+        return "alma_json" if json_layout(path) == "list" else "jsonl"
     first = _first_nonblank_line(path)
-    if path.suffix == ".jsonl":
-        return "jsonl"
-    if path.suffix == ".json":
-        return "alma_json" if first.startswith(b"[") else "jsonl"
     if first.startswith(b"{"):
         try:
             obj = json.loads(first)
@@ -107,44 +113,52 @@ def _field(obj: dict, key: str, where: str, required: bool = True) -> str | None
     value = obj[key]
     if not isinstance(value, str):
         raise DataError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
-    if not value.strip():
+    if is_blank(value):
         raise DataError(f"{where}: field {key!r} is empty")
     return value
 
 
 def _direction(src_lang: str | None, tgt_lang: str | None, path: Path) -> tuple[str | None, str | None]:
     if (src_lang is None) != (tgt_lang is None):
-        raise ValueError(f"{path}: give both src_lang and tgt_lang, or neither (got src_lang={src_lang!r}, tgt_lang={tgt_lang!r})")
+        raise setting_error(f"{path}: give both src_lang and tgt_lang, or neither "
+                            f"(got src_lang={src_lang!r}, tgt_lang={tgt_lang!r})")
     if src_lang is None:
         guess = direction_from_filename(path)
         if guess is not None:
             src_lang, tgt_lang = guess
-    if src_lang is not None:
-        language_name(src_lang, f"{path}: src_lang")
-        language_name(tgt_lang, f"{path}: tgt_lang")
+    for key, code in (("src_lang", src_lang), ("tgt_lang", tgt_lang)):
+        if code is not None and code not in LANGUAGES:
+            try:
+                language_name(code, key)
+            except ValueError as e:
+                raise setting_error(str(e)) from None
     return src_lang, tgt_lang
 
 
 def _read_text(path: Path, src_lang, tgt_lang, ref, references: str) -> ParallelData:
     src_lang, tgt_lang = _direction(src_lang, tgt_lang, path)
     if src_lang is None:
-        raise ValueError(f"{path}: a plain-text input needs src_lang= and tgt_lang= (the file name does not say the direction)")
+        raise setting_error(f"{path}: a plain-text input needs src_lang= and tgt_lang= "
+                            "(the file name does not say the direction)")
     sources = read_lines(path)
     for i, s in enumerate(sources, 1):
-        if not s.strip():
+        if is_blank(s):
             raise DataError(f"{path}:{i}: empty source line")
+    if not sources:
+        raise DataError(f"{path}: no sources (the file is empty)")
     refs = None
     ref_path = None
     if ref is not None and references != "ignore":
-        ref_path = Path(ref)
+        ref_path = check_readable_file(ref, "ref")
         refs = read_lines(ref_path)
         if len(refs) != len(sources):
             raise DataError(f"files are not aligned: source {path} has {len(sources)} lines, reference {ref_path} has {len(refs)} lines")
         for i, r in enumerate(refs, 1):
-            if not r.strip():
+            if is_blank(r):
                 raise DataError(f"{ref_path}:{i}: empty reference line")
     if refs is None and references == "required":
-        raise ValueError(f"{path}: references are needed but none were given (pass ref=<file aligned with the sources>)")
+        raise setting_error(f"{path}: references are needed but none were given "
+                            "(pass ref=<file aligned with the sources>)")
     return ParallelData(sources, refs, src_lang, tgt_lang, path, "text", ref_path)
 
 
@@ -157,7 +171,7 @@ def _translation_record(obj: dict, where: str, src_lang: str, tgt_lang: str, wan
     return source, ref
 
 
-def _finish(path: Path, fmt: str, sources, refs, src_lang, tgt_lang, references: str) -> ParallelData:
+def _finish(path: Path, fmt: str, sources, refs, wheres, src_lang, tgt_lang, references: str) -> ParallelData:
     if not sources:
         raise DataError(f"{path}: no sources")
     if references == "ignore":
@@ -168,23 +182,21 @@ def _finish(path: Path, fmt: str, sources, refs, src_lang, tgt_lang, references:
     if references == "required" or any(have):
         missing = have.index(False)
         what = "needed" if references == "required" else "given for other rows"
-        raise DataError(f"{path}: {_where_label(fmt, missing + 1)}: no reference (references are {what})")
+        raise DataError(f"{wheres[missing]}: no reference (references are {what})")
     return ParallelData(sources, None, src_lang, tgt_lang, path, fmt)
-
-
-def _where_label(fmt: str, n: int) -> str:
-    return f"row {n}" if fmt == "alma_json" else f"line {n}"
 
 
 def _read_jsonl(path: Path, src_lang, tgt_lang, references: str) -> ParallelData:
     src_lang, tgt_lang = _direction(src_lang, tgt_lang, path)
     want_ref = references != "ignore"
-    sources, refs = [], []
+    sources, refs, wheres = [], [], []
     for i, obj in iter_jsonl(path):
         where = f"{path}:{i}"
+        wheres.append(where)
         if "translation" in obj and "source" not in obj:
             if src_lang is None:
-                raise ValueError(f"{where}: an ALMA 'translation' record holds both languages; give src_lang= and tgt_lang=")
+                raise setting_error(f"{where}: an ALMA 'translation' record holds both languages; "
+                                    "give src_lang= and tgt_lang=")
             s, r = _translation_record(obj, where, src_lang, tgt_lang, want_ref)
         else:
             s = _field(obj, "source", where)
@@ -210,31 +222,24 @@ def _read_jsonl(path: Path, src_lang, tgt_lang, references: str) -> ParallelData
                     )
         sources.append(s)
         refs.append(r)
-    return _finish(path, "jsonl", sources, refs, src_lang, tgt_lang, references)
+    return _finish(path, "jsonl", sources, refs, wheres, src_lang, tgt_lang, references)
 
 
 def _read_alma_json(path: Path, src_lang, tgt_lang, references: str) -> ParallelData:
     src_lang, tgt_lang = _direction(src_lang, tgt_lang, path)
     if src_lang is None:
-        raise ValueError(f"{path}: an ALMA JSON file holds both languages; give src_lang= and tgt_lang= (or name it like test.de-en.json)")
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 ({e.reason})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of {{\"translation\": ...}} records, got {type(data).__name__}")
-    sources, refs = [], []
-    for i, obj in enumerate(data, 1):
-        where = f"{path}: row {i}"
+        raise setting_error(f"{path}: an ALMA JSON file holds both languages; give src_lang= and tgt_lang= "
+                            "(or name it like test.de-en.json)")
+    sources, refs, wheres = [], [], []
+    for line, row, obj in iter_json_list(path):
+        where = f"{path}:{line} (row {row})"
         if not isinstance(obj, dict):
             raise DataError(f"{where}: expected an object, got {type(obj).__name__}")
         s, r = _translation_record(obj, where, src_lang, tgt_lang, references != "ignore")
         sources.append(s)
         refs.append(r)
-    return _finish(path, "alma_json", sources, refs, src_lang, tgt_lang, references)
+        wheres.append(where)
+    return _finish(path, "alma_json", sources, refs, wheres, src_lang, tgt_lang, references)
 
 
 def read_parallel(
@@ -244,23 +249,23 @@ def read_parallel(
     tgt_lang: str | None = None,
     ref: str | os.PathLike | None = None,
     references: str = "optional",
+    key: str | None = None,
 ) -> ParallelData:
     """Sources (and references) of one direction from a file in any of the supported formats.
 
     ``references``: ``optional`` (use them when present; present for some rows only is an
     error), ``required`` (missing ones are an error naming the first such line) or ``ignore``.
-    ``ref`` is the reference file of a ``text`` input; the JSON formats carry their own.
+    ``ref`` is the reference file of a ``text`` input; the JSON formats carry their own. ``key`` names
+    the setting that gave ``path`` in the messages about it (a missing file, a folder).
     """
     if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+        raise setting_error(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     if references not in REFERENCE_MODES:
         raise ValueError(f"references must be one of {', '.join(REFERENCE_MODES)}, got {references!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
+    path = check_readable_file(path, key)
     fmt = detect_format(path) if format == "auto" else format
     if ref is not None and fmt != "text":
-        raise ValueError(f"ref={ref} is only for plain-text input; {path} is {fmt} and carries its own references")
+        raise setting_error(f"ref={ref} is only for plain-text input; {path} is {fmt} and carries its own references")
     if fmt == "text":
         return _read_text(path, src_lang, tgt_lang, ref, references)
     if fmt == "jsonl":
@@ -271,12 +276,13 @@ def read_parallel(
 def read_system_outputs(data: ParallelData, systems: dict[str, str | os.PathLike]) -> dict[str, list[str]]:
     """Each named system's output file, line-aligned with ``data``; empty lines are kept as ''.
 
-    A count that differs from the input's stops with both files and both counts named; a line
-    that is not UTF-8 stops with the file and line named.
+    Empty hypotheses are legitimate system output (real WMT'23 submissions have them): the caller
+    scores and counts them. A count that differs from the input's stops with both files and both
+    counts named; a line that is not UTF-8 stops with the file and line named.
     """
     out: dict[str, list[str]] = {}
     for name, p in systems.items():
-        lines = read_lines(Path(p))
+        lines = read_lines(check_readable_file(p, f"systems.{name}"))
         if len(lines) != len(data):
             raise DataError(
                 f"files are not aligned: system {name!r} {p} has {len(lines)} lines, "

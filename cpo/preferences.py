@@ -4,7 +4,11 @@ Each source has scored candidate translations from named systems. The preferred 
 the highest-scoring one and the dis-preferred the lowest; ties go to the first candidate in the
 configured order (the original code's order [ref, gpt4, alma]). Unlike the original code, a pair
 whose two sides have equal texts or equal scores is dropped (it teaches nothing, or the opposite
-of nothing) and counted by reason.
+of nothing) and counted by reason, and so is a pair with an empty side: an empty hypothesis is
+legitimate system output and is scored like any other text, but a preference reader cannot train
+on an empty completion. Texts compare after whitespace normalisation, and zero-width characters
+count as nothing (``cpo.text``). A non-finite score stops the build: NaN compares false with
+everything, so it would silently turn into dropped "equal" pairs.
 
 Also here: the "noised negatives" ablation of SPEC section 7 (the rejected side is a noised copy
 of the chosen translation, ``NoiseSettings``/``noise_text``) and the paper's Table-1 analysis of
@@ -14,8 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 from dataclasses import dataclass, field
+
+from cpo.io import DataError
+from cpo.text import is_blank, normalize_space
 
 
 @dataclass(frozen=True)
@@ -38,13 +46,40 @@ class Selection:
 
 DROP_EQUAL_SCORES = "equal_scores"
 DROP_EQUAL_TEXTS = "equal_texts"
+DROP_EMPTY_TEXT = "empty_text"
 DROP_TOO_FEW = "fewer_than_two_candidates"
 
 
+class NonFiniteScore(DataError):
+    """A NaN or infinite score reached the selection; the message names the system (and the source, when known)."""
+
+
+def _check_finite(candidates: list[Candidate]) -> None:
+    for c in candidates:
+        if not math.isfinite(c.score):
+            raise NonFiniteScore(f"system {c.system!r} has a non-finite score ({c.score}); "
+                                 "a NaN or infinite score cannot rank translations (check the scorer)")
+
+
+def pair_problem(chosen: Candidate, rejected: Candidate) -> str | None:
+    """Why a (chosen, rejected) pair teaches nothing trainable, or None: an empty side, or the same text."""
+    if is_blank(chosen.text) or is_blank(rejected.text):
+        return DROP_EMPTY_TEXT
+    if normalize_space(chosen.text) == normalize_space(rejected.text):
+        return DROP_EQUAL_TEXTS
+    return None
+
+
+def checked_pair(chosen: Candidate, rejected: Candidate) -> Selection:
+    """A pair fixed by other means (a human preference), with the same checks as :func:`select_pair`."""
+    return Selection(chosen, rejected, pair_problem(chosen, rejected))
+
+
 def select_pair(candidates: list[Candidate]) -> Selection:
-    """argmax / argmin with first-wins ties, dropping degenerate pairs."""
+    """argmax / argmin with first-wins ties, dropping degenerate pairs; a non-finite score raises."""
     if len(candidates) < 2:
         return Selection(None, None, DROP_TOO_FEW)
+    _check_finite(candidates)
     best = worst = candidates[0]
     for c in candidates[1:]:
         if c.score > best.score:  # strict: an equal later score never displaces an earlier one
@@ -53,9 +88,7 @@ def select_pair(candidates: list[Candidate]) -> Selection:
             worst = c
     if best.score == worst.score:
         return Selection(best, worst, DROP_EQUAL_SCORES)
-    if best.text.strip() == worst.text.strip():
-        return Selection(best, worst, DROP_EQUAL_TEXTS)
-    return Selection(best, worst)
+    return checked_pair(best, worst)
 
 
 @dataclass
@@ -68,6 +101,8 @@ class BuildCounts:
     rejected_by_system: dict[str, int] = field(default_factory=dict)
     # Candidates left out of a source's comparison because the system's text (or score) is missing.
     missing_by_system: dict[str, int] = field(default_factory=dict)
+    # Empty hypotheses per system (scored like any text; a pair with an empty side is dropped).
+    empty_by_system: dict[str, int] = field(default_factory=dict)
 
     def add(self, sel: Selection) -> None:
         if not sel.kept:
@@ -85,6 +120,7 @@ class BuildCounts:
             "chosen_by_system": dict(self.chosen_by_system),
             "rejected_by_system": dict(self.rejected_by_system),
             "missing_by_system": dict(self.missing_by_system),
+            "empty_by_system": dict(self.empty_by_system),
         }
 
     def merge(self, other: "BuildCounts") -> None:
@@ -95,6 +131,7 @@ class BuildCounts:
             (self.chosen_by_system, other.chosen_by_system),
             (self.rejected_by_system, other.rejected_by_system),
             (self.missing_by_system, other.missing_by_system),
+            (self.empty_by_system, other.empty_by_system),
         ):
             for k, v in theirs.items():
                 mine[k] = mine.get(k, 0) + v
@@ -217,7 +254,10 @@ def noised_pair(candidates: list[Candidate], source: str, settings: NoiseSetting
     """(chosen = argmax candidate, rejected = its noised copy) and the noise edit counts."""
     if not candidates:
         return Selection(None, None, DROP_TOO_FEW), None
+    _check_finite(candidates)
     chosen = select_chosen(candidates)
+    if is_blank(chosen.text):
+        return Selection(chosen, None, DROP_EMPTY_TEXT), None
     out = noise_text(chosen.text, source, settings, tgt_lang)
     if out is None:
         return Selection(chosen, None, DROP_NOISE_FAILED), None
@@ -296,7 +336,7 @@ def preference_record(
 
 
 def _present(text: str | None, score: float | None) -> bool:
-    return text is not None and bool(text.strip()) and score is not None
+    return text is not None and score is not None
 
 
 def build_pairs(
@@ -317,9 +357,11 @@ def build_pairs(
 
     ``candidates`` is ordered: its insertion order is the tie-breaking order (put ``ref`` first to
     follow the paper). ``references`` (optional) travel with each row for SFT-on-reference runs.
-    A candidate whose text is empty or None, or whose score is None, is left out for that source
-    and counted in ``BuildCounts.missing_by_system`` (an empty system output is a failure to
-    translate, not a translation to prefer or reject).
+    A candidate whose text or score is None is left out for that source and counted in
+    ``BuildCounts.missing_by_system``. An empty text is a candidate like any other (scored as the
+    scorer scores it, counted in ``empty_by_system``); a pair with an empty side is dropped as
+    ``empty_text``. A NaN or infinite score raises :class:`NonFiniteScore` naming the system and
+    the source line.
 
     ``negatives="noised"`` (SPEC section 7 ablation): the chosen side is selected as usual and
     the rejected side is a noised copy of it (``NoiseSettings``), named ``noised(<system>)``.
@@ -341,6 +383,11 @@ def build_pairs(
         cands = []
         for n in names:
             text, score = candidates[n][i], scores[n][i]
+            if text is not None and is_blank(text):
+                counts.empty_by_system[n] = counts.empty_by_system.get(n, 0) + 1
+            if score is not None and not math.isfinite(float(score)):
+                raise NonFiniteScore(f"source line {i + 1}: the {scorer} score of system {n!r} is {float(score)}; "
+                                     "a NaN or infinite score cannot rank translations (check the scorer)")
             if _present(text, score):
                 cands.append(Candidate(n, text, float(score)))
             else:

@@ -7,14 +7,21 @@ noised copy of the chosen translation as rejected (SPEC section 7). Scores are c
 (``scorer_cache_dir``), so a re-run or a resumed run only scores what is new.
 
 Outputs: the preference JSONL (the format ``cpo.data.read_preference_jsonl`` reads: sources are
-validated by ``cpo.parallel``, empty candidates never become a side of a pair) and a report
+validated by ``cpo.parallel``, a pair with an empty side is dropped) and a report
 ``<output stem>.report.md`` / ``.report.json``: per direction, the pairs kept and dropped (and
-why), how often each system is chosen and rejected, each system's mean score and its win ratio
-against the reference (the paper's Table 1), and the run time.
+why), how often each system is chosen and rejected, its empty hypotheses, each system's mean score
+and its win ratio against the reference (the paper's Table 1), and the run time.
+
+Empty hypotheses are legitimate system output (real WMT'23 submissions have them): they are scored
+like any other text and counted per system. A NaN or infinite score stops the build with the file
+and line it belongs to (and the score cache it may have come from). Building from evaluation test
+sets (wmt22 mode, or a file that looks like one) is warned about: ALMA-R built its preference data
+from FLORES-200, never from the sets it was evaluated on.
 """
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,15 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from cpo.evaluation import WMT22_DIRECTIONS, parse_direction, wmt22_directions
-from cpo.io import check_writable, report_paths, write_jsonl_with_report
-from cpo.languages import language_name
+from cpo.cli import UsageError, one_sentence_errors
+from cpo.evaluation import WMT22_DIRECTIONS, wmt22_directions
+from cpo.io import DataError, check_outputs_with_report, duplicate_override_keys, report_paths, write_jsonl_with_report
+from cpo.languages import language_pair
 from cpo.parallel import FORMATS, ParallelData, read_parallel, read_system_outputs
 from cpo.preferences import NEGATIVES, BuildCounts, NoiseSettings, build_pairs, win_counts
-from cpo.scoring import CachedScorer, MeanScorer, Scorer, build_scorer
+from cpo.scoring import CachedScorer, MeanScorer, Scorer, ScoreError, ScorerConfigError, build_scorer
 
 log = logging.getLogger("build_preferences")
 
@@ -46,12 +55,37 @@ class Job:
     direction: str
     data: ParallelData
     systems: dict[str, str] = field(default_factory=dict)
+    test_set: bool = False  # the sources are an evaluation test set (wmt22 mode, or a file named like one)
+    outputs: dict[str, list[str]] = field(default_factory=dict)  # each system's lines, read before any scoring
 
 
 def _abs(value: Any, what: str) -> str:
     if value in (None, ""):
-        raise ValueError(f"{what} is not set (see conf/build_preferences.yaml)")
+        raise UsageError(f"{what} is not set (see conf/build_preferences.yaml)")
     return to_absolute_path(str(value))
+
+
+_TEST_FILE = re.compile(r"^test\.[a-z]{2,3}-[a-z]{2,3}\.")
+
+
+def looks_like_test_set(path: str | Path | None) -> bool:
+    """A WMT/ALMA evaluation test file: under a ``wmt-testset`` folder, or named ``test.<s>-<t>.*``.
+
+    ALMA's ``human_written_data/<pair>/test.<s>-<t>.json`` (``../shared/data/alma_human_written``)
+    are the WMT'22 test sets, and ``wmt22/wmt-testset`` holds them as text.
+    """
+    if path is None:
+        return False
+    p = Path(path)
+    return "wmt-testset" in p.parts or bool(_TEST_FILE.match(p.name))
+
+
+TEST_SET_WARNING = (
+    "preference data built from evaluation test sets ({files}): a model trained on these pairs and then "
+    "evaluated on the same sets gets inflated scores; ALMA-R built its preference data from FLORES-200 "
+    "(the train files of ../shared/data/alma_human_written), never from the test sets "
+    "(pass allow_test_sets=true to silence this)"
+)
 
 
 def _system_files(spec: Any, where: str) -> dict[str, str]:
@@ -59,23 +93,18 @@ def _system_files(spec: Any, where: str) -> dict[str, str]:
     if spec is None:
         return {}
     if not isinstance(spec, (Mapping, DictConfig)):
-        raise ValueError(f"{where} must be a mapping name -> output file, e.g. {{gpt4: gpt4.en, alma: alma.en}}; got {spec!r}")
+        raise UsageError(f"{where} must be a mapping name -> output file, e.g. {{gpt4: gpt4.en, alma: alma.en}}; "
+                         f"got {spec!r}")
     out: dict[str, str] = {}
     for name, path in spec.items():
         name = str(name)
         if name == REF:
-            raise ValueError(f"{where}: the system name {REF!r} is reserved for the reference (include_ref=true adds it)")
+            raise UsageError(f"{where}: the system name {REF!r} is reserved for the reference "
+                             "(include_ref=true adds it)")
         if not name.strip() or name.startswith("noised("):
-            raise ValueError(f"{where}: invalid system name {name!r}")
+            raise UsageError(f"{where}: invalid system name {name!r}")
         out[name] = _abs(path, f"{where}.{name}")
     return out
-
-
-def _check_direction(direction: str, where: str) -> tuple[str, str]:
-    src, tgt = parse_direction(direction)
-    language_name(src, f"{where}: source language")
-    language_name(tgt, f"{where}: target language")
-    return src, tgt
 
 
 def collect_jobs(cfg: DictConfig, references: str) -> list[Job]:
@@ -87,58 +116,61 @@ def collect_jobs(cfg: DictConfig, references: str) -> list[Job]:
     }
     chosen = [m for m, on in modes.items() if on]
     if len(chosen) != 1:
-        raise ValueError(
+        raise UsageError(
             "give exactly one input mode: input= (+ systems, ref/src_lang/tgt_lang as needed), "
             f"directions, or wmt22.root + wmt22.systems; got {chosen or 'none'} (see conf/build_preferences.yaml)"
         )
     mode = chosen[0]
     if mode == "input":
         if cfg.get("format") not in FORMATS:
-            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {cfg.get('format')!r}")
+            raise UsageError(f"format must be one of {', '.join(FORMATS)}, got {cfg.get('format')!r}")
         data = read_parallel(
             _abs(cfg.input, "input"), cfg.format, cfg.get("src_lang"), cfg.get("tgt_lang"),
-            ref=_abs(cfg.ref, "ref") if cfg.get("ref") else None, references=references,
+            ref=_abs(cfg.ref, "ref") if cfg.get("ref") else None, references=references, key="input",
         )
-        return [Job(data.direction, data, _system_files(cfg.get("systems"), "systems"))]
+        test = looks_like_test_set(data.path) or looks_like_test_set(data.ref_path)
+        return [Job(data.direction, data, _system_files(cfg.get("systems"), "systems"), test)]
     if cfg.get("systems"):
-        raise ValueError(f"systems= belongs to the one-direction mode; in {mode} mode give the systems per direction")
+        raise UsageError(f"systems= belongs to the one-direction mode; in {mode} mode give the systems per direction")
     if mode == "directions":
         jobs = []
         for direction, spec in cfg.directions.items():
             direction = str(direction)
             where = f"directions.{direction}"
-            src, tgt = _check_direction(direction, where)
+            src, tgt = language_pair(direction, where)
             if not isinstance(spec, DictConfig):
-                raise ValueError(f"{where}: expected {{input, format, ref, systems}}, got {spec!r}")
+                raise UsageError(f"{where}: expected {{input, format, ref, systems}}, got {spec!r}")
             unknown = set(spec) - {"input", "format", "ref", "systems"}
             if unknown:
-                raise ValueError(f"{where}: unknown key(s) {sorted(unknown)} (known: input, format, ref, systems)")
+                raise UsageError(f"{where}: unknown key(s) {sorted(unknown)} (known: input, format, ref, systems)")
             data = read_parallel(
                 _abs(spec.get("input"), f"{where}.input"), spec.get("format") or "auto", src, tgt,
                 ref=_abs(spec.ref, f"{where}.ref") if spec.get("ref") else None, references=references,
+                key=f"{where}.input",
             )
-            jobs.append(Job(direction, data, _system_files(spec.get("systems"), f"{where}.systems")))
+            test = looks_like_test_set(data.path) or looks_like_test_set(data.ref_path)
+            jobs.append(Job(direction, data, _system_files(spec.get("systems"), f"{where}.systems"), test))
         return jobs
     # wmt22
     w = cfg.wmt22
     root = _abs(w.get("root"), "wmt22.root")
     systems = [str(s) for s in (w.get("systems") or [])]
     if len(set(systems)) != len(systems):
-        raise ValueError(f"wmt22.systems lists a system twice: {systems}")
+        raise UsageError(f"wmt22.systems lists a system twice: {systems}")
     directions = [str(d) for d in (w.get("directions") or WMT22_DIRECTIONS)]
     if len(set(directions)) != len(directions):
-        raise ValueError(f"wmt22.directions lists a direction twice: {directions}")
+        raise UsageError(f"wmt22.directions lists a direction twice: {directions}")
     for d in directions:
-        _check_direction(d, "wmt22.directions")
+        language_pair(d, "wmt22.directions")
     if not systems:
         wmt22_directions(root, "wmt-testset", directions)  # checks the layout and the test set files
     paths = {s: wmt22_directions(root, s, directions) for s in systems}  # names an unknown system
     jobs = []
     for d in directions:
-        src, tgt = parse_direction(d)
+        src, tgt = d.split("-")
         base = wmt22_directions(root, systems[0] if systems else "wmt-testset", [d])[d]
         data = read_parallel(base["src"], "text", src, tgt, ref=base["ref"], references=references)
-        jobs.append(Job(d, data, {s: paths[s][d]["hyp"] for s in systems}))
+        jobs.append(Job(d, data, {s: paths[s][d]["hyp"] for s in systems}, test_set=True))
     return jobs
 
 
@@ -151,18 +183,31 @@ def _cached_parts(scorer: Scorer) -> list[CachedScorer]:
     return []
 
 
-def score_texts(scorer: Scorer, data: ParallelData, texts: list[str]) -> dict[str, list[float | None]]:
-    """Score components (``{name: per-source score}``) of one candidate list; empty texts get None."""
-    idx = [i for i, t in enumerate(texts) if t.strip()]
-    refs = [data.references[i] for i in idx] if data.references is not None else None
-    comps = scorer.score_components([data.sources[i] for i in idx], [texts[i] for i in idx], refs, data.tgt_lang)
-    out: dict[str, list[float | None]] = {}
-    for name, values in comps.items():
-        full: list[float | None] = [None] * len(texts)
-        for i, v in zip(idx, values):
-            full[i] = v
-        out[name] = full
-    return out
+def score_texts(scorer: Scorer, data: ParallelData, texts: list[str], where=None) -> dict[str, list[float]]:
+    """Score components (``{name: per-source score}``) of one candidate list.
+
+    Empty hypotheses are scored like any other text, as sacrebleu scores an empty line: an empty output
+    is the system's translation of that source, and leaving it out would flatter the system's mean
+    and win ratio. ``where(i)`` names the file and line of text ``i`` in a non-finite score's message.
+    """
+    try:
+        return scorer.score_components(data.sources, texts, data.references, data.tgt_lang)
+    except ScoreError as e:
+        raise (e.located(where=where(e.index)) if where else e) from None
+
+
+def _text_location(job: Job, name: str, i: int) -> str:
+    """``file:line`` of candidate ``name``'s text for source ``i``."""
+    if name != REF:
+        return f"{job.systems[name]}:{i + 1} (system {name!r})"
+    if job.data.ref_path:
+        return f"{job.data.ref_path}:{i + 1} (the reference)"
+    return f"{_line_of(job.data, i)} (the reference)"
+
+
+def _line_of(data: ParallelData, i: int) -> str:
+    """Where source ``i`` is, for messages: ``file:line`` of a text input, else ``file (record n)``."""
+    return f"{data.path}:{i + 1}" if data.format == "text" else f"{data.path} (record {i + 1})"
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -176,11 +221,11 @@ def run_job(job: Job, scorer: Scorer, cfg: DictConfig, noise: NoiseSettings) -> 
     candidates: dict[str, list[str]] = {}
     if cfg.include_ref:
         candidates[REF] = list(data.references)
-    candidates.update(read_system_outputs(data, job.systems))
+    candidates.update(job.outputs)
     scores: dict[str, list[float | None]] = {}
     components: dict[str, dict[str, list[float | None]]] = {}
     for name, texts in candidates.items():
-        comps = score_texts(scorer, data, texts)
+        comps = score_texts(scorer, data, texts, lambda i, name=name: _text_location(job, name, i))
         scores[name] = comps[scorer.name]
         if len(comps) > 1:
             components[name] = comps
@@ -192,7 +237,7 @@ def run_job(job: Job, scorer: Scorer, cfg: DictConfig, noise: NoiseSettings) -> 
         elif scorer.uses_reference:
             note = f"scorer {scorer.name} uses the reference, so the reference cannot be scored against itself"
         elif cfg.score_ref_for_report:
-            ref_scores = score_texts(scorer, data, data.references)[scorer.name]
+            ref_scores = score_texts(scorer, data, data.references, lambda i: _text_location(job, REF, i))[scorer.name]
         else:
             note = "score_ref_for_report=false"
     rows, counts = build_pairs(
@@ -207,6 +252,7 @@ def run_job(job: Job, scorer: Scorer, cfg: DictConfig, noise: NoiseSettings) -> 
         "reference": str(data.ref_path) if data.ref_path else (f"in {data.path.name}" if data.references is not None else None),
         "systems": dict(job.systems),
         "candidates": list(candidates),
+        "test_set": job.test_set,
         "n_sources": len(data),
         "pairs": counts.as_dict(),
         "mean_score": {n: _mean(v) for n, v in scores.items()},
@@ -223,7 +269,7 @@ def run_job(job: Job, scorer: Scorer, cfg: DictConfig, noise: NoiseSettings) -> 
 
 # --------------------------------------------------------------------------- report
 def _group(direction: str) -> list[str]:
-    src, tgt = parse_direction(direction)
+    src, tgt = direction.split("-")
     return ([XX_EN] if tgt == "en" else []) + ([EN_XX] if src == "en" else [])
 
 
@@ -274,6 +320,7 @@ def markdown_report(report: dict) -> str:
         f"- scorer cache: `{report['scorer_cache']['dir']}` ({report['scorer_cache']['hits']} hits, "
         f"{report['scorer_cache']['misses']} scored)" if report["scorer_cache"]["dir"] else "- scorer cache: none",
         f"- run time: {report['run_time_s']:.2f} s",
+        *([f"- **warning**: {report['test_set_warning']}"] if report.get("test_set_warning") else []),
         "",
         "## Pairs kept and dropped",
         "",
@@ -338,8 +385,12 @@ def markdown_report(report: dict) -> str:
             "- rejected: " + (", ".join(f"{k} {v}" for k, v in p["rejected_by_system"].items()) or "none"),
             "- mean score: " + ", ".join(f"{k} {_num(v)}" for k, v in st["mean_score"].items()),
         ]
+        if p.get("empty_by_system"):
+            lines.append("- empty hypotheses (scored as empty; a pair with an empty side is dropped): "
+                         + ", ".join(f"{k} {v}" for k, v in p["empty_by_system"].items()))
         if p["missing_by_system"]:
-            lines.append("- empty outputs left out: " + ", ".join(f"{k} {v}" for k, v in p["missing_by_system"].items()))
+            lines.append("- candidates without a text or score, left out: "
+                         + ", ".join(f"{k} {v}" for k, v in p["missing_by_system"].items()))
         if st.get("win_vs_ref"):
             lines.append("- against the reference (wins / ties / losses): " + ", ".join(
                 f"{k} {w['wins']}/{w['ties']}/{w['losses']}" for k, w in st["win_vs_ref"].items()))
@@ -360,10 +411,12 @@ def make_scorer(cfg: DictConfig, output: Path) -> tuple[Scorer, Path | None]:
         cache_dir = Path(to_absolute_path(str(cache)))
     scorer_cfg = cfg.get("scorer")
     if scorer_cfg is None:
-        raise ValueError("scorer is not set: choose a preset of conf/scorer, e.g. scorer=kiwi_xcomet")
-    scorer = build_scorer(OmegaConf.to_container(scorer_cfg, resolve=True), cache_dir=cache_dir)
-    for part in _cached_parts(scorer):
-        part.progress = bool(cfg.progress)
+        raise UsageError("scorer is not set: choose a preset of conf/scorer, e.g. scorer=kiwi_xcomet")
+    try:
+        scorer = build_scorer(OmegaConf.to_container(scorer_cfg, resolve=True), cache_dir=cache_dir,
+                              progress=bool(cfg.progress))
+    except ScorerConfigError as e:
+        raise UsageError(str(e)) from None
     return scorer, cache_dir
 
 
@@ -371,27 +424,30 @@ def build(cfg: DictConfig) -> dict:
     """The whole build; returns the report object (also written next to the output)."""
     t0 = time.time()
     output = Path(_abs(cfg.output, "output"))
-    md_path, json_path = report_paths(output)
-    for p in (output, md_path, json_path):
-        check_writable(p, bool(cfg.overwrite))
+    check_outputs_with_report(output, bool(cfg.overwrite))
     if cfg.negatives not in NEGATIVES:
-        raise ValueError(f"negatives must be one of {', '.join(NEGATIVES)}, got {cfg.negatives!r}")
-    noise = NoiseSettings(float(cfg.noise.drop_prob), float(cfg.noise.swap_prob), int(cfg.noise.seed))
+        raise UsageError(f"negatives must be one of {', '.join(NEGATIVES)}, got {cfg.negatives!r}")
+    try:
+        noise = NoiseSettings(float(cfg.noise.drop_prob), float(cfg.noise.swap_prob), int(cfg.noise.seed))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     scorer, cache_dir = make_scorer(cfg, output)
     include_ref = bool(cfg.include_ref)
     if include_ref and scorer.uses_reference:
-        raise ValueError(
+        raise UsageError(
             f"scorer {scorer.name!r} ({scorer.identity}) is reference-based: with include_ref=true the reference "
             "would be scored against itself and always win. Use a reference-free scorer (e.g. scorer=kiwi_xcomet, "
             "kiwi, demo_qe) or include_ref=false to rank the systems against the reference."
         )
     need_refs = "required" if include_ref or scorer.requires_reference else "optional"
     jobs = collect_jobs(cfg, need_refs)
+    for job in jobs:  # every input is read and checked before the first (possibly hours-long) scoring
+        job.outputs = read_system_outputs(job.data, job.systems)
     order = ([REF] if include_ref else [])
     for job in jobs:
         n_candidates = int(include_ref) + len(job.systems)
         if n_candidates == 0 or (cfg.negatives == "real" and n_candidates < 2):
-            raise ValueError(
+            raise UsageError(
                 f"direction {job.direction}: {n_candidates} candidate(s) "
                 f"({', '.join(([REF] if include_ref else []) + list(job.systems)) or 'none'}); "
                 "real negatives need at least two (add systems or include_ref=true)"
@@ -399,6 +455,12 @@ def build(cfg: DictConfig) -> dict:
         for name in job.systems:
             if name not in order:
                 order.append(name)
+    test_sets = [str(j.data.path) for j in jobs if j.test_set]
+    test_set_warning = None
+    if test_sets and not bool(cfg.get("allow_test_sets", False)):
+        shown = ", ".join(test_sets[:2]) + (f" and {len(test_sets) - 2} more" if len(test_sets) > 2 else "")
+        test_set_warning = TEST_SET_WARNING.format(files=shown)
+        log.warning(test_set_warning)
     all_rows: list[dict] = []
     per_direction: list[dict] = []
     totals = BuildCounts()
@@ -408,8 +470,10 @@ def build(cfg: DictConfig) -> dict:
         all_rows += rows
         per_direction.append(stats)
         totals.merge(counts)
-    if not all_rows:
-        log.warning("no preference pair was kept; the output is empty")
+    if not all_rows:  # an empty preference file would only fail later, in training
+        raise DataError("no preference pair was kept (dropped: "
+                        + ", ".join(f"{k} {v}" for k, v in totals.dropped.items()) + "); nothing was written. "
+                        "Check the system outputs and the scorer")
     parts = _cached_parts(scorer)
     report = {
         "output": str(output),
@@ -427,6 +491,8 @@ def build(cfg: DictConfig) -> dict:
         "n_sources": sum(len(j.data) for j in jobs),
         "directions": per_direction,
         "win_vs_ref_by_group": aggregate_wins(per_direction),
+        "test_sets": test_sets,
+        "test_set_warning": test_set_warning,
         "run_time_s": round(time.time() - t0, 3),
     }
     write_jsonl_with_report(output, all_rows, report, markdown_report(report), bool(cfg.overwrite))
@@ -434,7 +500,11 @@ def build(cfg: DictConfig) -> dict:
 
 
 @hydra.main(config_path="../conf", config_name="build_preferences", version_base="1.3")
+@one_sentence_errors
 def main(cfg: DictConfig) -> None:
+    problem = duplicate_override_keys(HydraConfig.get().overrides.task)
+    if problem:
+        raise UsageError(problem)
     report = build(cfg)
     md_path, json_path = report_paths(Path(report["output"]))
     t = report["totals"]

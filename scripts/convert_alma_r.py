@@ -1,95 +1,47 @@
 """ALMA-R-Preference rows -> the project's preference JSONL, with a report (Hydra app; conf/convert_alma_r.yaml).
 
-The per-row rule (directions, ``required_directions``, human ``Delta``, the score field, the
-order [ref, gpt4, alma] and the dropping of degenerate pairs) is ``cpo.data.alma_r_examples``;
-this app reads the rows (a local copy or the hub), applies it per direction, validates every
-example with ``cpo.data.example_from_record`` and counts what was kept and dropped and why.
+Reading the rows and the per-row rule (directions, ``required_directions``, human ``Delta``, the
+score field, the order [ref, gpt4, alma], the dropping of pairs that cannot be trained on, the
+validation of every example) are ``cpo.data.alma_r``'s, the code training uses on the raw rows, so
+training on the converted file and on the raw set uses the same pairs. This app counts what was
+kept and dropped per direction and why.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterator
 
 import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from cpo.data import alma_r_examples, example_from_record
-from cpo.evaluation import parse_direction
-from cpo.io import DataError, check_writable, iter_jsonl, report_paths, write_jsonl_with_report
-from cpo.languages import language_name
+from cpo.cli import UsageError, one_sentence_errors
+from cpo.data.alma_r import ALMA_R_SYSTEMS, alma_r_examples, config_of, read_alma_r_rows
+from cpo.io import DataError, check_outputs_with_report, write_jsonl_with_report
+from cpo.languages import language_pair
 
 log = logging.getLogger("convert_alma_r")
 
 SCORE_FIELDS = ("kiwi", "xcomet", "kiwi_xcomet")
-SYSTEMS = ("ref", "gpt4", "alma")
+SYSTEMS = ALMA_R_SYSTEMS
 
-
-def config_of(direction: str) -> str:
-    """The data set config holding a direction: ``en-de`` and ``de-en`` are both in ``de-en``."""
-    src, tgt = parse_direction(direction)
-    return f"{tgt}-{src}" if src == "en" else f"{src}-{tgt}"
-
-
-def _read_json_file(path: Path) -> Iterator[tuple[str, dict]]:
-    head = path.read_bytes().lstrip()[:1]
-    if head != b"[":  # one object per line
-        yield from ((f"{path}:{i}", r) for i, r in iter_jsonl(path))
-        return
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-    for i, row in enumerate(data, 1):
-        if not isinstance(row, dict):
-            raise DataError(f"{path}: row {i}: expected an object, got {type(row).__name__}")
-        yield f"{path}: row {i}", row
-
-
-def read_rows(source: str, pairs: list[str], split: str) -> tuple[list[tuple[str, dict]], list[str]]:
-    """(where, row) for every row of the configs that hold ``pairs``, and the files/configs read."""
-    configs = sorted({config_of(p) for p in pairs})
-    local = Path(to_absolute_path(source))
-    rows: list[tuple[str, dict]] = []
-    if local.exists():
-        files = [local] if local.is_file() else sorted(f for c in configs for f in local.glob(f"{c}*.json*"))
-        if not files:
-            raise DataError(f"{local}: no files named like <pair>*.json(l) for configs {configs}")
-        for f in files:
-            rows += list(_read_json_file(f))
-        return rows, [str(f) for f in files]
-    if source.startswith(("/", ".", "~")) or source.count("/") != 1:
-        raise FileNotFoundError(f"source={source}: {local} does not exist (and it is not a hub name like owner/dataset)")
-    try:
-        import datasets
-    except ImportError:
-        raise RuntimeError(f"source={source!r} is not a local path; loading it from the hub needs `pip install cpo[hub]`") from None
-    for c in configs:
-        ds = datasets.load_dataset(source, c, split=split)
-        rows += [(f"{source}[{c}] row {i}", r) for i, r in enumerate(ds, 1)]
-    return rows, [f"{source}[{c}]:{split}" for c in configs]
+__all__ = ["config_of", "convert", "markdown_report", "run"]
 
 
 def convert(rows: list[tuple[str, dict]], pairs: list[str], score_field: str) -> tuple[list[dict], dict[str, dict]]:
     """Output records and per-direction statistics."""
     stats = {
         p: {"candidate_rows": 0, "kept": 0, "dropped": Counter(), "chosen_by_system": Counter(),
-            "rejected_by_system": Counter(), "human_delta": 0, "first_invalid": None}
+            "rejected_by_system": Counter(), "human_delta": 0}
         for p in pairs
     }
     out: list[dict] = []
     for where, row in rows:
         tr = row.get("translation", row)
-        if not isinstance(tr, dict):
-            raise DataError(f"{where}: field 'translation' must be an object")
-        pair = tr.get("language_pair")
+        pair = tr.get("language_pair") if isinstance(tr, dict) else None
         if not isinstance(pair, str) or pair.count("-") != 1:
             raise DataError(f"{where}: field 'translation.language_pair' missing or not like 'de-en'")
         a, b = pair.split("-")
@@ -102,13 +54,10 @@ def convert(rows: list[tuple[str, dict]], pairs: list[str], score_field: str) ->
             st["dropped"].update(dropped)
             for ex in examples:
                 record = asdict(ex)
+                del record["prompt"]  # ALMA-R rows use ALMA's template, never a prompt of their own
+                if record["reference"] is None:
+                    del record["reference"]
                 record["provenance"]["alma_r_row"] = where
-                try:
-                    example_from_record(record, f"{where} ({direction})")
-                except DataError as e:
-                    st["dropped"]["invalid_record"] += 1
-                    st["first_invalid"] = st["first_invalid"] or str(e)
-                    continue
                 if ex.provenance.get("human_delta"):
                     st["human_delta"] += 1
                 st["kept"] += 1
@@ -145,36 +94,39 @@ def markdown_report(report: dict) -> str:
             + " | ".join(f"{st['chosen_by_system'].get(s, 0)} / {st['rejected_by_system'].get(s, 0)}" for s in SYSTEMS)
             + " |"
         )
-    invalid = [(d, st["first_invalid"]) for d, st in dirs.items() if st["first_invalid"]]
-    if invalid:
-        lines += ["", "First invalid record per direction:", ""] + [f"- {d}: {msg}" for d, msg in invalid]
     return "\n".join(lines) + "\n"
+
+
+def _pairs(cfg: DictConfig) -> list[str]:
+    pairs = [str(p) for p in (cfg.get("pairs") or [])]
+    if not pairs or len(set(pairs)) != len(pairs):
+        raise UsageError(f"pairs must list distinct directions like [de-en, en-de], got {pairs}")
+    for p in pairs:
+        if "en" not in language_pair(p, "pairs"):
+            raise UsageError(f"pairs: {p}: ALMA-R-Preference holds directions to and from English only")
+    return pairs
 
 
 def run(cfg: DictConfig) -> dict:
     """The whole conversion; returns the report object (also written next to the output)."""
     t0 = time.time()
     if cfg.get("source") in (None, ""):
-        raise ValueError("source= is not set (a local ALMA-R-Preference copy or a hub name; see conf/convert_alma_r.yaml)")
+        raise UsageError("source= is not set (a local ALMA-R-Preference copy or a hub name; "
+                         "see conf/convert_alma_r.yaml)")
     if cfg.get("output") in (None, ""):
-        raise ValueError("output= is not set (see conf/convert_alma_r.yaml)")
+        raise UsageError("output= is not set (see conf/convert_alma_r.yaml)")
     if cfg.score_field not in SCORE_FIELDS:
-        raise ValueError(f"score_field must be one of {', '.join(SCORE_FIELDS)}, got {cfg.score_field!r}")
-    pairs = [str(p) for p in cfg.pairs]
-    if not pairs or len(set(pairs)) != len(pairs):
-        raise ValueError(f"pairs must list distinct directions, got {pairs}")
-    for p in pairs:
-        src, tgt = parse_direction(p)
-        language_name(src, f"pairs: {p}")
-        language_name(tgt, f"pairs: {p}")
+        raise UsageError(f"score_field must be one of {', '.join(SCORE_FIELDS)}, got {cfg.score_field!r}")
+    pairs = _pairs(cfg)
     output = Path(to_absolute_path(str(cfg.output)))
-    md_path, json_path = report_paths(output)
-    for p in (output, md_path, json_path):
-        check_writable(p, bool(cfg.overwrite))
-    rows, inputs = read_rows(str(cfg.source), pairs, str(cfg.split))
+    check_outputs_with_report(output, bool(cfg.overwrite))
+    source = str(cfg.source)
+    local = to_absolute_path(source)  # a local path is relative to the launch directory; a hub name stays as it is
+    hub = not Path(local).exists() and source.count("/") == 1 and not source.startswith(("/", ".", "~"))
+    rows, inputs = read_alma_r_rows(source if hub else local, pairs, str(cfg.split), key="source")
     records, stats = convert(rows, pairs, str(cfg.score_field))
     if not records:
-        raise DataError(f"{cfg.source}: no examples for pairs {pairs} (per direction: "
+        raise DataError(f"{source}: no examples for pairs {pairs} (per direction: "
                         + ", ".join(f"{d} {st['dropped']}" for d, st in stats.items()) + ")")
     report = {
         "inputs": inputs,
@@ -191,6 +143,7 @@ def run(cfg: DictConfig) -> dict:
 
 
 @hydra.main(config_path="../conf", config_name="convert_alma_r", version_base="1.3")
+@one_sentence_errors
 def main(cfg: DictConfig) -> None:
     report = run(cfg)
     output = Path(report["output"])

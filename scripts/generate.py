@@ -1,11 +1,19 @@
-"""Translate an input file with a causal LM, optionally through a peft adapter (Hydra app; conf/generate.yaml).
+"""Translate with a causal LM, optionally through a peft adapter (Hydra app; conf/generate.yaml).
 
 The model is a hub name or a local folder (``model=<value>``, rewritten before Hydra parses the
 command line into ``model=hf model.name_or_path=<value>``, since ``model`` is the conf/model
 config group) or a preset of conf/model. ``adapter=`` (or a model folder holding
 ``adapter_config.json``, such as a trained run's saved policy) adds a LoRA adapter whose base is
-the model when one is given, else the base named in the adapter's config. Input formats are those of
-``cpo.parallel``; the output has one hypothesis per input line, aligned, written atomically.
+the model when one is given, else the base named in the adapter's config. The model is loaded once.
+
+Three input modes, as in the other apps: one file (``input=``, ``output=``); several directions
+(``directions={de-en: {input, format, output}}``); the WMT'22 layout (``wmt22.root=``,
+``wmt22.directions=``), written in the WMT'22 system layout ``<output_dir>/<pair>/test.<s>-<t>.<t>``
+that ``scripts/evaluate.py wmt22.system=<output_dir>`` reads. Input formats are those of
+``cpo.parallel``. Each output has one hypothesis per input line, aligned, written atomically; every
+output is checked (a file path in a folder that can be written, not there yet unless
+``overwrite=true``) before the model is loaded. Prompts are built and cut as in training
+(``max_prompt_length``), and outputs cleaned as ALMA's evaluation cleans them (``cpo.generation``).
 """
 from __future__ import annotations
 
@@ -14,21 +22,26 @@ import logging
 import re
 import sys
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from cpo.io import atomic_write_lines, check_writable
-from cpo.parallel import read_parallel
+from cpo.cli import UsageError, one_sentence_errors
+from cpo.evaluation import WMT22_DIRECTIONS
+from cpo.io import DataError, atomic_write_lines, check_writable, duplicate_override_keys
+from cpo.languages import language_pair
+from cpo.parallel import FORMATS, ParallelData, read_parallel
 
 log = logging.getLogger("generate")
 
-
 def _abs(value, field: str) -> str:
     if value in (None, ""):
-        raise ValueError(f"{field}= is not set (see conf/generate.yaml)")
+        raise UsageError(f"{field}= is not set (see conf/generate.yaml)")
     return to_absolute_path(str(value))
 
 
@@ -46,7 +59,10 @@ def resolve_model_path(name: str, field: str) -> str:
     local = Path(to_absolute_path(str(Path(name).expanduser())))
     if local.exists():
         if not local.is_dir():
-            raise FileNotFoundError(f"{field}={name}: {local} is a file, not a model folder")
+            raise NotADirectoryError(f"{field}={name}: {local} is a file, not a model folder")
+        if not any((local / f).is_file() for f in ("config.json", "adapter_config.json")):
+            raise FileNotFoundError(f"{field}={name}: {local} holds neither config.json nor adapter_config.json; "
+                                    "give a model folder (save_pretrained's output, e.g. a run's policy/)")
         return str(local)
     if _looks_like_hub_name(name):
         return name
@@ -63,17 +79,21 @@ def resolve_model_and_adapter(model: str | None, adapter: str | None) -> tuple[s
         adapter = resolve_model_path(adapter, "adapter")
     if adapter is None:
         if model_path is None:
-            raise ValueError("model= is not set (a hub name or a local model folder; see conf/generate.yaml)")
+            raise UsageError("model= is not set (a hub name or a local model folder; see conf/generate.yaml)")
         return model_path, None
     config_file = Path(adapter) / "adapter_config.json"
     if Path(adapter).is_dir() and not config_file.is_file():
         raise FileNotFoundError(f"adapter={given}: {adapter} has no adapter_config.json (is it a peft adapter folder?)")
     if model_path is None:
         if not config_file.is_file():
-            raise ValueError(f"adapter={adapter} is a hub name; give its base model with model=")
-        base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+            raise UsageError(f"adapter={adapter} is a hub name; give its base model with model=")
+        try:
+            base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+            raise DataError(f"{config_file}: not a readable adapter config ({e}); "
+                            "give the base model with model=") from None
         if not base:
-            raise ValueError(f"{config_file}: no base_model_name_or_path; give the base model with model=")
+            raise UsageError(f"{config_file}: no base_model_name_or_path; give the base model with model=")
         if not Path(base).exists() and not _looks_like_hub_name(base):
             raise FileNotFoundError(
                 f"{config_file}: its base model {base} does not exist here; give the base model with model="
@@ -93,33 +113,53 @@ def pick_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device}, but no CUDA device is available (use device=cpu or auto)")
+        raise UsageError(f"device={device}, but no CUDA device is available (use device=cpu or auto)")
+    if device != "cpu" and not device.startswith(("cuda", "mps")):
+        raise UsageError(f"device={device} is not one of auto, cpu, cuda, cuda:N")
     return device
 
 
 def pick_dtype(dtype: str, device: str) -> str:
     import torch
 
+    from cpo.models import DTYPES
+
     if dtype != "auto":
+        if dtype not in DTYPES:
+            raise UsageError(f"dtype={dtype} is not one of auto, {', '.join(DTYPES)}")
         return dtype
     if device.startswith("cuda") and torch.cuda.is_bf16_supported():
         return "bfloat16"
     return "float32"
 
 
+def _short(e: BaseException, limit: int = 300) -> str:
+    """An exception's first line, cut: some libraries' messages list hundreds of names."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
 def load_for_generation(model: str, adapter: str | None, dtype: str, device: str, merge_adapter: bool = True):
     """(model on ``device`` in eval mode, tokenizer); the tokenizer comes from the adapter folder when it has one."""
     from cpo.models import load_causal_lm, load_tokenizer
 
+    from cpo.io import Unavailable
+
     try:
         tokenizer = load_tokenizer(adapter if adapter and _has_tokenizer(adapter) else model)
         lm = load_causal_lm(model, dtype)
-    except OSError as e:
-        raise OSError(f"cannot load model {model!r}: it is not a local model folder and the hub did not answer ({e})") from e
+    except (OSError, ValueError) as e:
+        if isinstance(e, (Unavailable, FileNotFoundError)):
+            raise
+        raise Unavailable(f"model={model}: cannot load it ({type(e).__name__}: {_short(e)})") from None
     if adapter:
         from peft import PeftModel
 
-        lm = PeftModel.from_pretrained(lm, adapter, local_files_only=Path(adapter).exists())
+        try:
+            lm = PeftModel.from_pretrained(lm, adapter, local_files_only=Path(adapter).exists())
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            raise Unavailable(f"adapter={adapter}: cannot load it onto {model} "
+                              f"({type(e).__name__}: {_short(e)})") from None
         if merge_adapter:
             lm = lm.merge_and_unload()
     return lm.to(device).eval(), tokenizer
@@ -157,7 +197,7 @@ def model_settings(cfg: DictConfig) -> tuple[str | None, str | None]:
     if model_cfg is not None:
         name = model_cfg.get("name_or_path")
         if name == "demo":
-            raise ValueError(
+            raise UsageError(
                 "model=tiny names the training app's embedded demo model; pass the folder of a saved model instead"
             )
         lora = model_cfg.get("lora")
@@ -168,63 +208,195 @@ def model_settings(cfg: DictConfig) -> tuple[str | None, str | None]:
     return (str(name) if name else None), adapter
 
 
+# --------------------------------------------------------------------------- inputs and outputs
+@dataclass
+class Task:
+    """One direction: its sources and where its translations go."""
+
+    direction: str
+    data: ParallelData
+    output: Path
+    key: str  # the setting that named the output, for messages
+
+
+def wmt22_layout_output(output_dir: Path, direction: str) -> Path:
+    """Where a system's output for a direction lies in the WMT'22 layout (``cpo.evaluation.wmt22_directions``)."""
+    s, t = direction.split("-")
+    return output_dir / f"{s}{t}" / f"test.{s}-{t}.{t}"
+
+
+def _read(path, fmt, src, tgt, key: str) -> ParallelData:
+    if fmt not in FORMATS:
+        raise UsageError(f"{key}: format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    return read_parallel(path, format=fmt, src_lang=src, tgt_lang=tgt, references="ignore", key=key)
+
+
+def collect_tasks(cfg: DictConfig) -> list[Task]:
+    """The tasks of whichever single input mode the config uses (see conf/generate.yaml)."""
+    wmt = cfg.get("wmt22") or {}
+    modes = {
+        "input": cfg.get("input") not in (None, ""),
+        "directions": bool(cfg.get("directions")),
+        "wmt22": bool(wmt.get("root")),
+    }
+    chosen = [m for m, on in modes.items() if on]
+    if len(chosen) != 1:
+        raise UsageError("give exactly one input mode: input= (+ output=), directions={<src>-<tgt>: {input, output}}, "
+                         f"or wmt22.root= (+ output_dir=); got {chosen or 'none'} (see conf/generate.yaml)")
+    mode = chosen[0]
+    output_dir = Path(_abs(cfg.output_dir, "output_dir")) if cfg.get("output_dir") not in (None, "") else None
+    if mode == "input":
+        if cfg.get("output") in (None, ""):
+            raise UsageError("output= is not set: the file to write the translations to (see conf/generate.yaml)")
+        data = _read(_abs(cfg.input, "input"), cfg.format, cfg.get("src_lang"), cfg.get("tgt_lang"), "input")
+        return [Task(data.direction, data, Path(_abs(cfg.output, "output")), "output")]
+    if cfg.get("output") not in (None, ""):
+        raise UsageError(f"output= belongs to the one-file mode; in {mode} mode give output_dir= "
+                         "(or, with directions, an output per direction)")
+    tasks = []
+    if mode == "directions":
+        for direction, spec in cfg.directions.items():
+            where = f"directions.{direction}"
+            src, tgt = language_pair(direction, "directions")
+            if not isinstance(spec, DictConfig):
+                raise UsageError(f"{where}: expected {{input, format, output}}, got {spec!r}")
+            unknown = set(spec) - {"input", "format", "output"}
+            if unknown:
+                raise UsageError(f"{where}: unknown key(s) {sorted(unknown)} (known: input, format, output)")
+            data = _read(_abs(spec.get("input"), f"{where}.input"), spec.get("format") or "auto", src, tgt,
+                         f"{where}.input")
+            if spec.get("output") not in (None, ""):
+                output, key = Path(_abs(spec.output, f"{where}.output")), f"{where}.output"
+            elif output_dir is not None:
+                output, key = wmt22_layout_output(output_dir, str(direction)), "output_dir"
+            else:
+                raise UsageError(f"{where}.output is not set (or give output_dir= for the WMT'22 layout)")
+            tasks.append(Task(str(direction), data, output, key))
+        return tasks
+    root = Path(_abs(wmt.root, "wmt22.root"))
+    if output_dir is None:
+        raise UsageError("wmt22 mode writes <output_dir>/<pair>/test.<s>-<t>.<t>: give output_dir= "
+                         "(e.g. outputs/my-system; then scripts/evaluate.py wmt22.system=$PWD/outputs/my-system)")
+    if not root.is_dir():
+        what = "is a file" if root.exists() else "does not exist"
+        raise (NotADirectoryError if root.exists() else FileNotFoundError)(
+            f"wmt22.root={root}: {what}; give the WMT'22 folder that holds wmt-testset/")
+    if not (root / "wmt-testset").is_dir():
+        raise FileNotFoundError(f"wmt22.root={root}: not a WMT'22 folder (no wmt-testset/ inside)")
+    directions = [str(d) for d in (wmt.get("directions") or WMT22_DIRECTIONS)]
+    if len(set(directions)) != len(directions):
+        raise UsageError(f"wmt22.directions lists a direction twice: {directions}")
+    for d in directions:
+        s_, t_ = language_pair(d, "wmt22.directions")
+        source = root / "wmt-testset" / f"{s_}{t_}" / f"test.{d}.{s_}"
+        if not source.is_file():
+            raise FileNotFoundError(f"{source}: missing source file for direction {d} (wmt22.directions)")
+        data = _read(source, "text", s_, t_, "wmt22.root")
+        tasks.append(Task(d, data, wmt22_layout_output(output_dir, d), "output_dir"))
+    return tasks
+
+
+def check_outputs(tasks: list[Task], overwrite: bool, skip_existing: bool) -> tuple[list[Task], list[Task]]:
+    """(tasks to run, tasks skipped because their output exists); refuses before anything is loaded."""
+    seen: dict[Path, str] = {}
+    for t in tasks:
+        if t.output in seen:
+            raise UsageError(f"{t.key}: directions {seen[t.output]} and {t.direction} would both write {t.output}")
+        seen[t.output] = t.direction
+    todo, skipped = [], []
+    for t in tasks:
+        if skip_existing and t.output.is_file():
+            skipped.append(t)
+            continue
+        check_writable(t.output, overwrite, t.key)
+        todo.append(t)
+    return todo, skipped
+
+
+def _positive(cfg: DictConfig, key: str, allow_none: bool = False) -> int | None:
+    value = cfg.get(key)
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"{key}={value} must be a positive integer" + (" (or null)" if allow_none else ""))
+    return int(value)
+
+
+# --------------------------------------------------------------------------- the job
 def run(cfg: DictConfig) -> dict:
-    """The whole job; returns a summary (output path, count, direction, timings)."""
+    """The whole job; returns a summary (per direction: output, count, empties, cleaning; timings)."""
     from cpo.generation import translate
+    from cpo.prompt import PromptEncoder, PromptTooShort
 
     t0 = time.time()
-    output = Path(_abs(cfg.output, "output"))
-    check_writable(output, bool(cfg.overwrite))  # before any loading: fail in a second, not in minutes
-    data = read_parallel(
-        _abs(cfg.input, "input"),
-        format=cfg.format,
-        src_lang=cfg.src_lang,
-        tgt_lang=cfg.tgt_lang,
-        references="ignore",
-    )
+    settings = {k: _positive(cfg, k) for k in ("batch_size", "num_beams", "max_new_tokens")}
+    max_prompt_length = _positive(cfg, "max_prompt_length", allow_none=True)
+    if max_prompt_length is not None and max_prompt_length < 2:
+        raise UsageError(f"max_prompt_length={max_prompt_length}: BOS and the cue alone need more (ALMA-R uses 256)")
+    tasks = collect_tasks(cfg)
+    todo, skipped = check_outputs(tasks, bool(cfg.overwrite), bool(cfg.get("skip_existing", False)))
+    for t in skipped:
+        log.info("%s: %s exists, skipped (skip_existing=true)", t.direction, t.output)
     model_path, adapter = resolve_model_and_adapter(*model_settings(cfg))
     device = pick_device(str(cfg.device))
     dtype = pick_dtype(str(cfg.dtype), device)
-    log.info("model %s%s, %s on %s", model_path, f" + adapter {adapter}" if adapter else "", dtype, device)
-    lm, tokenizer = load_for_generation(model_path, adapter, dtype, device, bool(cfg.merge_adapter))
-    t_gen = time.time()
-    hyps = translate(
-        lm,
-        tokenizer,
-        data.sources,
-        data.src_lang,
-        data.tgt_lang,
-        batch_size=int(cfg.batch_size),
-        num_beams=int(cfg.num_beams),
-        max_new_tokens=int(cfg.max_new_tokens),
-        progress=bool(cfg.progress),
+    summary: dict = {"model": model_path, "adapter": adapter, "directions": [],
+                     "skipped": [str(t.output) for t in skipped]}
+    if todo:
+        log.info("model %s%s, %s on %s", model_path, f" + adapter {adapter}" if adapter else "", dtype, device)
+        lm, tokenizer = load_for_generation(model_path, adapter, dtype, device, bool(cfg.merge_adapter))
+        prompts = PromptEncoder(tokenizer, max_prompt_length, "left")
+        try:  # a budget that keeps none of a source fails here, before any generation time is spent
+            for t in todo:
+                for source in t.data.sources:
+                    prompts.encode(source, t.data.src_lang, t.data.tgt_lang)
+        except PromptTooShort as e:
+            raise UsageError(f"max_prompt_length={max_prompt_length}: {e}") from None
+    for t in todo:
+        t_gen = time.time()
+        cleaning: Counter = Counter()
+        hyps = translate(lm, tokenizer, t.data.sources, t.data.src_lang, t.data.tgt_lang, progress=bool(cfg.progress),
+                         max_prompt_length=max_prompt_length, cleaning=cleaning, **settings)
+        gen_s = time.time() - t_gen
+        hyps = [one_line(h) for h in hyps]
+        check_writable(t.output, bool(cfg.overwrite), t.key)  # another run may have written it meanwhile
+        atomic_write_lines(t.output, hyps)
+        empty = [i + 1 for i, h in enumerate(hyps) if not h.strip()]
+        if empty:
+            log.warning("%s: %d empty translations (input lines %s%s); they are kept, aligned, as empty lines",
+                        t.direction, len(empty), ", ".join(map(str, empty[:10])), " ..." if len(empty) > 10 else "")
+        if cleaning.get("prompt_truncated"):
+            log.info("%s: %d prompts left-truncated to max_prompt_length=%s tokens, as in training",
+                     t.direction, cleaning["prompt_truncated"], max_prompt_length)
+        summary["directions"].append({
+            "direction": t.direction, "input": str(t.data.path), "output": str(t.output), "n": len(hyps),
+            "empty": len(empty), "cleaning": dict(cleaning), "generate_s": round(gen_s, 3),
+        })
+        log.info("%s: wrote %d translations to %s in %.1fs", t.direction, len(hyps), t.output, gen_s)
+    done = summary["directions"]
+    summary.update(
+        n=sum(d["n"] for d in done), empty=sum(d["empty"] for d in done),
+        generate_s=sum(d["generate_s"] for d in done), run_time_s=time.time() - t0,
     )
-    gen_s = time.time() - t_gen
-    hyps = [one_line(h) for h in hyps]
-    check_writable(output, bool(cfg.overwrite))  # another run may have written it meanwhile
-    atomic_write_lines(output, hyps)
-    empty = [i + 1 for i, h in enumerate(hyps) if not h.strip()]
-    if empty:
-        log.warning("%d empty hypotheses (input lines %s%s)", len(empty), ", ".join(map(str, empty[:10])), " ..." if len(empty) > 10 else "")
-    return {
-        "output": str(output),
-        "n": len(hyps),
-        "direction": data.direction,
-        "model": model_path,
-        "adapter": adapter,
-        "empty": len(empty),
-        "run_time_s": time.time() - t0,
-        "generate_s": gen_s,
-    }
+    if len(tasks) == 1 and done:  # the one-file mode's summary, flat
+        summary.update(output=done[0]["output"], direction=done[0]["direction"])
+    return summary
 
 
 @hydra.main(config_path="../conf", config_name="generate", version_base="1.3")
+@one_sentence_errors
 def main(cfg: DictConfig) -> None:
+    problem = duplicate_override_keys(HydraConfig.get().overrides.task)
+    if problem:
+        raise UsageError(problem)
     out = run(cfg)
-    print(
-        f"wrote {out['n']} translations ({out['direction']}) to {out['output']} in {out['run_time_s']:.1f}s "
-        f"({out['n'] / max(out['generate_s'], 1e-9):.1f} sentences/s generating)"
-    )
+    for d in out["directions"]:
+        print(f"wrote {d['n']} translations ({d['direction']}) to {d['output']}"
+              + (f", {d['empty']} empty" if d["empty"] else ""))
+    if out["skipped"]:
+        print(f"skipped {len(out['skipped'])} existing output(s) (skip_existing=true)")
+    print(f"{len(out['directions'])} direction(s), {out['n']} translations in {out['run_time_s']:.1f}s "
+          f"({out['n'] / max(out['generate_s'], 1e-9):.1f} sentences/s generating)")
 
 
 if __name__ == "__main__":

@@ -166,3 +166,138 @@ def test_model_resolution(workdir, monkeypatch):
     assert app.rewrite_model_argument(["model=/x/y", "input=a"]) == ["model=hf", "model.name_or_path=/x/y", "input=a"]
     assert app.rewrite_model_argument(["model=alma-13b-lora"]) == ["model=alma-13b-lora"]
     assert app.one_line("a\rb\u2028c") == "a b c"
+
+
+# --------------------------------------------------------------------------- ALMA's output cleaning (SPEC section 4)
+@pytest.mark.parametrize("generated, expected, rule", [
+    # "{Tgt}:" inside a line is part of the translation; only "\n{Tgt}:" is a cue
+    (" Beautiful English: Letters That Take Your Breath Away", "Beautiful English: Letters That Take Your Breath Away", "first_line"),
+    (" Hello world\nEnglish: Hello", "Hello world", "first_line"),
+    ("\n Hello world", "Hello world", "second_line"),
+    ("\n\n Hello world\nmore", "Hello world", "third_line"),
+    ("\n\n\n Hello world", "", "third_line"),  # ALMA returns the (blank) third line, never looks further
+    ("\nEnglish: Hello world\nEnglish: x", "Hello world", "after_repeated_cue"),
+    ("\n", "", "none"),
+    ("", "", "none"),
+    (" \u200b\n Hi", "Hi", "second_line"),  # a zero-width-only line is blank
+])
+def test_clean_translation_follows_alma(generated, expected, rule):
+    from cpo.generation import clean_translation, postprocess
+
+    assert clean_translation(generated, "en") == (expected, rule)
+    assert postprocess(generated, "en") == expected
+
+
+def test_clean_translation_keeps_a_real_alma_13b_r_output():
+    """ALMA-13B-R's own WMT'22 zh-en output has a line with "English:" inside it; the old cut kept one word."""
+    from conftest import WMT22
+
+    from cpo.generation import postprocess
+
+    path = WMT22 / "ALMA-13B-R" / "zhen" / "test.zh-en.en"
+    if not path.is_file():
+        pytest.skip(f"shared WMT'22 data not found at {path} (set CPO_SHARED_DATA)")
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if "English:" in line]
+    if not lines:
+        pytest.skip(f"{path} has no line with 'English:'")
+    for line in lines:
+        assert postprocess(" " + line, "en") == line
+        assert postprocess(" " + line + "\nEnglish: something else", "en") == line
+    assert postprocess(" Beautiful English: Letters", "de") == "Beautiful English: Letters"
+    assert postprocess(" Schöne Grüße\nGerman: x", "de") == "Schöne Grüße"
+
+
+# --------------------------------------------------------------------------- many directions, one model load
+def _wmt22_root(root: Path, sentences) -> Path:
+    """A WMT'22-layout folder with two directions of the demo language (sources and references)."""
+    for s, t in (("zb", "en"), ("en", "zb")):
+        pair = root / "wmt-testset" / f"{s}{t}"
+        pair.mkdir(parents=True, exist_ok=True)
+        src = [x.source for x in sentences] if s == "zb" else [x.translation for x in sentences]
+        ref = [x.translation for x in sentences] if s == "zb" else [x.source for x in sentences]
+        _write(pair / f"test.{s}-{t}.{s}", src)
+        _write(pair / f"test.{s}-{t}.{t}", ref)
+    return root
+
+
+def test_generate_wmt22_layout_many_directions_one_load(workdir, tmp_path, monkeypatch):
+    from cpo.demo import sample_sentences
+    from cpo.evaluation import evaluate_directions, wmt22_directions
+
+    app = _load_script("generate.py")
+    monkeypatch.chdir(workdir)
+    root = _wmt22_root(tmp_path / "wmt22", sample_sentences(5, seed=3))
+    loads = []
+    real_load = app.load_for_generation
+    monkeypatch.setattr(app, "load_for_generation", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    out_dir = tmp_path / "outputs" / "tiny-system"
+    overrides = ["model=model", f"wmt22.root={root}", "wmt22.directions=[zb-en,en-zb]", f"output_dir={out_dir}", *GEN]
+    summary = app.run(_compose(*overrides))
+    assert len(loads) == 1
+    assert [d["direction"] for d in summary["directions"]] == ["zb-en", "en-zb"]
+    for d in ("zb-en", "en-zb"):
+        s, t = d.split("-")
+        assert len(_lines(out_dir / f"{s}{t}" / f"test.{d}.{t}")) == 5
+    # scripts/evaluate.py wmt22.root=<root> wmt22.system=<absolute output_dir> finds exactly these files
+    found = wmt22_directions(root, str(out_dir), ["zb-en", "en-zb"])
+    assert found["en-zb"]["hyp"] == str(out_dir / "enzb" / "test.en-zb.zb")
+    assert set(evaluate_directions(found)) == {"zb-en", "en-zb"}
+
+    # Overwrite rules per file, all checked before the model is loaded.
+    monkeypatch.setattr(app, "load_for_generation", lambda *a, **k: pytest.fail("the model was loaded"))
+    (out_dir / "enzb" / "test.en-zb.zb").unlink()
+    with pytest.raises(FileExistsError, match=r"output_dir=.*zben/test\.zb-en\.en: exists; pass overwrite=true"):
+        app.run(_compose(*overrides))
+    assert not (out_dir / "enzb" / "test.en-zb.zb").exists()
+    monkeypatch.setattr(app, "load_for_generation", real_load)
+    before = (out_dir / "zben" / "test.zb-en.en").stat().st_mtime_ns
+    summary = app.run(_compose(*overrides, "skip_existing=true"))
+    assert [d["direction"] for d in summary["directions"]] == ["en-zb"] and len(summary["skipped"]) == 1
+    assert (out_dir / "zben" / "test.zb-en.en").stat().st_mtime_ns == before
+
+    # The directions mode: an explicit output per direction, or the layout under output_dir.
+    summary = app.run(_compose(
+        "model=model", f"+directions.zb-en.input={root / 'wmt-testset/zben/test.zb-en.zb'}",
+        f"+directions.zb-en.output={tmp_path / 'mine.en'}",
+        f"+directions.en-zb.input={root / 'wmt-testset/enzb/test.en-zb.en'}", f"output_dir={tmp_path / 'layout'}", *GEN))
+    assert [d["output"] for d in summary["directions"]] == [str(tmp_path / "mine.en"),
+                                                            str(tmp_path / "layout" / "enzb" / "test.en-zb.zb")]
+    from cpo.cli import UsageError
+
+    with pytest.raises(UsageError, match="give output_dir="):
+        app.run(_compose("model=model", f"wmt22.root={root}", *GEN))
+    with pytest.raises(UsageError, match="would both write"):
+        app.run(_compose("model=model", f"+directions.zb-en.input={root / 'wmt-testset/zben/test.zb-en.zb'}",
+                         f"+directions.zb-en.output={tmp_path / 'same.txt'}", f"+directions.en-zb.output={tmp_path / 'same.txt'}",
+                         f"+directions.en-zb.input={root / 'wmt-testset/enzb/test.en-zb.en'}", *GEN))
+
+
+def test_generate_truncates_prompts_as_training_does(workdir, monkeypatch):
+    """max_prompt_length reaches translate(): over-long prompts are cut by the training code's rule."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cpo.cli import UsageError
+    from cpo.generation import translate
+    from cpo.models import load_tokenizer
+    from cpo.prompt import PromptEncoder
+
+    app = _load_script("generate.py")
+    monkeypatch.chdir(workdir)
+    torch.set_num_threads(1)
+    tok = load_tokenizer(str(workdir / "model"))
+    sources = _lines(workdir / "src.zb")
+    budget = 14
+    assert all(PromptEncoder(tok, budget).encode(s, "zb", "en").truncated for s in sources)
+    summary = app.run(_compose("model=model", "input=src.zb", "src_lang=zb", "tgt_lang=en", "output=out3/cut.txt",
+                               f"max_prompt_length={budget}", *GEN))
+    assert summary["directions"][0]["cleaning"]["prompt_truncated"] == len(sources)
+    model = AutoModelForCausalLM.from_pretrained(workdir / "model")
+    kw = dict(batch_size=4, num_beams=2, max_new_tokens=6)
+    assert _lines(workdir / "out3" / "cut.txt") == translate(model, tok, sources, "zb", "en", max_prompt_length=budget, **kw)
+    # a budget that leaves no room for any of the source is refused before any generation
+    monkeypatch.setattr("cpo.generation.translate", lambda *a, **k: pytest.fail("generation started"))
+    with pytest.raises(UsageError, match=r"max_prompt_length=3: .*keeps none of the source"):
+        app.run(_compose("model=model", "input=src.zb", "src_lang=zb", "tgt_lang=en", "output=out3/none.txt",
+                         "max_prompt_length=3", *GEN))
+    assert not (workdir / "out3" / "none.txt").exists()

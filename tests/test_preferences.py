@@ -3,11 +3,13 @@ the real WMT'22 outputs) and scripts/convert_alma_r.py."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -15,11 +17,13 @@ import pytest
 from cpo.io import DataError
 from cpo.parallel import detect_format, direction_from_filename, read_parallel, read_system_outputs
 from cpo.preferences import (
+    DROP_EMPTY_TEXT,
     DROP_EQUAL_SCORES,
     DROP_EQUAL_TEXTS,
     DROP_TOO_FEW,
     Candidate,
     NoiseSettings,
+    NonFiniteScore,
     build_pairs,
     noise_text,
     select_chosen,
@@ -53,6 +57,42 @@ def test_select_pair_drops_degenerate_pairs():
     assert select_pair([Candidate("a", "x", 0.5), Candidate("b", "y", 0.5)]).dropped == DROP_EQUAL_SCORES
     assert select_pair([Candidate("a", "same", 0.9), Candidate("b", " same ", 0.1)]).dropped == DROP_EQUAL_TEXTS
     assert select_pair([Candidate("a", "x", 0.5)]).dropped == DROP_TOO_FEW
+
+
+def test_zero_width_texts_are_empty_and_equal_texts_compare_normalised():
+    assert select_pair([Candidate("a", "the cat\u200b", 0.9), Candidate("b", "the  cat", 0.1)]).dropped == DROP_EQUAL_TEXTS
+    assert select_pair([Candidate("a", "the cat", 0.9), Candidate("b", "\u200b \u200d", 0.1)]).dropped == DROP_EMPTY_TEXT
+    assert select_pair([Candidate("a", "", 0.9), Candidate("b", "x", 0.1)]).dropped == DROP_EMPTY_TEXT
+
+
+def test_non_finite_scores_stop_instead_of_dropping_pairs():
+    """Today NaN compares false with everything, and the pair is dropped as 'equal_texts' or 'equal_scores'."""
+    with pytest.raises(NonFiniteScore, match=r"system 'b' has a non-finite score \(nan\)"):
+        select_pair([Candidate("a", "x", 0.5), Candidate("b", "y", float("nan"))])
+    with pytest.raises(NonFiniteScore, match=r"system 'a' has a non-finite score \(inf\)"):
+        select_pair([Candidate("a", "x", float("inf")), Candidate("b", "y", 0.1)])
+    with pytest.raises(NonFiniteScore, match=r"source line 2: the kiwi score of system 'alma' is nan"):
+        build_pairs(["s1", "s2"], {"gpt4": ["a", "b"], "alma": ["c", "d"]},
+                    {"gpt4": [0.5, 0.5], "alma": [0.1, float("nan")]}, "de", "en", "kiwi")
+    with pytest.raises(NonFiniteScore):
+        build_pairs(["s1"], {"gpt4": ["a"], "alma": ["c"]}, {"gpt4": [0.5], "alma": [float("nan")]}, "de", "en", "kiwi",
+                    negatives="noised")
+
+
+def test_empty_hypotheses_are_scored_counted_and_never_a_side():
+    """An empty output is a candidate like any other (scored as the scorer scores it); its pair is dropped."""
+    sources = ["s1", "s2", "s3"]
+    candidates = {"ref": ["r1", "r2", "r3"], "gpt4": ["g1", "", "g3"], "alma": ["a1", "a2", "\u200b"]}
+    scores = {"ref": [0.5, 0.5, 0.5], "gpt4": [0.9, 0.1, 0.9], "alma": [0.1, 0.3, 0.95]}
+    rows, counts = build_pairs(sources, candidates, scores, "de", "en", "q")
+    # s1: gpt4 > ref > alma; s2: the empty gpt4 output scores lowest -> rejected -> dropped;
+    # s3: alma's zero-width output scores highest (a broken scorer would) -> chosen -> dropped
+    assert [(r["provenance"]["chosen_system"], r["provenance"]["rejected_system"]) for r in rows] == [("gpt4", "alma")]
+    assert counts.dropped == {DROP_EMPTY_TEXT: 2}
+    assert counts.empty_by_system == {"gpt4": 1, "alma": 1} and counts.missing_by_system == {}
+    assert counts.as_dict()["empty_by_system"] == {"gpt4": 1, "alma": 1}
+    # the empty outputs count against their system in the win ratio (they are scored, not skipped)
+    assert win_counts(scores["gpt4"], scores["ref"])["losses"] == 1
 
 
 def test_build_pairs_counts_and_provenance():
@@ -157,13 +197,13 @@ def test_read_parallel_formats_and_errors(tmp_path):
                    + json.dumps({"src_lang": "de", "tgt_lang": "en"}) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"q\.jsonl:2: missing field 'source'"):
         read_parallel(jl2)
-    with pytest.raises(DataError, match=r"q_1\.jsonl: line 1: no reference"):
+    with pytest.raises(DataError, match=r"q_1\.jsonl:1: no reference"):
         read_parallel(_first_line_only(jl2), references="required")
 
     alma = tmp_path / "test.cs-en.json"
     alma.write_text(json.dumps([{"translation": {"cs": "Ahoj", "en": "Hi"}}, {"translation": {"cs": "", "en": "x"}}]), encoding="utf-8")
     assert detect_format(alma) == "alma_json" and direction_from_filename(alma) == ("cs", "en")
-    with pytest.raises(DataError, match=r"test\.cs-en\.json: row 2: translation: field 'cs' is empty"):
+    with pytest.raises(DataError, match=r"test\.cs-en\.json:1 \(row 2\): translation: field 'cs' is empty"):
         read_parallel(alma)
     alma.write_text(json.dumps([{"translation": {"cs": "Ahoj", "en": "Hi"}}]), encoding="utf-8")
     d = read_parallel(alma, src_lang="en", tgt_lang="cs")  # the other direction of the same records
@@ -368,6 +408,8 @@ def test_build_preferences_wmt22_real_data(tmp_path):
         assert p["kept"] > 0.9 * n_src  # three different systems rarely tie on chrF
         assert f"## {d['direction']}" in md
     assert report["n_sources"] == 17471
+    # built from the evaluation test sets: one warning line (Hydra logs to stdout), kept in the report
+    assert report["test_set_warning"] and proc.stdout.count("evaluation test sets") == 1
     rows = (tmp_path / "wmt22" / "prefs.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(rows) == report["totals"]["kept"]
     row = json.loads(rows[0])
@@ -445,3 +487,139 @@ def test_convert_alma_r(tmp_path):
     broken.write_text(json.dumps(row) + "\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"de-en\.jsonl:1: missing field 'translation\.gpt4_en_kiwi'"):
         app.run(_compose("convert_alma_r", f"source={broken}", "score_field=kiwi", f"output={tmp_path / 'b.jsonl'}"))
+
+
+def test_alma_r_training_and_conversion_select_the_same_pairs(tmp_path):
+    """One reader and one validation: the raw set read for training and the converted file give the same pairs.
+
+    A synthetic set with empty texts, equal texts, human Delta rows and ties, split into a JSON Lines file
+    named .json (as hub exports are) and a JSON list named .jsonl: today training keeps pairs with an empty
+    side and reads .json by its suffix, while the converter drops them and reads by the first byte.
+    """
+    import random
+
+    from cpo.data import read_alma_r_preference, read_preference_jsonl
+
+    rng = random.Random(7)
+    langs = {"de-en": ("de", "en"), "cs-en": ("cs", "en")}
+    rows = {c: [] for c in langs}
+    for i in range(240):
+        config = "de-en" if i % 2 else "cs-en"
+        a, b = langs[config]
+        texts = {}
+        for lang in (a, b):
+            for system in ("ref", "gpt4", "alma"):
+                r = rng.random()
+                texts[(system, lang)] = "" if r < 0.12 else ("\u200b" if r < 0.15 else f"{system} {lang} {i % 37}")
+            if rng.random() < 0.15:  # gpt4 and alma agree word for word
+                texts[("alma", lang)] = texts[("gpt4", lang)]
+        scores = {(system, lang): (round(rng.random(), 1), round(rng.random(), 1))
+                  for system in ("ref", "gpt4", "alma") for lang in (a, b)}
+        delta = rng.choice([0.0] * 8 + [1.0, -2.0])
+        required = rng.choice(["", "", "", f"{a}-{b}", f"{b}-{a}"])
+        rows[config].append(_alma_row(config, texts, scores, required=required, delta=delta))
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "de-en.json").write_text("".join(json.dumps(r) + "\n" for r in rows["de-en"]), encoding="utf-8")
+    (raw / "cs-en.jsonl").write_text(json.dumps(rows["cs-en"], indent=1), encoding="utf-8")
+    pairs = ["de-en", "cs-en", "en-de", "en-cs"]
+
+    trained = read_alma_r_preference(str(raw), pairs, "kiwi_xcomet")
+    app = _load_script("convert_alma_r.py")
+    report = app.run(_compose("convert_alma_r", f"source={raw}", "pairs=[de-en,cs-en,en-de,en-cs]",
+                              f"output={tmp_path / 'converted.jsonl'}"))
+    converted = read_preference_jsonl(tmp_path / "converted.jsonl")
+
+    def key(e):
+        return (e.source, e.chosen, e.rejected, e.src_lang, e.tgt_lang, e.reference, e.provenance["chosen_system"])
+
+    assert [key(e) for e in trained] == [key(e) for e in converted]
+    assert len(trained) == report["kept"] > 50
+    from cpo.text import is_blank
+
+    assert not any(is_blank(t) for e in trained for t in (e.source, e.chosen, e.rejected))
+    dropped = Counter()
+    for st in report["directions"].values():
+        dropped.update(st["dropped"])
+    assert dropped["empty_text"] > 0 and dropped["equal_texts"] > 0 and dropped["empty_source"] > 0
+
+
+def test_alma_r_human_delta_with_equal_texts_is_dropped(tmp_path):
+    from cpo.data import read_alma_r_preference
+
+    texts = {(s, l): f"{s} {l}" for s in ("ref", "gpt4", "alma") for l in ("de", "en")}
+    texts[("gpt4", "en")] = texts[("alma", "en")] = "Hi"
+    scores = {(s, l): (0.5, 0.5) for s in ("ref", "gpt4", "alma") for l in ("de", "en")}
+    f = tmp_path / "de-en.jsonl"
+    f.write_text(json.dumps(_alma_row("de-en", texts, scores, delta=1.0)) + "\n", encoding="utf-8")
+    ex = read_alma_r_preference(str(f), ["de-en", "en-de"], "kiwi")
+    assert [(e.tgt_lang, e.chosen, e.rejected) for e in ex] == [("de", "gpt4 de", "alma de")]  # not ('Hi', 'Hi')
+    row = _alma_row("de-en", texts, scores)
+    row["translation"]["gpt4_en_kiwi"] = float("nan")
+    f.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"de-en\.jsonl:1: field 'translation\.gpt4_en_kiwi' is nan"):
+        read_alma_r_preference(str(f), ["de-en"], "kiwi")
+
+
+def test_build_preferences_bad_scores_empty_outputs_and_test_sets(demo_files, tmp_path, monkeypatch, caplog):
+    """Empty hypotheses are scored and counted; a NaN names its file and line; test sets are warned about."""
+    from cpo.scoring import Scorer
+
+    app = _load_script("build_preferences.py")
+    d = demo_files
+    lines = (d / "weak.en").read_text(encoding="utf-8").splitlines()
+    holes = tmp_path / "holes.en"
+    _write(holes, ["" if i in (0, 5) else t for i, t in enumerate(lines)])
+
+    def cfg(*overrides):
+        return _compose("build_preferences", "progress=false", f"output={tmp_path / 'o.jsonl'}", "scorer=chrf",
+                        "include_ref=false", f"scorer_cache_dir={tmp_path / 'cache'}", f"ref={d / 'ref.en'}", *overrides)
+
+    report = app.build(cfg(f"input={d / 'src.zb'}", "src_lang=zb", "tgt_lang=en", "scorer=demo_qe",
+                           f"+systems.strong={d / 'strong.en'}", f"+systems.holes={holes}"))
+    (st,) = report["directions"]
+    assert st["pairs"]["empty_by_system"] == {"holes": 2}
+    assert st["win_vs_ref"]["holes"]["n"] == 200  # the two empty outputs are scored (chrF 0), not left out
+    assert "empty hypotheses (scored as empty" in (tmp_path / "o.report.md").read_text(encoding="utf-8")
+    assert report["test_set_warning"] is None
+
+    class NanAt3(Scorer):
+        name = "nan_at_3"
+        uses_reference = False
+
+        @property
+        def identity(self):
+            return "nan_at_3/v1"
+
+        def _score(self, sources, hypotheses, references, tgt_lang):
+            return [float("nan") if h == "a broken line" else 0.5 for h in hypotheses]
+
+    odd = _write(tmp_path / "odd.en", [("a broken line" if i == 2 else t) for i, t in enumerate(lines)])
+    monkeypatch.setattr(app, "make_scorer", lambda c, o: (NanAt3(), None))
+    with pytest.raises(DataError, match=rf"{odd}:3 \(system 'odd'\): scorer 'nan_at_3' .*gave nan"):
+        app.build(cfg(f"input={d / 'src.zb'}", "src_lang=zb", "tgt_lang=en", "overwrite=true",
+                      f"+systems.strong={d / 'strong.en'}", f"+systems.odd={odd}"))
+    monkeypatch.undo()
+
+    # Identical systems: every pair has equal scores -> an error, not an empty file that training rejects later.
+    with pytest.raises(DataError, match=r"no preference pair was kept \(dropped: equal_scores 200\)"):
+        app.build(cfg(f"input={d / 'src.zb'}", "src_lang=zb", "tgt_lang=en", "overwrite=true",
+                      f"+systems.a={d / 'strong.en'}", f"+systems.b={d / 'strong.en'}", "output=" + str(tmp_path / "none.jsonl")))
+    assert not (tmp_path / "none.jsonl").exists()
+
+    # A WMT-style test file as input: one warning line, in the report too; allow_test_sets=true silences it.
+    test_src = tmp_path / "test.zb-en.zb"
+    test_src.write_bytes((d / "src.zb").read_bytes())
+    with caplog.at_level(logging.WARNING, logger="build_preferences"):
+        report = app.build(cfg(f"input={test_src}", "overwrite=true", f"+systems.strong={d / 'strong.en'}",
+                               f"+systems.weak={d / 'weak.en'}"))
+    warnings = [r.getMessage() for r in caplog.records if r.name == "build_preferences" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "evaluation test sets" in warnings[0] and "FLORES-200" in warnings[0]
+    assert "allow_test_sets=true" in warnings[0] and report["test_set_warning"] == warnings[0]
+    assert "**warning**" in (tmp_path / "o.report.md").read_text(encoding="utf-8")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="build_preferences"):
+        report = app.build(cfg(f"input={test_src}", "overwrite=true", "allow_test_sets=true",
+                               f"+systems.strong={d / 'strong.en'}", f"+systems.weak={d / 'weak.en'}"))
+    assert report["test_set_warning"] is None and not [r for r in caplog.records if r.name == "build_preferences"
+                                                        and r.levelno == logging.WARNING]

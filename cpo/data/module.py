@@ -92,13 +92,17 @@ class PreferenceDataModule(L.LightningDataModule):
             return DataLoader(PairDataset(pairs, refs), batch_sampler=sampler, collate_fn=self.collator,
                               num_workers=self.num_workers)
         # Resumable mid-epoch (exactly, from any step-boundary checkpoint) and reshuffled every epoch.
-        return ResumableDataLoader(PairDataset(pairs, refs), sampler, position=lambda: loop_position(self.trainer),
+        return ResumableDataLoader(PairDataset(pairs, refs), sampler, position=self._position,
                                    collate_fn=self.collator, num_workers=self.num_workers)
 
     def micro_batches_per_epoch(self, world_size: int) -> int:
         """What ``len(train_dataloader())`` will be on ``world_size`` ranks, without building the loader."""
         n, step = len(self.train_pairs), self.batch_size * world_size
         return n // step if n >= step else 1
+
+    def _position(self) -> tuple[int, int]:
+        """(epoch, batches trained on in it) as the fit loop counts them; (0, 0) outside a Trainer."""
+        return loop_position(self.trainer) if self.trainer is not None else (0, 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_pairs, "train", train=True)
