@@ -38,12 +38,28 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def _refuse_repeated_map_keys() -> None:
+    """Hydra keeps the last value of a key given twice in a ``{...}`` override map; here it is an error."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except (ImportError, ValueError):  # not under Hydra
+        return
+    from cpo.io import duplicate_override_keys
+
+    problem = duplicate_override_keys(overrides)
+    if problem:
+        raise UsageError(problem)
+
+
 def one_sentence_errors(fn):
     """Decorator for an app's main function (inside ``@hydra.main``, so Hydra never sees the error)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            _refuse_repeated_map_keys()
             return fn(*args, **kwargs)
         except EXPECTED_ERRORS as e:
             if os.environ.get("CPO_DEBUG"):

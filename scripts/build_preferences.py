@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from cpo.cli import UsageError, one_sentence_errors
 from cpo.evaluation import WMT22_DIRECTIONS, wmt22_directions
-from cpo.io import DataError, check_outputs_with_report, duplicate_override_keys, report_paths, write_jsonl_with_report
+from cpo.io import DataError, check_outputs_with_report, report_paths, write_jsonl_with_report
 from cpo.languages import language_pair
 from cpo.parallel import FORMATS, ParallelData, read_parallel, read_system_outputs
 from cpo.preferences import NEGATIVES, BuildCounts, NoiseSettings, build_pairs, win_counts
@@ -502,9 +501,6 @@ def build(cfg: DictConfig) -> dict:
 @hydra.main(config_path="../conf", config_name="build_preferences", version_base="1.3")
 @one_sentence_errors
 def main(cfg: DictConfig) -> None:
-    problem = duplicate_override_keys(HydraConfig.get().overrides.task)
-    if problem:
-        raise UsageError(problem)
     report = build(cfg)
     md_path, json_path = report_paths(Path(report["output"]))
     t = report["totals"]

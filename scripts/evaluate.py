@@ -20,7 +20,7 @@ from omegaconf import DictConfig, ListConfig
 from cpo.cli import UsageError, one_sentence_errors
 from cpo.evaluation import (CORPUS_METRICS, evaluate_directions, markdown_table, parse_direction, summarize,
                             wmt22_directions)
-from cpo.io import atomic_write_json, atomic_write_text, check_readable_file, duplicate_override_keys
+from cpo.io import atomic_write_json, atomic_write_text, check_readable_file
 from cpo.languages import LANGUAGES
 from cpo.scoring import Scorer, ScorerConfigError, build_scorer
 
@@ -103,7 +103,12 @@ def collect_directions(cfg: DictConfig) -> dict[str, dict[str, str]]:
     dirs = cfg.wmt22.get("directions")
     for i, d in enumerate(dirs or []):
         _check_direction(str(d), f"wmt22.directions[{i}]")
-    return wmt22_directions(_abs(cfg.wmt22.root, "wmt22.root"), cfg.wmt22.system, list(dirs) if dirs else None)
+    # A system is a folder under the root (ALMA-13B-R) or, for outputs of scripts/generate.py, a folder of its own.
+    system = str(cfg.wmt22.system)
+    local = Path(to_absolute_path(system))
+    if ("/" in system or system.startswith(".")) and local.is_dir():
+        system = str(local)
+    return wmt22_directions(_abs(cfg.wmt22.root, "wmt22.root"), system, list(dirs) if dirs else None)
 
 
 def corpus_metric_names(cfg: DictConfig) -> list[str]:
@@ -150,9 +155,6 @@ def report(results: dict[str, dict[str, Any]], inputs: dict[str, dict[str, str]]
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
 @one_sentence_errors
 def main(cfg: DictConfig) -> None:
-    problem = duplicate_override_keys(HydraConfig.get().overrides.task)
-    if problem:
-        raise UsageError(problem)
     metrics = corpus_metric_names(cfg)
     directions = collect_directions(cfg)
     scorers = build_scorers(cfg)

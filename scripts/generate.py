@@ -27,13 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
 from cpo.cli import UsageError, one_sentence_errors
 from cpo.evaluation import WMT22_DIRECTIONS
-from cpo.io import DataError, atomic_write_lines, check_writable, duplicate_override_keys
+from cpo.io import DataError, atomic_write_lines, check_writable
 from cpo.languages import language_pair
 from cpo.parallel import FORMATS, ParallelData, read_parallel
 
@@ -386,9 +385,6 @@ def run(cfg: DictConfig) -> dict:
 @hydra.main(config_path="../conf", config_name="generate", version_base="1.3")
 @one_sentence_errors
 def main(cfg: DictConfig) -> None:
-    problem = duplicate_override_keys(HydraConfig.get().overrides.task)
-    if problem:
-        raise UsageError(problem)
     out = run(cfg)
     for d in out["directions"]:
         print(f"wrote {d['n']} translations ({d['direction']}) to {d['output']}"

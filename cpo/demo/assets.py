@@ -111,6 +111,9 @@ def _build_once(final: Path, build, progress, what: str) -> None:
         return
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it 0700: honour the umask, as a plain mkdir would
     try:
         t0 = time.time()
         progress(f"[demo] building {what} in {final} (first run only)")

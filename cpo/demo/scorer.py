@@ -6,6 +6,7 @@ It lives with the demo so that the scorer layer (``cpo.scoring``) never depends 
 from __future__ import annotations
 
 from cpo.demo.quality import DemoQualityEstimator
+from cpo.io import DataError
 from cpo.scoring.base import Scorer
 
 
@@ -24,4 +25,11 @@ class DemoQEScorer(Scorer):
         return str(self.estimator.identity)
 
     def _score(self, sources, hypotheses, references, tgt_lang):
-        return list(self.estimator.score(sources, hypotheses))
+        scores = []
+        for i, (src, hyp) in enumerate(zip(sources, hypotheses), 1):
+            try:
+                scores.append(self.estimator.score_one(src, hyp))
+            except ValueError as e:  # not a sentence of the demo's invented language
+                raise DataError(f"scorer {self.name}: source {i} is not a Zorbish sentence of the demo ({e}); "
+                                f"demo_qe scores only the demo task, use a COMET scorer (e.g. scorer=kiwi)") from None
+        return scores
