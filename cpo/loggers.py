@@ -58,32 +58,15 @@ def run_names(cfg: DictConfig) -> dict[str, str | None]:
         return {"name": cfg.loss.name, "group": cfg.experiment_name}
     if hc.mode != RunMode.MULTIRUN:
         return {"name": hc.job.override_dirname or cfg.loss.name, "group": cfg.experiment_name}
-    varying = sweep_keys(hc)
+    from hydra_plugins.cpo_grid_sweeper.grid import varying_keys
+
+    varying = varying_keys(hc)
     parts = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in varying]
     name = ",".join(sorted(parts)) or cfg.loss.name
     # An experiment's sweep directory is stable (re-launches resume into the same group); a plain
     # sweep is named by its date and time folders so that sweeps of different days never share one.
     group = cfg.experiment_name or "sweep-" + "/".join(Path(hc.sweep.dir).parts[-2:])
     return {"name": name, "group": group}
-
-
-def sweep_keys(hc) -> set[str]:
-    """Keys swept on the command line (a,b / range() / choice()) or in an experiment's sweeper params."""
-    import sys
-
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    keys: set[str] = set()
-    args = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
-    try:
-        for o in OverridesParser.create().parse_overrides(args):
-            if o.is_sweep_override():
-                keys.add(o.get_key_element().lstrip("+~"))
-    except Exception:  # an argument Hydra itself accepted but we cannot parse: fall back to all overrides
-        keys.update(a.split("=", 1)[0].lstrip("+~") for a in args)
-    params = hc.sweeper.get("params") or {}
-    keys.update(str(k) for k in params)
-    return keys
 
 
 def finish_wandb(loggers: list) -> None:

@@ -1,11 +1,14 @@
-"""Compare the jobs of a sweep: mean ± std over seeds per configuration, report and plots (conf/compare.yaml).
+"""Compare the jobs of a sweep under a fair protocol: select on validation, test against a baseline (conf/compare.yaml).
 
-    python scripts/compare.py sweep=multirun/2026-11-25/10-00-00
-    python scripts/compare.py source=wandb wandb.project=cpo wandb.group=sweep-10-00-00
+    python scripts/compare.py sweep=multirun/loss_ablation                 # baseline=sft, select_by=auto
+    python scripts/compare.py sweep=multirun/variants baseline=cpo select_by=val/chrf
+    python scripts/compare.py source=wandb wandb.project=cpo wandb.group=loss_ablation
 
-Writes report.md (Markdown table, best per column in bold, failed jobs), report.csv
-(<metric>_mean/_std/_n/_best columns), report.json and plots/*.png into the sweep folder
-(or out_dir). The logic is cpo.report; notebooks/ablations.ipynb reads what this writes.
+Per method (by default the loss), the grid point with the best mean validation score over its seeds
+is selected; the selected points are compared on the test split against the baseline, per metric:
+Welch's t-test over seeds and paired bootstrap resampling over test sentences (sacrebleu's, seeds
+pooled per sentence). Writes report.md, report.tex, report.csv, significance.csv, report.json and
+plots/*.png into the sweep folder (or out_dir). The logic is cpo.report.
 """
 from __future__ import annotations
 
@@ -13,8 +16,14 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
+
+
+def _given(key: str) -> bool:
+    """Whether ``key=`` was on the command line (a default baseline may be absent from a sweep; a given one may not)."""
+    return any(str(o).split("=", 1)[0].lstrip("+~") == key for o in HydraConfig.get().overrides.task)
 
 
 @hydra.main(config_path="../conf", config_name="compare", version_base="1.3")
@@ -23,9 +32,10 @@ def main(cfg: DictConfig) -> None:
 
     ignored = tuple(cfg.ignore_keys)
     try:
+        sweep = None
         if cfg.source == "local":
             if not cfg.sweep:
-                raise ValueError("give the sweep folder: sweep=multirun/<date>/<time>")
+                raise ValueError("give the sweep folder: sweep=multirun/<experiment> (or multirun/<date>/<time>)")
             sweep = Path(to_absolute_path(str(cfg.sweep)))
             jobs = report.load_sweep(sweep, ignored)
             source = str(cfg.sweep)
@@ -38,21 +48,30 @@ def main(cfg: DictConfig) -> None:
             out_dir = Path(to_absolute_path(str(cfg.out_dir or default)))
         else:
             raise ValueError(f"source={cfg.source!r}: expected local or wandb")
+        analysis = report.analyze(
+            jobs, select_by=str(cfg.select_by), baseline=str(cfg.baseline or ""), alpha=float(cfg.alpha),
+            tune_keys=tuple(cfg.tune_keys), allow_test_selection=bool(cfg.allow_test_selection),
+            bootstrap_samples=int(cfg.bootstrap.samples), bootstrap_seed=int(cfg.bootstrap.seed),
+            baseline_required=_given("baseline"),
+        )
     except (FileNotFoundError, ValueError, report.WandbUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
-    table = report.aggregate(jobs)
-    manifest = report.write_report(jobs, table, out_dir, source=source, plots=bool(cfg.plots))
-    print(report.render_markdown(jobs, table, source, {}, {}, out_dir).split("\n## Plots")[0])
-    print(f"wrote {out_dir / 'report.md'}, report.csv, report.json" + (f" and {len(manifest['plots'])} plots in {out_dir / 'plots'}" if manifest["plots"] else ""))
-    for name, why in manifest["skipped_plots"].items():
-        print(f"plot {name}: {why}")
+    manifest = report.write_report(analysis, out_dir, source=source, plots=bool(cfg.plots),
+                                   samples=int(cfg.bootstrap.samples), sweep_dir=sweep)
+    md = (out_dir / "report.md").read_text(encoding="utf-8")
+    print(md.split("\n## Every grid point")[0].split("\n## Figures")[0].rstrip() + "\n")
+    for line in manifest["verdict_sentences"]:
+        print(line)
+    print(f"wrote {out_dir / 'report.md'}, report.tex, report.csv, significance.csv, report.json"
+          + (f" and {len(manifest['plots'])} figures in {out_dir / 'plots'}" if manifest["plots"] else ""))
     if manifest["failed"]:
-        print(f"{len(manifest['failed'])} failed job(s): " + ", ".join(f["job"] for f in manifest["failed"]), file=sys.stderr)
+        failed = ", ".join(f["job"] for f in manifest["failed"])
+        print(f"{len(manifest['failed'])} failed job(s): {failed}", file=sys.stderr)
     if not manifest["completed"]:
-        print("error: no completed jobs to compare", file=sys.stderr)
-        sys.exit(1)
+        print(f"error: no completed jobs in {source}: every job failed (report.md lists why)", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

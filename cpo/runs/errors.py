@@ -67,4 +67,4 @@ class RunInterrupted(SystemExit):
 
     def __reduce__(self):
         # Rebuilt from its own arguments, not SystemExit's (code,): a joblib launcher pickles it back to the sweep.
-        return (type(self), (self.signum, self.checkpoint, self.step))
+        return (type(self), (self.signum, self.checkpoint, self.step), self.__dict__)

@@ -1,0 +1,209 @@
+"""A Hydra sweeper over a union of grids (``hydra/sweeper=cpo_grid``); see :mod:`.grid` for the job list.
+
+Everything else is the basic sweeper's: ``multirun.yaml`` in ``hydra.sweep.dir``, job numbers
+counted across batches, ``max_batch_size``, any launcher (basic, joblib, submitit), and a failed
+job (an exception) failing the sweep after its batch.
+
+One addition: a job that exits with a non-zero ``SystemExit`` (``cpo.runs.RunInterrupted``, e.g.
+on a SLURM time limit, or an app's ``sys.exit(2)``) stops the sweep: at once with the basic
+(in-process) launcher and with joblib (which aborts its batch); with launchers that run jobs
+elsewhere (submitit) after the batch already submitted. One line on stderr names that job and
+the jobs that did not run, and the sweep exits with the job's code. Jobs are numbered as before
+on a re-launch, so the same command continues where it stopped (train.py skips finished jobs).
+"""
+# No `from __future__ import annotations`: Hydra's plugin scan executes this module before it is in
+# sys.modules, where dataclasses cannot resolve string annotations.
+import functools
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+from .grid import GridError, expand_jobs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GridSweeperConf:
+    _target_: str = "hydra_plugins.cpo_grid_sweeper.grid_sweeper.GridSweeper"
+    max_batch_size: Optional[int] = None
+    # Crossed with every grid block (and used alone without a grid), as the basic sweeper's params.
+    params: Optional[Dict[str, Any]] = None
+    # A list of blocks {key: values}; the sweep is the union of their Cartesian products.
+    grid: Optional[List[Dict[str, Any]]] = None
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="cpo_grid", node=GridSweeperConf, provider="cpo")
+
+
+def _is_failure_exit(e: SystemExit) -> bool:
+    return e.code not in (None, 0)
+
+
+def _exit_text(e: SystemExit) -> str:
+    code = f"code {e.code}" if isinstance(e.code, int) else f"message {e.code!r}"
+    interrupted = any(c.__name__ == "RunInterrupted" for c in type(e).__mro__)  # cpo.runs, without importing cpo
+    return f"was interrupted (exit {code})" if interrupted else f"exited with {code}"
+
+
+@dataclass
+class JobExit:
+    """What a job's non-zero exit becomes under a launcher whose jobs run elsewhere (submitit, SLURM):
+    a result the launcher brings back, where an exit would only read "the job produced no output"."""
+
+    num: int
+    overrides: List[str]
+    code: Any
+    text: str               # "was interrupted (exit code 143)" or "exited with code 2"
+
+
+class _TaggedTask:
+    """The task function, unchanged, except for a job's non-zero ``SystemExit``: it carries the job's number
+    and overrides back to the sweeper (an attribute, which pickles with it through joblib), or, with
+    ``exit_as_result``, is returned as a :class:`JobExit`."""
+
+    def __init__(self, task_function: TaskFunction) -> None:
+        self.task_function = task_function
+        self.exit_as_result = False
+        functools.update_wrapper(self, task_function)
+
+    def __call__(self, cfg: DictConfig) -> Any:
+        try:
+            return self.task_function(cfg)
+        except SystemExit as e:
+            if not _is_failure_exit(e):
+                raise
+            try:
+                from hydra.core.hydra_config import HydraConfig
+
+                hc = HydraConfig.get()
+                e.sweep_job = (int(hc.job.num), [str(o) for o in hc.overrides.task])  # type: ignore[attr-defined]
+            except Exception:  # no Hydra state (a launcher that calls the task otherwise): untagged
+                raise e from None
+            if self.exit_as_result:
+                return JobExit(e.sweep_job[0], e.sweep_job[1], e.code, _exit_text(e))  # type: ignore[attr-defined]
+            raise
+
+
+def _ranges(nums: Sequence[int]) -> str:
+    """[4, 5, 6, 9] -> "#4-#6, #9"."""
+    parts: List[List[int]] = []
+    for n in sorted(nums):
+        if parts and parts[-1][1] == n - 1:
+            parts[-1][1] = n
+        else:
+            parts.append([n, n])
+    return ", ".join(f"#{a}" if a == b else f"#{a}-#{b}" for a, b in parts)
+
+
+def stopped_line(exc: SystemExit, n_jobs: int, batch_start: int, batch_len: int, sequential: bool) -> str:
+    """The one line printed when a job's non-zero exit (raised through the launcher) stops the sweep."""
+    job = getattr(exc, "sweep_job", None)
+    how = _exit_text(exc)
+    after = list(range(batch_start + batch_len, n_jobs))
+    not_run = f"did not run: {_ranges(after)} ({len(after)} jobs)" if after else ""
+    if job is not None and sequential:
+        num, overrides = job
+        head = f"job #{num} ({' '.join(overrides)}) {how}"
+        later = list(range(num + 1, batch_start + batch_len)) + after
+        tail = f"did not run: {_ranges(later)} ({len(later)} jobs)" if later else "it was the last job"
+    else:
+        head = (f"job #{job[0]} ({' '.join(job[1])})" if job is not None else "a job") + f" {how}"
+        others = [n for n in range(batch_start, batch_start + batch_len) if job is None or n != job[0]]
+        tail = "; ".join(t for t in (f"the other jobs of its parallel batch ({_ranges(others)}) may not have finished"
+                                     if others else "", not_run) if t) or "it was the last job"
+    return f"sweep stopped: {head}; {tail}; re-launch the same command to continue"
+
+
+def exits_line(exits: List[JobExit], n_jobs: int, batch_end: int) -> str:
+    """The one line for jobs that came back as :class:`JobExit`: the rest of their batch ran."""
+    heads = "; ".join(f"job #{x.num} ({' '.join(x.overrides)}) {x.text}" for x in exits)
+    after = list(range(batch_end, n_jobs))
+    tail = f"did not run: {_ranges(after)} ({len(after)} jobs)" if after else "no job was left to run"
+    return f"sweep stopped: {heads}; {tail}; re-launch the same command to continue"
+
+
+class GridSweeper(Sweeper):
+    """The basic sweeper's behaviour over :func:`expand_jobs`' job list."""
+
+    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, Any]] = None,
+                 grid: Optional[List[Dict[str, Any]]] = None) -> None:
+        super().__init__()
+        self.max_batch_size = max_batch_size
+        self.params = params or {}
+        self.grid = grid or []
+        self.hydra_context: Optional[HydraContext] = None
+        self.config: Optional[DictConfig] = None
+        self.launcher: Optional[Launcher] = None
+        self.jobs: List[List[str]] = []
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context = hydra_context
+        self.config = config
+        task = _TaggedTask(task_function)
+        self.launcher = Plugins.instance().instantiate_launcher(hydra_context=hydra_context, task_function=task,
+                                                                config=config)
+        # In-process jobs stop the sweep by raising, and joblib brings the exit back to this process; other
+        # launchers (submitit) run jobs elsewhere and would only report "no output": there the exit is a result.
+        task.exit_as_result = type(self.launcher).__name__ not in ("BasicLauncher", "JoblibLauncher")
+
+    def batches(self, jobs: List[List[str]]) -> List[List[List[str]]]:
+        n = self.max_batch_size
+        if n is None or n == -1:
+            return [jobs]
+        if n <= 0:
+            raise GridError(f"hydra.sweeper.max_batch_size={n}: give a positive number, or null for one batch")
+        return [jobs[i : i + n] for i in range(0, len(jobs), n)]
+
+    def sweep(self, arguments: List[str]) -> Any:
+        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        try:
+            self.jobs = expand_jobs(self.grid, self.params, arguments, self.hydra_context.config_loader)
+            batches = self.batches(self.jobs)
+        except GridError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        if self.grid:
+            log.info(f"Grid sweep: {len(self.grid)} blocks -> {len(self.jobs)} jobs")
+
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+
+        from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+
+        sequential = isinstance(self.launcher, BasicLauncher)  # in process, one job after the other
+        returns: List[Sequence[JobReturn]] = []
+        start = 0
+        for batch in batches:
+            tic = time.perf_counter()
+            self.validate_batch_is_legal(batch)
+            log.debug(f"Validated configs of {len(batch)} jobs in {time.perf_counter() - tic:0.2f} seconds")
+            try:
+                results = self.launcher.launch(batch, initial_job_idx=start)
+            except SystemExit as e:
+                if _is_failure_exit(e):
+                    print(stopped_line(e, len(self.jobs), start, len(batch), sequential), file=sys.stderr, flush=True)
+                raise
+            for r in results:
+                _ = r.return_value  # raises the job's exception if it failed, as the basic sweeper does
+            exits = [r.return_value for r in results if isinstance(r.return_value, JobExit)]
+            if exits:
+                print(exits_line(exits, len(self.jobs), start + len(batch)), file=sys.stderr, flush=True)
+                code = exits[0].code
+                sys.exit(code if isinstance(code, int) else 1)
+            start += len(batch)
+            returns.append(results)
+        return returns
