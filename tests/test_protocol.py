@@ -149,7 +149,7 @@ def main(cfg):
         if os.environ.get("STOP_KIND") == "interrupted":
             from cpo.runs import RunInterrupted
             raise RunInterrupted(15)
-        sys.exit(3)
+        sys.exit(int(os.environ.get("STOP_CODE", "2")))
     open(out, "w").write(" ".join(hc.overrides.task))
 
 
@@ -209,7 +209,11 @@ def test_interrupted_job_stops_the_sweep_and_a_relaunch_continues(toy_app):
     assert len(_done(toy_app / "out")) == 6
     # A plain non-zero exit (an app's error) stops the sweep the same way, with its own code.
     p = run_app(toy_app, "a=7,8", "hydra.sweep.dir=out2", env={"STOP_AT": "0"})
-    assert p.returncode == 3 and "sweep stopped: job #0 (a=7) exited with code 3; did not run: #1 (1 jobs)" in p.stderr
+    assert p.returncode == 2 and "sweep stopped: job #0 (a=7) exited with code 2; did not run: #1 (1 jobs)" in p.stderr
+    # A diverged job (exit 3) is a result of the grid: the sweep runs on and ends with 3, naming it.
+    p = run_app(toy_app, "a=7,8", "hydra.sweep.dir=out3", env={"STOP_AT": "0", "STOP_CODE": "3"})
+    assert p.returncode == 3 and "1 of 2 jobs diverged and have no results: #0 (a=7)" in p.stderr
+    assert list(_done(toy_app / "out3")) == ["1_a=8"]
 
 
 def test_grid_error_is_one_sentence(toy_app):
@@ -222,8 +226,8 @@ def test_grid_error_is_one_sentence(toy_app):
 def test_parallel_launcher_passes_the_interruption_back(toy_app):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     p = run_app(toy_app, "a=1,2,3", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", env={"STOP_AT": "1"})
-    assert p.returncode == 3, p.stderr
-    assert ("sweep stopped: job #1 (a=2) exited with code 3; the other jobs of its parallel batch (#0, #2) may not "
+    assert p.returncode == 2, p.stderr
+    assert ("sweep stopped: job #1 (a=2) exited with code 2; the other jobs of its parallel batch (#0, #2) may not "
             "have finished") in p.stderr
 
 

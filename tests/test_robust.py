@@ -201,3 +201,14 @@ def test_a_second_writer_is_refused(tmp_path):
     _one_sentence(p, 2, "is in use by another run", f"pid {os.getpid()}")
     assert not (tmp_path / "results.json").exists()
     assert run(compose(QUICK + ["trainer.max_steps=2", "save_policy=false"]), tmp_path)["global_steps"] == 2  # free again
+
+
+def test_a_diverged_grid_point_does_not_stop_the_sweep(tmp_path):
+    """A learning rate that diverges is a result of the grid: the sweep runs on and exits 3, naming the job."""
+    args = [sys.executable, "train.py", "-m", "beta=inf,0.1", "trainer.max_steps=3", "save_policy=false",
+            f"hydra.sweep.dir={tmp_path}"] + QUICK
+    p = subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 3, p.stderr[-3000:]
+    assert "sweep finished, but 1 of 2 jobs diverged" in p.stderr and "#0 (beta=inf)" in p.stderr
+    finished = [d.name for d in tmp_path.iterdir() if (d / "results.json").exists()]
+    assert len(finished) == 1 and finished[0].startswith("1_beta=0.1,"), finished

@@ -4,7 +4,10 @@ Everything else is the basic sweeper's: ``multirun.yaml`` in ``hydra.sweep.dir``
 counted across batches, ``max_batch_size``, any launcher (basic, joblib, submitit), and a failed
 job (an exception) failing the sweep after its batch.
 
-One addition: a job that exits with a non-zero ``SystemExit`` (``cpo.runs.RunInterrupted``, e.g.
+A job whose training diverged (train.py's exit status 3) is a result of the grid, not a reason to stop:
+the sweep goes on, and at its end one line lists the diverged jobs and the sweep exits with status 3.
+
+Otherwise, a job that exits with a non-zero ``SystemExit`` (``cpo.runs.RunInterrupted``, e.g.
 on a SLURM time limit, or an app's ``sys.exit(2)``) stops the sweep: at once with the basic
 (in-process) launcher and with joblib (which aborts its batch); with launchers that run jobs
 elsewhere (submitit) after the batch already submitted. One line on stderr names that job and
@@ -44,6 +47,9 @@ class GridSweeperConf:
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="cpo_grid", node=GridSweeperConf, provider="cpo")
+
+
+DIVERGED = 3  # train.py's exit status for a run that diverged (cpo.guards)
 
 
 def _is_failure_exit(e: SystemExit) -> bool:
@@ -90,6 +96,8 @@ class _TaggedTask:
                 e.sweep_job = (int(hc.job.num), [str(o) for o in hc.overrides.task])  # type: ignore[attr-defined]
             except Exception:  # no Hydra state (a launcher that calls the task otherwise): untagged
                 raise e from None
+            if e.code == DIVERGED:  # a failed grid point: recorded, and the sweep goes on
+                return JobExit(e.sweep_job[0], e.sweep_job[1], e.code, "diverged")  # type: ignore[attr-defined]
             if self.exit_as_result:
                 return JobExit(e.sweep_job[0], e.sweep_job[1], e.code, _exit_text(e))  # type: ignore[attr-defined]
             raise
@@ -167,6 +175,15 @@ class GridSweeper(Sweeper):
             raise GridError(f"hydra.sweeper.max_batch_size={n}: give a positive number, or null for one batch")
         return [jobs[i : i + n] for i in range(0, len(jobs), n)]
 
+    def _varying(self, overrides: List[str]) -> List[str]:
+        """The overrides of a job that differ between the jobs of this sweep (what names a grid point)."""
+        seen: Dict[str, set] = {}
+        for job in self.jobs:
+            for o in job:
+                key, _, value = o.partition("=")
+                seen.setdefault(key, set()).add(value)
+        return [o for o in overrides if len(seen.get(o.partition("=")[0], ())) > 1] or overrides
+
     def sweep(self, arguments: List[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         try:
@@ -186,6 +203,7 @@ class GridSweeper(Sweeper):
 
         sequential = isinstance(self.launcher, BasicLauncher)  # in process, one job after the other
         returns: List[Sequence[JobReturn]] = []
+        diverged: List[JobExit] = []
         start = 0
         for batch in batches:
             tic = time.perf_counter()
@@ -199,11 +217,19 @@ class GridSweeper(Sweeper):
                 raise
             for r in results:
                 _ = r.return_value  # raises the job's exception if it failed, as the basic sweeper does
-            exits = [r.return_value for r in results if isinstance(r.return_value, JobExit)]
+            diverged += [r.return_value for r in results
+                         if isinstance(r.return_value, JobExit) and r.return_value.code == DIVERGED]
+            exits = [r.return_value for r in results
+                     if isinstance(r.return_value, JobExit) and r.return_value.code != DIVERGED]
             if exits:
                 print(exits_line(exits, len(self.jobs), start + len(batch)), file=sys.stderr, flush=True)
                 code = exits[0].code
                 sys.exit(code if isinstance(code, int) else 1)
             start += len(batch)
             returns.append(results)
+        if diverged:
+            jobs = "; ".join(f"#{x.num} ({' '.join(self._varying(x.overrides))})" for x in diverged)
+            print(f"sweep finished, but {len(diverged)} of {len(self.jobs)} jobs diverged and have no results: {jobs}; "
+                  f"their reasons are in their train.log", file=sys.stderr, flush=True)
+            sys.exit(DIVERGED)
         return returns
