@@ -26,7 +26,10 @@ def main(cfg: DictConfig) -> None:
     except Diverged as e:
         fail(f"{e}; nothing was saved as finished (lower optim.lr or check the data, then rerun=true)", code=3)
     except RunInterrupted as e:
+        from cpo.console import note_in_log_file
+
         print(f"error: {e}", file=sys.stderr, flush=True)
+        note_in_log_file(f"error: {e}")
         raise
 
 

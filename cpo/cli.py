@@ -34,7 +34,10 @@ def describe(e: BaseException) -> str:
 
 
 def fail(message: str, code: int = 2) -> None:
+    from cpo.console import note_in_log_file
+
     print(f"error: {message}", file=sys.stderr, flush=True)
+    note_in_log_file(f"error: {message}")
     sys.exit(code)
 
 

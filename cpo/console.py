@@ -72,3 +72,11 @@ def say(msg: str) -> None:
 def interactive() -> bool:
     """True when a person watches a terminal (then progress bars are fine)."""
     return sys.stderr.isatty()
+
+
+def note_in_log_file(message: str) -> None:
+    """Write a line into the run's log file only (under Hydra: <run dir>/<app>.log), e.g. the one-sentence
+    error the console already shows on stderr, so that the folder itself says why the run failed."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(logging.LogRecord("cpo", logging.ERROR, __file__, 0, message, None, None))
