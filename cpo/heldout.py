@@ -46,15 +46,35 @@ def pair_metrics(policy, loader, pad_id: int) -> dict[str, float]:
     return {"pref_accuracy": wins / max(n, 1), "logp_margin": margin / max(n, 1), "pairs": n}
 
 
-def translation_metrics(policy, tokenizer, test: TestSet, scorers=(), gen: GenerationSettings = GenerationSettings(),
-                        progress: bool = False) -> Evaluation:
-    """Translate ``test`` and score it: corpus metrics (cpo.evaluation) and every scorer's segment scores."""
-    from cpo.evaluation import corpus_metrics
+def _translate_with_progress(policy, tokenizer, test: TestSet, gen: GenerationSettings, bar: bool, say) -> list[str]:
+    """All translations; a progress bar in a terminal, else a line about every 30 s (beam search on real data
+    takes minutes, and a log file should show that it is moving)."""
     from cpo.generation import translate
 
-    hyps = translate(policy, tokenizer, test.sources, test.src_lang, test.tgt_lang, batch_size=gen.batch_size,
-                     num_beams=gen.num_beams, max_new_tokens=gen.max_new_tokens, progress=progress,
-                     max_prompt_length=gen.max_prompt_length)
+    def run(sources: list[str], progress: bool) -> list[str]:
+        return translate(policy, tokenizer, sources, test.src_lang, test.tgt_lang, batch_size=gen.batch_size,
+                         num_beams=gen.num_beams, max_new_tokens=gen.max_new_tokens, progress=progress,
+                         max_prompt_length=gen.max_prompt_length)
+
+    if bar or len(test.sources) <= 4 * gen.batch_size:
+        return run(test.sources, bar)
+    hyps: list[str] = []
+    t0 = last = time.time()
+    chunk = 4 * gen.batch_size
+    for start in range(0, len(test.sources), chunk):
+        hyps += run(test.sources[start:start + chunk], False)
+        if time.time() - last >= 30:
+            last = time.time()
+            say(f"  translated {len(hyps)}/{len(test.sources)} ({len(hyps) / (last - t0):.1f} sentences/s)")
+    return hyps
+
+
+def translation_metrics(policy, tokenizer, test: TestSet, scorers=(), gen: GenerationSettings = GenerationSettings(),
+                        progress: bool = False, say=print) -> Evaluation:
+    """Translate ``test`` and score it: corpus metrics (cpo.evaluation) and every scorer's segment scores."""
+    from cpo.evaluation import corpus_metrics
+
+    hyps = _translate_with_progress(policy, tokenizer, test, gen, progress, say)
     metrics = corpus_metrics(hyps, test.references, test.tgt_lang, sources=test.sources, src_lang=test.src_lang)
     segment: dict[str, list[float]] = {}
     for scorer in scorers:  # scored here, not inside corpus_metrics, to keep the segment scores
@@ -75,7 +95,7 @@ def evaluate_policy(policy, tokenizer, heldout_loader, pad_id: int, test: TestSe
     if test is not None:
         say(f"translating {len(test.sources)} test sentences ({test.src_lang}-{test.tgt_lang}, beam {gen.num_beams}, "
             f"up to {gen.max_new_tokens} new tokens)")
-        ev = translation_metrics(policy, tokenizer, test, scorers, gen, progress)
+        ev = translation_metrics(policy, tokenizer, test, scorers, gen, progress, say)
         metrics.update({k: v for k, v in ev.metrics.items() if isinstance(v, (int, float)) and k != "n"})
         metrics.update({k: v for k, v in ev.metrics.items() if k.endswith("_signature")})
         rows = ev.rows

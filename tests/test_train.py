@@ -178,3 +178,52 @@ def test_lazy_policy_path_trains_and_saves(tmp_path):
     res = run(compose(SMALL_DEMO + ["logger=none", "build_in_configure_model=true", "trainer.max_steps=2", "evaluate.before_after=false"]), tmp_path)
     assert res["global_steps"] == 2 and res["trainable_parameters"] > 0
     AutoModelForCausalLM.from_pretrained(tmp_path / "policy")
+
+
+def test_warmup_steps_are_rounded_up_as_the_hf_trainer(tiny_tok_model):
+    """ALMA-R's HF Trainer takes ceil(warmup_ratio * steps): 1% of 140 steps is 2 warm-up steps, not round()'s 1."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import Precision
+
+    from cpo.losses import PreferenceLoss
+    from cpo.module import OptimSettings, PreferenceModule
+
+    _, model = tiny_tok_model
+    module = PreferenceModule(model, PreferenceLoss("cpo"), OptimSettings(lr=1.0, warmup_ratio=0.01), pad_id=0)
+    dm = SimpleNamespace(micro_batches_per_epoch=lambda world: 1000)
+    module._trainer = SimpleNamespace(precision_plugin=Precision(), datamodule=dm, world_size=1, limit_train_batches=1.0,
+                                      accumulate_grad_batches=1, max_epochs=1, max_steps=140)
+    sched = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert [round(f(1), 3) for f in sched.lr_lambdas] == [0.5, 0.5]  # step 1 of 2 warm-up steps
+
+
+def test_a_short_run_logs_validates_records_provenance_and_reads_well_in_a_log_file(tmp_path):
+    """A 5-step run (fewer steps than log_every_n_steps, stopped mid-epoch) still logs train and val metrics,
+    validates at its end, records what produced it, and prints each line once with no progress-bar flood."""
+    import csv
+    import hashlib
+
+    cmd = [sys.executable, "train.py", f"hydra.run.dir={tmp_path}", "logger=csv", "trainer.max_steps=5",
+           "evaluate.before_after=false", "save_policy=false"] + SMALL_DEMO
+    p = subprocess.run(cmd, cwd=REPO, env=_clean_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = p.stdout + p.stderr
+    assert "\r" not in out and "Tip:" not in out and "pkg_resources" not in out  # not a terminal: no bar
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert lines.count("GPU available: False, used: False") == 1  # Lightning's lines once, not twice
+    assert any(line.startswith("data demo:") for line in (tmp_path / "train.log").read_text().splitlines()
+               for line in [line.split(" - ", 1)[-1]])  # the project's own messages are in the run's log file
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert any(r.get("train/loss") for r in rows) and any(r.get("val/loss") for r in rows)
+    assert any(r.get("val/bleu") and r.get("val/off_target") for r in rows)  # translations scored at validation
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["global_steps"] == 5 and "val/bleu" in res["val"] and "train/loss" in res["train"]
+    prov = res["provenance"]
+    assert set(prov["versions"]) >= {"torch", "transformers", "peft", "lightning", "sacrebleu", "unbabel-comet"}
+    assert prov["git"]["commit"] and isinstance(prov["git"]["dirty"], bool)
+    assert prov["batch"] == res["global_batch"] == {"per_device": 8, "devices": 1, "nodes": 1, "accumulate": 1,
+                                                     "global_batch": 8}
+    train_file = next(f for f in prov["data_files"] if f.endswith("train.jsonl"))
+    assert prov["data_files"][train_file] == hashlib.sha256(Path(train_file).read_bytes()).hexdigest()

@@ -29,12 +29,14 @@ class DemoData(DataSource):
 
         assets = ensure_demo_assets(ctx.cache_dir, self.settings, progress=ctx.progress)
         train, val = read_preference_jsonl(assets.train_file), read_preference_jsonl(assets.val_file)
-        # Greedy decoding of short sentences is enough here and keeps the demo fast (real data: 5 beams, SPEC 6).
         # Validation translations are scored against the rule-computed, clean translations of the held-out
         # sources, not the gilded references of the preference data (which carry the translator's habits).
         sources = list(dict.fromkeys(e.source for e in val))
         dev = TestSet(sources, [translate(s) for s in sources], SRC, TGT, label="clean reference")
+        files = [str(assets.train_file), str(assets.val_file), str(assets.test_file)]
         return RunData(
             train, val, read_test_file(str(assets.test_file)), dev, models={"demo": str(assets.model_dir)},
-            default_scorers=("demo_qe",), generation={"num_beams": 1, "max_new_tokens": 64}, files=[str(assets.train_file), str(assets.val_file), str(assets.test_file)],
+            default_scorers=("demo_qe",), files=files,
+            # Greedy decoding of short sentences is enough here and keeps the demo fast (real data: 5 beams, SPEC 6).
+            generation={"num_beams": 1, "max_new_tokens": 64},
         )
