@@ -26,7 +26,8 @@ def main(cfg: DictConfig) -> None:
     try:
         one_sentence_errors(run)(cfg, HydraConfig.get().runtime.output_dir)
     except MisconfigurationException as e:  # a trainer.* setting Lightning refuses
-        fail(f"a trainer setting is refused by Lightning: {str(e).strip().splitlines()[0]} (see conf/train.yaml, trainer:)")
+        fail(f"a trainer setting is refused by Lightning: {str(e).strip().splitlines()[0]} "
+             "(see conf/train.yaml, trainer:)")
     except Diverged as e:
         fail(f"{e}; nothing was saved as finished (lower optim.lr or check the data, then rerun=true)", code=3)
     except RunInterrupted as e:

@@ -30,8 +30,9 @@ class TranslationEval(L.Callback):
         from cpo.generation import translate
 
         d = self.dev
-        hyps = translate(pl_module.policy, self.tokenizer, d.sources, d.src_lang, d.tgt_lang, batch_size=self.batch_size,
-                         num_beams=1, max_new_tokens=self.max_new_tokens, max_prompt_length=self.max_prompt_length)
+        hyps = translate(pl_module.policy, self.tokenizer, d.sources, d.src_lang, d.tgt_lang,
+                         batch_size=self.batch_size, num_beams=1, max_new_tokens=self.max_new_tokens,
+                         max_prompt_length=self.max_prompt_length)
         m = corpus_metrics(hyps, d.references, d.tgt_lang, sources=d.sources, scorers=self.scorers, src_lang=d.src_lang,
                            metrics=self.metrics)
         metrics = {f"val/{k}": float(v) for k, v in m.items() if isinstance(v, (int, float)) and k != "n"}

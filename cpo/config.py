@@ -31,15 +31,19 @@ def validate(cfg: DictConfig) -> None:
     _need(isinstance(beta, (int, float)) and not isinstance(beta, bool) and beta > 0, f"beta must be > 0, got {beta}")
     _need(loss.alpha >= 0, f"loss.alpha must be >= 0, got {loss.alpha}")
     _need(0 <= loss.label_smoothing < 0.5, f"loss.label_smoothing must be in [0, 0.5), got {loss.label_smoothing}")
-    _need(loss.reference in REFERENCE_MODES, f"loss.reference={loss.reference!r} is not one of {', '.join(REFERENCE_MODES)}")
-    _need(loss.kind != "dpo" or loss.reference != "none", "loss=dpo needs loss.reference (auto, reference_adapter, adapter_disabled, frozen_copy or cached)")
+    _need(loss.reference in REFERENCE_MODES,
+          f"loss.reference={loss.reference!r} is not one of {', '.join(REFERENCE_MODES)}")
+    _need(loss.kind != "dpo" or loss.reference != "none",
+          "loss=dpo needs loss.reference (auto, reference_adapter, adapter_disabled, frozen_copy or cached)")
     try:  # the loss's own checks (ORPO on averaged log-probs, ARPO's tau, ...) as one sentence, not a traceback
         PreferenceLoss.from_config(OmegaConf.to_container(loss, resolve=True))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     _need(data.batch_size >= 1, f"data.batch_size must be >= 1, got {data.batch_size}")
-    _need(data.max_prompt_length < data.max_length, f"data.max_prompt_length ({data.max_prompt_length}) must be < data.max_length ({data.max_length})")
-    _need(not OmegaConf.is_missing(model, "name_or_path"), "model.name_or_path is required (a hub name or a local path)")
+    _need(data.max_prompt_length < data.max_length,
+          f"data.max_prompt_length ({data.max_prompt_length}) must be < data.max_length ({data.max_length})")
+    _need(not OmegaConf.is_missing(model, "name_or_path"),
+          "model.name_or_path is required (a hub name or a local path)")
     if model.lora is not None:
         _need(model.lora.r >= 1, f"model.lora.r must be >= 1, got {model.lora.r}")
         _need(len(model.lora.target_modules) > 0, "model.lora.target_modules is empty")
@@ -49,9 +53,11 @@ def validate(cfg: DictConfig) -> None:
           f"optim.eps must be in (0, 1), got {o.eps} (0 divides by zero for a parameter whose gradient is 0)")
     _need(0 <= o.warmup_ratio < 1, f"optim.warmup_ratio must be in [0, 1), got {o.warmup_ratio}")
     _need(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
-    _need(cfg.optim.schedule in ("inverse_sqrt", "cosine", "linear", "constant"), f"optim.schedule={cfg.optim.schedule!r} is not one of inverse_sqrt, cosine, linear, constant")
+    _need(cfg.optim.schedule in ("inverse_sqrt", "cosine", "linear", "constant"),
+          f"optim.schedule={cfg.optim.schedule!r} is not one of inverse_sqrt, cosine, linear, constant")
     _need(cfg.logger.name in ("wandb", "csv", "none"), f"logger={cfg.logger.name!r} is not one of wandb, csv, none")
-    _need(cfg.logger.name != "wandb" or cfg.logger.get("mode") in ("offline", "online", "disabled"), f"logger.mode={cfg.logger.get('mode')!r} is not one of offline, online, disabled")
+    _need(cfg.logger.name != "wandb" or cfg.logger.get("mode") in ("offline", "online", "disabled"),
+          f"logger.mode={cfg.logger.get('mode')!r} is not one of offline, online, disabled")
     # The data source checks its own keys (files exist, pairs are directions, ...) when it is built.
     from cpo.data.sources import build_source
 

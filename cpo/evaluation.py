@@ -217,7 +217,9 @@ def summarize(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, A
             continue
         keys = [k for k in _numeric_keys(results[dirs[0]]) if all(k in results[d] for d in dirs)]
         values = {k: [results[d][k] for d in dirs] for k in keys}
-        avg: dict[str, Any] = {k: sum(v) if k in COUNT_KEYS else _mean([float(x) for x in v]) for k, v in values.items()}
+        avg: dict[str, Any] = {
+            k: sum(v) if k in COUNT_KEYS else _mean([float(x) for x in v]) for k, v in values.items()
+        }
         avg["directions"] = list(dirs)
         summary[group] = avg
     return summary

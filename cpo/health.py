@@ -71,7 +71,9 @@ class LanguageIdentifier:
         try:
             from py3langid.langid import MODEL_FILE, LanguageIdentifier as _Model
         except ImportError as e:  # a declared dependency; say which
-            raise ImportError(f"off_target needs the py3langid package (pip install 'py3langid>=0.2.2,<0.3'): {e}") from e
+            raise ImportError(
+                f"off_target needs the py3langid package (pip install 'py3langid>=0.2.2,<0.3'): {e}"
+            ) from e
         model = _Model.from_pickled_model(MODEL_FILE, norm_probs=False)
         self.languages: tuple[str, ...] = tuple(model.nb_classes)
         self._ptc = np.asarray(model.nb_ptc, dtype=np.float32)  # [features, languages], as py3langid computes

@@ -37,7 +37,10 @@ def pair_metrics(policy, loader, pad_id: int) -> dict[str, float]:
     try:
         for batch in loader:
             b = {k: v.to(device) for k, v in batch.items()}
-            c, r = completion_logps(policy, b["prompt_ids"], b["prompt_mask"], [(b["chosen_ids"], b["chosen_mask"]), (b["rejected_ids"], b["rejected_mask"])], pad_id)
+            c, r = completion_logps(
+                policy, b["prompt_ids"], b["prompt_mask"],
+                [(b["chosen_ids"], b["chosen_mask"]), (b["rejected_ids"], b["rejected_mask"])], pad_id,
+            )
             n += c.sum.shape[0]
             wins += float((c.sum > r.sum).sum())
             margin += float((c.sum - r.sum).sum())
@@ -86,8 +89,8 @@ def translation_metrics(policy, tokenizer, test: TestSet, scorers=(), gen: Gener
     return Evaluation(metrics, rows)
 
 
-def evaluate_policy(policy, tokenizer, heldout_loader, pad_id: int, test: TestSet | None, scorers, gen: GenerationSettings,
-                    say=print, progress: bool = False) -> Evaluation:
+def evaluate_policy(policy, tokenizer, heldout_loader, pad_id: int, test: TestSet | None, scorers,
+                    gen: GenerationSettings, say=print, progress: bool = False) -> Evaluation:
     """Pair metrics on the held-out pairs (when any) and translation metrics on ``test`` (when given)."""
     t0 = time.time()
     metrics = pair_metrics(policy, heldout_loader, pad_id) if heldout_loader is not None else {}

@@ -363,8 +363,11 @@ def check_outputs_with_report(output: str | os.PathLike, overwrite: bool, key: s
         check_writable(p, overwrite)
 
 
-def write_jsonl_with_report(output: str | os.PathLike, rows: Iterable[dict], report: dict, markdown: str, overwrite: bool) -> None:
-    """The JSONL and its two reports, each atomic; re-checked first, since another run may have written them meanwhile."""
+def write_jsonl_with_report(
+    output: str | os.PathLike, rows: Iterable[dict], report: dict, markdown: str, overwrite: bool
+) -> None:
+    """The JSONL and its two reports, each atomic; re-checked first, since another run may have written
+    them meanwhile."""
     check_outputs_with_report(output, overwrite)
     md_path, json_path = report_paths(output)
     atomic_write_jsonl(output, rows)

@@ -20,7 +20,8 @@ def build_loggers(cfg: DictConfig, out_dir: Path, resume_step: int | None = None
     if lg.name == "csv":
         return [csv]
     wandb_dir = out_dir / "wandb_files"
-    for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"), ("WANDB_CONFIG_DIR", "config")):
+    for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"),
+                     ("WANDB_CONFIG_DIR", "config")):
         (wandb_dir / sub).mkdir(parents=True, exist_ok=True)
         os.environ[var] = str(wandb_dir / sub)  # keep every W&B file in the run directory, never in $HOME
     os.environ.setdefault("WANDB_DISABLE_GIT", "true")

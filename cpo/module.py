@@ -82,14 +82,17 @@ class PreferenceModule(L.LightningModule):
     # ------------------------------------------------------------------ forward pieces
     def _logps(self, model: nn.Module, batch: dict, sides: Sequence[str]) -> dict[str, CompletionLogps]:
         fn = FORWARDS[self.forward_mode] if len(sides) > 1 else completion_logps
-        outs = fn(model, batch["prompt_ids"], batch["prompt_mask"], [(batch[f"{s}_ids"], batch[f"{s}_mask"]) for s in sides], self.pad_id)
+        outs = fn(model, batch["prompt_ids"], batch["prompt_mask"],
+                  [(batch[f"{s}_ids"], batch[f"{s}_mask"]) for s in sides], self.pad_id)
         return dict(zip(sides, outs))
 
     def _reference_logps(self, batch: dict) -> tuple[Tensor, Tensor]:
         if "ref_chosen_logps" in batch:
             return batch["ref_chosen_logps"], batch["ref_rejected_logps"]
         if self.reference is None:
-            raise RuntimeError("DPO needs a reference: set loss.reference to auto, adapter_disabled, frozen_copy or cached")
+            raise RuntimeError(
+                "DPO needs a reference: set loss.reference to auto, adapter_disabled, frozen_copy or cached"
+            )
         with torch.no_grad(), self.reference.model_for(self.policy) as ref_model:
             out = self._logps(ref_model, batch, ("chosen", "rejected"))
         return out["chosen"].sum, out["rejected"].sum
@@ -135,7 +138,8 @@ class PreferenceModule(L.LightningModule):
         # Lightning divides by accumulate_grad_batches and DDP averages over ranks; multiplying by
         # both and dividing by the window totals makes the gradient that of one large batch:
         # mean preference loss over its pairs + alpha * token-mean NLL over its tokens (eq. 3 + eq. 4).
-        scale = (self.trainer.accumulate_grad_batches if train and self._trainer else 1) * (self.trainer.world_size if self._trainer else 1)
+        scale = ((self.trainer.accumulate_grad_batches if train and self._trainer else 1)
+                 * (self.trainer.world_size if self._trainer else 1))
         window_pairs, window_tokens = batch["window_pairs"].clamp(min=1), batch["window_tokens"].clamp(min=1)
         share = pref_sum / window_pairs  # this micro-batch's share of the window's loss
         if lf.alpha:
@@ -181,7 +185,8 @@ class PreferenceModule(L.LightningModule):
         self.log("train/loss", metrics.pop("loss"), prog_bar=True, batch_size=n)
         # Summed over ranks (and over a window's micro-batches) this is exactly the loss of the
         # global batch, so runs on different device counts can be compared step by step.
-        self.log("train/loss_global", stats["loss_share"], reduce_fx="sum", sync_dist=True, on_step=True, on_epoch=False, batch_size=n)
+        self.log("train/loss_global", stats["loss_share"], reduce_fx="sum", sync_dist=True, on_step=True,
+                 on_epoch=False, batch_size=n)
         self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=n)
         return loss
 

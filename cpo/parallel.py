@@ -152,7 +152,8 @@ def _read_text(path: Path, src_lang, tgt_lang, ref, references: str) -> Parallel
         ref_path = check_readable_file(ref, "ref")
         refs = read_lines(ref_path)
         if len(refs) != len(sources):
-            raise DataError(f"files are not aligned: source {path} has {len(sources)} lines, reference {ref_path} has {len(refs)} lines")
+            raise DataError(f"files are not aligned: source {path} has {len(sources)} lines, "
+                            f"reference {ref_path} has {len(refs)} lines")
         for i, r in enumerate(refs, 1):
             if is_blank(r):
                 raise DataError(f"{ref_path}:{i}: empty reference line")
@@ -165,7 +166,8 @@ def _read_text(path: Path, src_lang, tgt_lang, ref, references: str) -> Parallel
 def _translation_record(obj: dict, where: str, src_lang: str, tgt_lang: str, want_ref: bool) -> tuple[str, str | None]:
     tr = obj.get("translation")
     if not isinstance(tr, dict):
-        raise DataError(f"{where}: field 'translation' must be an object like {{\"{src_lang}\": ..., \"{tgt_lang}\": ...}}")
+        raise DataError(f"{where}: field 'translation' must be an object like "
+                        f"{{\"{src_lang}\": ..., \"{tgt_lang}\": ...}}")
     source = _field(tr, src_lang, f"{where}: translation")
     ref = _field(tr, tgt_lang, f"{where}: translation", required=False) if want_ref else None
     return source, ref

@@ -250,7 +250,9 @@ def noised_system_name(system: str) -> str:
     return f"noised({system})"
 
 
-def noised_pair(candidates: list[Candidate], source: str, settings: NoiseSettings, tgt_lang: str | None = None) -> tuple[Selection, dict | None]:
+def noised_pair(
+    candidates: list[Candidate], source: str, settings: NoiseSettings, tgt_lang: str | None = None
+) -> tuple[Selection, dict | None]:
     """(chosen = argmax candidate, rejected = its noised copy) and the noise edit counts."""
     if not candidates:
         return Selection(None, None, DROP_TOO_FEW), None
@@ -375,7 +377,8 @@ def build_pairs(
         if name not in scores:
             raise ValueError(f"candidate system {name!r} has texts but no scores")
         if len(candidates[name]) != len(sources) or len(scores[name]) != len(sources):
-            raise ValueError(f"candidate system {name!r}: {len(candidates[name])} texts / {len(scores[name])} scores for {len(sources)} sources")
+            raise ValueError(f"candidate system {name!r}: {len(candidates[name])} texts / {len(scores[name])} scores "
+                             f"for {len(sources)} sources")
     if references is not None and len(references) != len(sources):
         raise ValueError(f"{len(references)} references for {len(sources)} sources")
     rows, counts = [], BuildCounts()

@@ -83,7 +83,8 @@ class PromptEncoder:
         return self._head + self._ids(text)
 
     def encode_text(self, text: str, cue_tokens: int = 0) -> EncodedPrompt | None:
-        """Ids of an already formatted prompt; ``cue_tokens`` trailing tokens must survive with at least one before them."""
+        """Ids of an already formatted prompt; ``cue_tokens`` trailing tokens must survive with at least one
+        before them."""
         full = self.full_ids(text)
         if self.max_length is None or len(full) <= self.max_length:
             return EncodedPrompt(text, full, full, False)

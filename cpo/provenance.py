@@ -10,7 +10,9 @@ import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-PACKAGES = ("torch", "transformers", "peft", "lightning", "sacrebleu", "unbabel-comet", "tokenizers", "trl", "deepspeed")
+PACKAGES = (
+    "torch", "transformers", "peft", "lightning", "sacrebleu", "unbabel-comet", "tokenizers", "trl", "deepspeed"
+)
 REPO = Path(__file__).resolve().parents[1]
 
 

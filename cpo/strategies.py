@@ -50,4 +50,5 @@ def deepspeed(stage: int = 2, offload_optimizer: bool = False, offload_parameter
         from lightning.pytorch.strategies import DeepSpeedStrategy
     except ImportError as e:  # pragma: no cover
         raise RuntimeError("strategy=deepspeed_*: `pip install cpo[deepspeed]`") from e
-    return DeepSpeedStrategy(stage=stage, offload_optimizer=offload_optimizer, offload_parameters=offload_parameters, **kwargs)
+    return DeepSpeedStrategy(stage=stage, offload_optimizer=offload_optimizer, offload_parameters=offload_parameters,
+                             **kwargs)

@@ -14,5 +14,6 @@ def is_blank(text: str) -> bool:
 
 
 def normalize_space(text: str) -> str:
-    """Runs of whitespace and zero-width characters as one space, trimmed: two texts that read the same compare equal."""
+    """Runs of whitespace and zero-width characters as one space, trimmed: two texts that read the same
+    compare equal."""
     return _INVISIBLE.sub(" ", text).strip()

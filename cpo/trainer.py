@@ -75,7 +75,9 @@ def trainer_kwargs(cfg: DictConfig, plan: BatchPlan) -> dict[str, Any]:
     """``cfg.trainer`` as Lightning takes it: the strategy instantiated, the accumulation from the plan."""
     from hydra.utils import instantiate
 
-    kwargs: dict[str, Any] = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
+    kwargs: dict[str, Any] = {
+        k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None
+    }
     if isinstance(kwargs.get("strategy"), dict):
         kwargs["strategy"] = instantiate(cfg.trainer.strategy)
     kwargs["accumulate_grad_batches"] = plan.accumulate

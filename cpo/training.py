@@ -100,11 +100,14 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
             if decision.action == "skip":
                 say(f"{out_dir}: already finished with this configuration; skipping (rerun=true trains it again)")
                 if cfg.save_policy and not decision.results.get("policy_dir"):
-                    say(f"note: that run saved no policy/ (save_policy was false); rerun=true trains it again to save one")
+                    say(f"note: that run saved no policy/ (save_policy was false); "
+                        f"rerun=true trains it again to save one")
                 return decision.results
             folder.start(decision, OmegaConf.to_container(cfg, resolve=True))
             say(decision.reason)
-            os.environ["CPO_RUN_DECISION"] = json.dumps({"ckpt_path": decision.ckpt_path, "log_step": decision.log_step})
+            os.environ["CPO_RUN_DECISION"] = json.dumps(
+                {"ckpt_path": decision.ckpt_path, "log_step": decision.log_step}
+            )
         shared = json.loads(os.environ["CPO_RUN_DECISION"])
         try:
             return _Run(cfg, out_dir, plan, folder, shared["ckpt_path"], shared["log_step"]).execute()
@@ -152,9 +155,9 @@ class _Run:
             max_prompt_length=d.max_prompt_length, max_length=d.max_length, prompt_truncation=d.prompt_truncation,
             nll_target=loss.nll_target, group_by_length=d.group_by_length, seed=cfg.seed, num_workers=d.num_workers,
         )
-        say(f"data {d.name}: {len(dm.train_pairs)} train / {len(dm.val_pairs)} val pairs; tokenization {dm.drop_counts}; "
-            f"global batch {self.plan.global_batch} = {self.plan.per_device} per device x {self.plan.devices} devices x "
-            f"{self.plan.nodes} nodes x {self.plan.accumulate} accumulated")
+        say(f"data {d.name}: {len(dm.train_pairs)} train / {len(dm.val_pairs)} val pairs; "
+            f"tokenization {dm.drop_counts}; global batch {self.plan.global_batch} = {self.plan.per_device} per device "
+            f"x {self.plan.devices} devices x {self.plan.nodes} nodes x {self.plan.accumulate} accumulated")
         reference = self._reference(policy)
         self.module = PreferenceModule(policy if policy is not None else make_policy, loss,
                                        OptimSettings(**OmegaConf.to_container(cfg.optim)), dm.collator.pad_id,

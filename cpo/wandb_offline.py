@@ -24,7 +24,9 @@ def read_offline_run(run_dir: str | Path) -> dict:
         rec.ParseFromString(data)
         kind = rec.WhichOneof("record_type")
         if kind == "history":
-            out["history"].append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in rec.history.item})
+            out["history"].append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in rec.history.item}
+            )
         elif kind == "run":
             r = rec.run
             out.update(name=r.display_name, group=r.run_group, job_type=r.job_type, tags=list(r.tags))

@@ -35,29 +35,37 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=3, help="training steps per repetition (distinct batches)")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--against", choices=["trl"], default=None, help="also run TRL's CPOTrainer, interleaved")
-    p.add_argument("--no-shared-prompt", dest="shared_prompt", action="store_false", help="concatenated forward instead of the prompt KV cache")
+    p.add_argument("--no-shared-prompt", dest="shared_prompt", action="store_false",
+                   help="concatenated forward instead of the prompt KV cache")
     p.add_argument("--kv-cache", dest="packed", action="store_false",
-                   help="share the prompt through the KV cache instead of the packed forward (the module's default, forward=packed)")
+                   help="share the prompt through the KV cache instead of the packed forward "
+                        "(the module's default, forward=packed)")
     p.add_argument("--no-fused-adamw", dest="fused_adamw", action="store_false",
                    help="for-loop AdamW instead of the fused one (TRL's default), for every implementation")
-    p.add_argument("--gradient-checkpointing", action="store_true", help="on both sides (TRL's CPOConfig defaults to it; ours does not)")
-    p.add_argument("--vocab-size", type=int, default=None, help="pad the model's vocabulary to this size (e.g. 32000, LLaMA-2's)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="on both sides (TRL's CPOConfig defaults to it; ours does not)")
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help="pad the model's vocabulary to this size (e.g. 32000, LLaMA-2's)")
     p.add_argument("--levers", action="store_true", help="also measure each lever on/off for CPO")
     p.add_argument("--memory", choices=["subprocess", "off"], default="subprocess", help="peak-RSS probes (CPU)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--loss", nargs="+", default=list(LOSSES), choices=LOSSES, help="our implementations to run, by loss")
+    p.add_argument("--loss", nargs="+", default=list(LOSSES), choices=LOSSES,
+                   help="our implementations to run, by loss")
     p.add_argument("--forward", nargs="+", default=[], choices=FORWARDS, help="also CPO with each of these forwards")
-    p.add_argument("--lora-r", type=int, default=None, help="LoRA of this rank on a frozen base shared by every implementation")
+    p.add_argument("--lora-r", type=int, default=None,
+                   help="LoRA of this rank on a frozen base shared by every implementation")
     p.add_argument("--lora-targets", nargs="+", default=["down_proj"], help="LoRA target projections")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: bf16 weights, bf16 autocast")
     p.add_argument("--lengths", choices=LENGTHS, default="demo",
                    help="demo sentences, ALMA-R's token lengths, or every pair at its bounds (256 prompt, 512 total)")
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("generation (--generation runs only this)")
-    g.add_argument("--generation", action="store_true", help="batched vs one-at-a-time beam search (cpo.generation.translate)")
+    g.add_argument("--generation", action="store_true",
+                   help="batched vs one-at-a-time beam search (cpo.generation.translate)")
     g.add_argument("--gen-sentences", type=int, default=64, help="sentences per batched repetition")
     g.add_argument("--gen-single", type=int, default=8, help="sentences per one-at-a-time repetition")
-    g.add_argument("--gen-batch-size", type=int, nargs="+", default=[16, 64], help="batch sizes (translate's default is 16)")
+    g.add_argument("--gen-batch-size", type=int, nargs="+", default=[16, 64],
+                   help="batch sizes (translate's default is 16)")
     g.add_argument("--num-beams", type=int, default=5)
     g.add_argument("--max-new-tokens", type=int, default=24)
     return p.parse_args(argv)
@@ -71,12 +79,14 @@ def main(argv=None) -> dict:
     ns = parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if ns.device == "auto" else ns.device
     if ns.generation:
-        summary = run_generation_bench(ns.model, ns.threads, ns.gen_sentences, ns.gen_single, ns.gen_batch_size, ns.num_beams,
-                                       ns.max_new_tokens, reps=3 if ns.reps > 1 else 1, seed=ns.seed, device=device,
+        summary = run_generation_bench(ns.model, ns.threads, ns.gen_sentences, ns.gen_single, ns.gen_batch_size,
+                                       ns.num_beams, ns.max_new_tokens, reps=3 if ns.reps > 1 else 1, seed=ns.seed,
+                                       device=device,
                                        dtype="bfloat16" if ns.precision == "bf16" else "float32", lengths=ns.lengths)
     else:
         args = BenchArgs(models=ns.model, batch_size=ns.batch_size, threads=ns.threads, reps=ns.reps, warmup=ns.warmup,
-                         steps=ns.steps, lr=ns.lr, against=ns.against, shared_prompt=ns.shared_prompt, fused_adamw=ns.fused_adamw,
+                         steps=ns.steps, lr=ns.lr, against=ns.against, shared_prompt=ns.shared_prompt,
+                         fused_adamw=ns.fused_adamw,
                          levers=ns.levers, memory=ns.memory, device=device, seed=ns.seed,
                          vocab_size=ns.vocab_size, gradient_checkpointing=ns.gradient_checkpointing,
                          packed=ns.packed, losses=tuple(ns.loss), forwards=tuple(ns.forward), lora_r=ns.lora_r,

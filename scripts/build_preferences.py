@@ -8,9 +8,10 @@ noised copy of the chosen translation as rejected (SPEC section 7). Scores are c
 
 Outputs: the preference JSONL (the format ``cpo.data.read_preference_jsonl`` reads: sources are
 validated by ``cpo.parallel``, a pair with an empty side is dropped) and a report
-``<output stem>.report.md`` / ``.report.json``: per direction, the pairs kept and dropped (and
-why), how often each system is chosen and rejected, its empty hypotheses, each system's mean score
-and its win ratio against the reference (the paper's Table 1), and the run time.
+``<output stem>.report.md`` / ``.report.json`` (``cpo.preference_report``): per direction, the
+pairs kept and dropped (and why), how often each system is chosen and rejected, its empty
+hypotheses, each system's mean score and its win ratio against the reference (the paper's
+Table 1), and the run time.
 
 Empty hypotheses are legitimate system output (real WMT'23 submissions have them): they are scored
 like any other text and counted per system. A NaN or infinite score stops the build with the file
@@ -37,13 +38,11 @@ from cpo.evaluation import WMT22_DIRECTIONS, wmt22_directions
 from cpo.io import DataError, check_outputs_with_report, report_paths, write_jsonl_with_report
 from cpo.languages import language_pair
 from cpo.parallel import FORMATS, ParallelData, read_parallel, read_system_outputs
-from cpo.preferences import NEGATIVES, BuildCounts, NoiseSettings, build_pairs, win_counts
-from cpo.scoring import CachedScorer, MeanScorer, Scorer, ScoreError, ScorerConfigError, build_scorer
+from cpo.preference_report import REF, build_report, direction_stats, markdown_report
+from cpo.preferences import NEGATIVES, BuildCounts, NoiseSettings, build_pairs
+from cpo.scoring import Scorer, ScoreError, ScorerConfigError, build_scorer
 
 log = logging.getLogger("build_preferences")
-
-REF = "ref"
-XX_EN, EN_XX = "xx->en", "en->xx"
 
 
 # --------------------------------------------------------------------------- inputs
@@ -174,14 +173,6 @@ def collect_jobs(cfg: DictConfig, references: str) -> list[Job]:
 
 
 # --------------------------------------------------------------------------- scoring
-def _cached_parts(scorer: Scorer) -> list[CachedScorer]:
-    if isinstance(scorer, CachedScorer):
-        return [scorer]
-    if isinstance(scorer, MeanScorer):
-        return [s for m in scorer.scorers for s in _cached_parts(m)]
-    return []
-
-
 def score_texts(scorer: Scorer, data: ParallelData, texts: list[str], where=None) -> dict[str, list[float]]:
     """Score components (``{name: per-source score}``) of one candidate list.
 
@@ -207,11 +198,6 @@ def _text_location(job: Job, name: str, i: int) -> str:
 def _line_of(data: ParallelData, i: int) -> str:
     """Where source ``i`` is, for messages: ``file:line`` of a text input, else ``file (record n)``."""
     return f"{data.path}:{i + 1}" if data.format == "text" else f"{data.path} (record {i + 1})"
-
-
-def _mean(values: list[float | None]) -> float | None:
-    xs = [v for v in values if v is not None]
-    return sum(xs) / len(xs) if xs else None
 
 
 def run_job(job: Job, scorer: Scorer, cfg: DictConfig, noise: NoiseSettings) -> tuple[list[dict], dict, BuildCounts]:
@@ -244,159 +230,11 @@ def run_job(job: Job, scorer: Scorer, cfg: DictConfig, noise: NoiseSettings) -> 
         references=data.references, scorer_identity=scorer.identity, components=components or None,
         negatives=cfg.negatives, noise=noise,
     )
-    stats = {
-        "direction": job.direction,
-        "input": str(data.path),
-        "format": data.format,
-        "reference": str(data.ref_path) if data.ref_path else (f"in {data.path.name}" if data.references is not None else None),
-        "systems": dict(job.systems),
-        "candidates": list(candidates),
-        "test_set": job.test_set,
-        "n_sources": len(data),
-        "pairs": counts.as_dict(),
-        "mean_score": {n: _mean(v) for n, v in scores.items()},
-        "win_vs_ref": None,
-        "run_time_s": round(time.time() - t0, 3),
-    }
-    if ref_scores is not None:
-        stats["mean_score"].setdefault(REF, _mean(ref_scores))
-        stats["win_vs_ref"] = {n: win_counts(v, ref_scores) for n, v in scores.items() if n != REF}
-    else:
-        stats["win_vs_ref_note"] = note
+    stats = direction_stats(
+        direction=job.direction, data=data, systems=job.systems, candidates=list(candidates), test_set=job.test_set,
+        counts=counts, scores=scores, ref_scores=ref_scores, ref_note=note, started=t0,
+    )
     return rows, stats, counts
-
-
-# --------------------------------------------------------------------------- report
-def _group(direction: str) -> list[str]:
-    src, tgt = direction.split("-")
-    return ([XX_EN] if tgt == "en" else []) + ([EN_XX] if src == "en" else [])
-
-
-def aggregate_wins(per_direction: list[dict]) -> dict[str, dict[str, dict]]:
-    """Win counts summed over xx->en, en->xx and all directions (sources pooled, as in Table 1)."""
-    out: dict[str, dict[str, dict]] = {}
-    for st in per_direction:
-        if not st.get("win_vs_ref"):
-            continue
-        for group in _group(st["direction"]) + ["all"]:
-            for system, w in st["win_vs_ref"].items():
-                acc = out.setdefault(group, {}).setdefault(system, {"n": 0, "wins": 0, "ties": 0, "losses": 0})
-                for k in ("n", "wins", "ties", "losses"):
-                    acc[k] += w[k]
-    for systems in out.values():
-        for acc in systems.values():
-            acc["win_ratio"] = acc["wins"] / acc["n"] if acc["n"] else None
-            acc["tie_ratio"] = acc["ties"] / acc["n"] if acc["n"] else None
-    return out
-
-
-def _pct(x: float | None) -> str:
-    return "" if x is None else f"{100 * x:.1f}%"
-
-
-def _num(x: float | None) -> str:
-    return "" if x is None else f"{x:.4f}"
-
-
-def markdown_report(report: dict) -> str:
-    dirs = report["directions"]
-    reasons = sorted({r for st in dirs for r in st["pairs"]["dropped"]})
-    systems: list[str] = []
-    for st in dirs:
-        for name in st["candidates"] + sorted(st["pairs"]["rejected_by_system"]):
-            if name not in systems:
-                systems.append(name)
-    total_row = {"direction": "**total**", "n_sources": report["n_sources"], "pairs": report["totals"]}
-    lines = [
-        "# Preference build report",
-        "",
-        f"- output: `{report['output']}` ({report['totals']['kept']} pairs)",
-        f"- scorer: `{report['scorer']['name']}` ({report['scorer']['identity']})",
-        f"- candidates in tie order: {', '.join(report['candidate_order'])}"
-        f" (include_ref={str(report['include_ref']).lower()})",
-        f"- negatives: {report['negatives']}"
-        + (" (" + ", ".join(f"{k} {v}" for k, v in report["noise"].items()) + ")" if report["negatives"] == "noised" else ""),
-        f"- scorer cache: `{report['scorer_cache']['dir']}` ({report['scorer_cache']['hits']} hits, "
-        f"{report['scorer_cache']['misses']} scored)" if report["scorer_cache"]["dir"] else "- scorer cache: none",
-        f"- run time: {report['run_time_s']:.2f} s",
-        *([f"- **warning**: {report['test_set_warning']}"] if report.get("test_set_warning") else []),
-        "",
-        "## Pairs kept and dropped",
-        "",
-        "| " + " | ".join(["direction", "sources", "kept", "dropped", *reasons, "missing candidates"]) + " |",
-        "|---|---:|---:|---:|" + "---:|" * len(reasons) + "---:|",
-    ]
-    for st in dirs + [total_row]:
-        p = st["pairs"]
-        cells = [st["direction"], st["n_sources"], p["kept"], p["dropped_total"],
-                 *(p["dropped"].get(r, 0) for r in reasons), sum(p["missing_by_system"].values())]
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
-    lines += [
-        "",
-        "## Chosen / rejected by system",
-        "",
-        "Share of the kept pairs in which each system is the chosen (rejected) side.",
-        "",
-        "| direction | " + " | ".join(systems) + " |",
-        "|---|" + "---:|" * len(systems),
-    ]
-    for st in dirs + [total_row]:
-        p = st["pairs"]
-        kept = p["kept"] or 1
-        cells = [f"{p['chosen_by_system'].get(s, 0)} / {p['rejected_by_system'].get(s, 0)} "
-                 f"({_pct(p['chosen_by_system'].get(s, 0) / kept)} / {_pct(p['rejected_by_system'].get(s, 0) / kept)})"
-                 for s in systems]
-        lines.append(f"| {st['direction']} | " + " | ".join(cells) + " |")
-    win_systems = [s for s in systems if s != REF and any((st.get("win_vs_ref") or {}).get(s) for st in dirs)]
-    lines += ["", "## Win ratio against the reference", ""]
-    if win_systems:
-        lines += [
-            "Share of sources where the system's score is above the reference's (ties separately), "
-            "as in the paper's Table 1.",
-            "",
-            "| direction | " + " | ".join(f"{s} wins | {s} ties" for s in win_systems) + " |",
-            "|---|" + "---:|---:|" * len(win_systems),
-        ]
-        for st in dirs:
-            w = st.get("win_vs_ref") or {}
-            lines.append(f"| {st['direction']} | " + " | ".join(
-                f"{_pct(w[s]['win_ratio'])} | {_pct(w[s]['tie_ratio'])}" if s in w else " | " for s in win_systems) + " |")
-        for group, w in report["win_vs_ref_by_group"].items():
-            lines.append(f"| **{group}** | " + " | ".join(
-                f"{_pct(w[s]['win_ratio'])} | {_pct(w[s]['tie_ratio'])}" if s in w else " | " for s in win_systems) + " |")
-    else:
-        notes = sorted({st.get("win_vs_ref_note") or "" for st in dirs} - {""})
-        lines.append(f"Not available: {'; '.join(notes) or 'no reference scores'}.")
-    for st in dirs:
-        p = st["pairs"]
-        lines += [
-            "",
-            f"## {st['direction']}",
-            "",
-            f"- input: `{st['input']}` ({st['format']}, {st['n_sources']} sources); reference: {st['reference'] or 'none'}",
-        ]
-        for name, path in st["systems"].items():
-            lines.append(f"- system `{name}`: `{path}`")
-        lines += [
-            f"- pairs kept: {p['kept']}; dropped: {p['dropped_total']}"
-            + (f" ({', '.join(f'{k} {v}' for k, v in p['dropped'].items())})" if p["dropped"] else ""),
-            "- chosen: " + (", ".join(f"{k} {v}" for k, v in p["chosen_by_system"].items()) or "none"),
-            "- rejected: " + (", ".join(f"{k} {v}" for k, v in p["rejected_by_system"].items()) or "none"),
-            "- mean score: " + ", ".join(f"{k} {_num(v)}" for k, v in st["mean_score"].items()),
-        ]
-        if p.get("empty_by_system"):
-            lines.append("- empty hypotheses (scored as empty; a pair with an empty side is dropped): "
-                         + ", ".join(f"{k} {v}" for k, v in p["empty_by_system"].items()))
-        if p["missing_by_system"]:
-            lines.append("- candidates without a text or score, left out: "
-                         + ", ".join(f"{k} {v}" for k, v in p["missing_by_system"].items()))
-        if st.get("win_vs_ref"):
-            lines.append("- against the reference (wins / ties / losses): " + ", ".join(
-                f"{k} {w['wins']}/{w['ties']}/{w['losses']}" for k, w in st["win_vs_ref"].items()))
-        else:
-            lines.append(f"- win ratio against the reference: not available ({st.get('win_vs_ref_note')})")
-        lines.append(f"- time: {st['run_time_s']:.2f} s")
-    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- app
@@ -464,7 +302,8 @@ def build(cfg: DictConfig) -> dict:
     per_direction: list[dict] = []
     totals = BuildCounts()
     for job in jobs:
-        log.info("%s: %d sources, candidates %s", job.direction, len(job.data), ([REF] if include_ref else []) + list(job.systems))
+        log.info("%s: %d sources, candidates %s", job.direction, len(job.data),
+                 ([REF] if include_ref else []) + list(job.systems))
         rows, stats, counts = run_job(job, scorer, cfg, noise)
         all_rows += rows
         per_direction.append(stats)
@@ -473,27 +312,11 @@ def build(cfg: DictConfig) -> dict:
         raise DataError("no preference pair was kept (dropped: "
                         + ", ".join(f"{k} {v}" for k, v in totals.dropped.items()) + "); nothing was written. "
                         "Check the system outputs and the scorer")
-    parts = _cached_parts(scorer)
-    report = {
-        "output": str(output),
-        "scorer": {"name": scorer.name, "identity": scorer.identity, "uses_reference": scorer.uses_reference},
-        "include_ref": include_ref,
-        "candidate_order": order,
-        "negatives": cfg.negatives,
-        "noise": {"drop_prob": noise.drop_prob, "swap_prob": noise.swap_prob, "seed": noise.seed},
-        "scorer_cache": {
-            "dir": str(cache_dir) if cache_dir else None,
-            "hits": sum(p.hits for p in parts),
-            "misses": sum(p.misses for p in parts),
-        },
-        "totals": totals.as_dict(),
-        "n_sources": sum(len(j.data) for j in jobs),
-        "directions": per_direction,
-        "win_vs_ref_by_group": aggregate_wins(per_direction),
-        "test_sets": test_sets,
-        "test_set_warning": test_set_warning,
-        "run_time_s": round(time.time() - t0, 3),
-    }
+    report = build_report(
+        output=output, scorer=scorer, include_ref=include_ref, candidate_order=order, negatives=cfg.negatives,
+        noise=noise, cache_dir=cache_dir, totals=totals, n_sources=sum(len(j.data) for j in jobs),
+        per_direction=per_direction, test_sets=test_sets, test_set_warning=test_set_warning, started=t0,
+    )
     write_jsonl_with_report(output, all_rows, report, markdown_report(report), bool(cfg.overwrite))
     return report
 

@@ -78,7 +78,8 @@ def markdown_report(report: dict) -> str:
         "# ALMA-R-Preference conversion report",
         "",
         f"- source: {', '.join(f'`{s}`' for s in report['inputs'])} ({report['rows']} rows)",
-        f"- score field: `{report['score_field']}` (tie order: {', '.join(SYSTEMS)}; a non-zero human Delta decides gpt4 vs alma)",
+        f"- score field: `{report['score_field']}` (tie order: {', '.join(SYSTEMS)}; "
+        "a non-zero human Delta decides gpt4 vs alma)",
         f"- output: `{report['output']}` ({report['kept']} examples)",
         f"- run time: {report['run_time_s']:.2f} s",
         "",

@@ -137,7 +137,9 @@ def build_scorers(cfg: DictConfig) -> list[Scorer]:
     return scorers
 
 
-def report(results: dict[str, dict[str, Any]], inputs: dict[str, dict[str, str]], scorers: list[Scorer]) -> dict[str, Any]:
+def report(
+    results: dict[str, dict[str, Any]], inputs: dict[str, dict[str, str]], scorers: list[Scorer]
+) -> dict[str, Any]:
     """The metrics.json object (see the module docstring)."""
     out: dict[str, Any] = {}
     if len(results) == 1:

@@ -64,14 +64,16 @@ missing package fails only the parts that need it, in one sentence. Carry them a
    torch's AdamW, which the project passes it, needs none.) The wheels take about 23 MB.
 2. On the GPU machine, in the repository root:
 
-       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \\
-           && export PYTHONPATH=/tmp/site
+       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \\
+           --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
        PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py --out <folder>
 
    The exact single command for this workplace's device tool (``carry: [".whl"]``, timeout 600 s;
    what the command writes under ``$OUT`` comes back):
 
-       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site && PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py --out $OUT
+       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \\
+           --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site && \\
+           PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py --out $OUT
 
    With network (your own cluster), ``pip install -e '.[bench,deepspeed]'`` replaces the wheels.
    Rerun one part with a longer limit: ``--parts train_fsdp --limit train_fsdp=300``.
@@ -111,8 +113,9 @@ PARTS = {
 }
 GPU_ONLY = ("train_fsdp", "train_deepspeed_zero2")
 NEEDS_GPU = "needs a GPU"  # why the dry run skips GPU_ONLY parts
-VERSIONS = ("torch", "transformers", "peft", "lightning", "pytorch-lightning", "accelerate", "tokenizers", "safetensors",
-            "sentencepiece", "huggingface-hub", "hydra-core", "omegaconf", "trl", "datasets", "deepspeed")
+VERSIONS = ("torch", "transformers", "peft", "lightning", "pytorch-lightning", "accelerate", "tokenizers",
+            "safetensors", "sentencepiece", "huggingface-hub", "hydra-core", "omegaconf", "trl", "datasets",
+            "deepspeed")
 MIN_PART_S = 15  # a part is not started with less than this left of --total-limit
 
 
@@ -235,7 +238,8 @@ def run_part_process(name: str, ns: argparse.Namespace, work: Path, limit: float
             "log": str(log.relative_to(work))}
     if timed_out:
         return base | {"status": "timeout",
-                       "error": f"did not finish within its limit of {limit:.0f} s (raise it with --limit {name}=SECONDS)"}
+                       "error": f"did not finish within its limit of {limit:.0f} s "
+                                f"(raise it with --limit {name}=SECONDS)"}
     if out.exists():
         res = json.loads(out.read_text())
         if res.get("status") == "failed" and res.get("log"):  # the part names a log holding the cause

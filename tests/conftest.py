@@ -39,7 +39,9 @@ def tiny_tok_model():
     """A 2-layer, width-32 Llama and a BPE tokenizer trained on a few hundred local sentences."""
     from cpo.tiny import build_tiny_llama, train_bpe_tokenizer
 
-    texts = [f"the cat number {i} sees {i * 7} dogs today" for i in range(300)] + ["Translate this from German to English:\nGerman: x\nEnglish:"]
+    texts = [f"the cat number {i} sees {i * 7} dogs today" for i in range(300)] + [
+        "Translate this from German to English:\nGerman: x\nEnglish:"
+    ]
     tok = train_bpe_tokenizer(texts, 300)
     model = build_tiny_llama(tok, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
     return tok, model

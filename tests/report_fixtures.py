@@ -52,7 +52,9 @@ def csv_curve(seed: int, with_margins: bool) -> str:
     lines = [",".join(cols)]
     for s in (5, 10, 15, 20):
         m = f"{s / 10 + seed * 0.1:.4f}" if with_margins else ""
-        lines.append(",".join(["0", str(s), f"{1 - s / 40:.4f}", f"{0.5 + s / 100:.4f}", m, f"{s / 20 - 9:.4f}", "", "", ""]))
+        lines.append(",".join(
+            ["0", str(s), f"{1 - s / 40:.4f}", f"{0.5 + s / 100:.4f}", m, f"{s / 20 - 9:.4f}", "", "", ""]
+        ))
         if s in (10, 20):
             val = [f"{0.6 + s / 100:.4f}", f"{0.3 - s / 1000:.4f}", f"{0.8 + s / 200:.4f}"]
             lines.append(",".join(["0", str(s), "", "", "", "", *val]))
@@ -79,15 +81,18 @@ def write_job(root: Path, num: int, overrides: list[str], results: dict | None, 
 # dpo: one grid point whose translations are SFT's selected ones, seed for seed (no difference at all).
 PROTOCOL = {
     "sft": [(["optim.lr=0.0001"], 0.80, 0.45, "sft-a"), (["optim.lr=0.001"], 0.85, 0.30, "sft-b")],
-    "cpo": [(["optim.lr=0.0001", "beta=0.1"], 0.90, 0.05, "cpo-a"), (["optim.lr=0.0001", "beta=0.5"], 0.87, 0.10, "cpo-b"),
-            (["optim.lr=0.001", "beta=0.1"], 0.88, 0.08, "cpo-c"), (["optim.lr=0.001", "beta=0.5"], 0.86, 0.12, "cpo-d")],
+    "cpo": [(["optim.lr=0.0001", "beta=0.1"], 0.90, 0.05, "cpo-a"),
+            (["optim.lr=0.0001", "beta=0.5"], 0.87, 0.10, "cpo-b"),
+            (["optim.lr=0.001", "beta=0.1"], 0.88, 0.08, "cpo-c"),
+            (["optim.lr=0.001", "beta=0.5"], 0.86, 0.12, "cpo-d")],
     "dpo": [(["optim.lr=0.0001", "beta=0.1"], 0.82, 0.30, "sft-b")],
 }
 
 
 def results(loss: str, seed: int, val_qe: float, rows: list[dict], extra_after: dict | None = None) -> dict:
     after = corpus(rows)
-    val = {"val/demo_qe": val_qe + JITTER[seed], "val/bleu": 50 + 100 * (val_qe - 0.8), "val/chrf": 60 + 50 * (val_qe - 0.8),
+    val = {"val/demo_qe": val_qe + JITTER[seed], "val/bleu": 50 + 100 * (val_qe - 0.8),
+           "val/chrf": 60 + 50 * (val_qe - 0.8),
            "val/logps/accuracies": 0.6 + val_qe / 10, "val/logps/margins": 3 * val_qe, "val/nll_loss": 1 - val_qe,
            "val/loss": 1.5 - val_qe, "val/rewards/accuracies": 0.7}
     return {"config": {"seed": seed, "loss": {"name": loss}}, "loss": loss, "beta": 0.1, "seed": seed, "val": val,
@@ -105,11 +110,14 @@ def make_protocol_sweep(root: Path, methods: dict = PROTOCOL, seeds=(1, 2, 3), f
         for overrides, val_qe, rate, stream in points:
             for seed in seeds:
                 rows = translations(base, rate, seed, stream)
-                ov = [f"loss={loss}", *overrides, f"seed={seed}", "trainer.max_steps=20", "trainer.val_check_interval=0.25"]
-                write_job(root, num, ov, results(loss, seed, val_qe, rows, extra_after), rows, csv_curve(seed, loss != "sft"))
+                ov = [f"loss={loss}", *overrides, f"seed={seed}", "trainer.max_steps=20",
+                      "trainer.val_check_interval=0.25"]
+                write_job(root, num, ov, results(loss, seed, val_qe, rows, extra_after), rows,
+                          csv_curve(seed, loss != "sft"))
                 num += 1
     if failed:
-        d = write_job(root, num, ["loss=cpo", "optim.lr=0.001", "beta=0.5", "seed=4", "trainer.max_steps=20"], None, None)
+        d = write_job(root, num, ["loss=cpo", "optim.lr=0.001", "beta=0.5", "seed=4", "trainer.max_steps=20"],
+                      None, None)
         (d / "train.log").write_text("starting\nRuntimeError: CUDA out of memory\n")
     (root / "multirun.yaml").write_text("hydra: {}\n")
     return root

@@ -128,7 +128,8 @@ def files(tmp_path_factory) -> Path:
     return root
 
 
-BUILD = ["input=src.de", "ref=ref.en", "src_lang=de", "tgt_lang=en", "scorer=chrf", "include_ref=false", "progress=false"]
+BUILD = ["input=src.de", "ref=ref.en", "src_lang=de", "tgt_lang=en", "scorer=chrf", "include_ref=false",
+         "progress=false"]
 TWO = ["+systems.a=a.en", "+systems.b=b.en"]
 GEN = ["input=src.de", "src_lang=de", "tgt_lang=en"]
 CASES = {

@@ -1,4 +1,5 @@
-"""The throughput benchmark (cpo/bench/, scripts/bench.py) on tiny models: output, TRL equality, FLOPs, lengths, LoRA."""
+"""The throughput benchmark (cpo/bench/, scripts/bench.py) on tiny models: output, TRL equality, FLOPs, lengths,
+LoRA."""
 from __future__ import annotations
 
 import importlib.util
@@ -25,7 +26,8 @@ def run():
     import io
     from contextlib import redirect_stdout
 
-    argv = ["--model", "tiny", "--reps", "1", "--warmup", "1", "--steps", "2", "--batch-size", "4", "--memory", "off", "--levers"]
+    argv = ["--model", "tiny", "--reps", "1", "--warmup", "1", "--steps", "2", "--batch-size", "4", "--memory", "off",
+            "--levers"]
     if bench.trl_available():
         argv += ["--against", "trl"]
     out = io.StringIO()
@@ -87,7 +89,8 @@ def test_flop_accounting():
     shared = bench.ours_work(spec, 100, b, ["chosen", "rejected"], True, True, True)
     concat = bench.ours_work(spec, 100, b, ["chosen", "rejected"], False, True, True)
     assert shared.flops < concat.flops and shared.real < concat.real
-    assert shared.completion_tokens == concat.completion_tokens == int(b["chosen_mask"].sum() + b["rejected_mask"].sum())
+    assert (shared.completion_tokens == concat.completion_tokens
+            == int(b["chosen_mask"].sum() + b["rejected_mask"].sum()))
 
 
 def test_prompt_sharing_routes_match_the_concatenated_forward():

@@ -46,8 +46,12 @@ def test_alma_r_setup_resolves_to_spec_section_5():
     assert p.returncode == 0, p.stderr[-2000:]
     cfg = yaml.safe_load(p.stdout)
     m, d, o, t = cfg["model"], cfg["data"], cfg["optim"], cfg["trainer"]
-    assert (m["name_or_path"], m["lora"]["adapter"]) == ("haoranxu/ALMA-13B-Pretrain", "haoranxu/ALMA-13B-Pretrain-LoRA")
-    assert (m["lora"]["r"], m["lora"]["alpha"], m["lora"]["dropout"], m["lora"]["target_modules"]) == (16, 32, 0.05, ["down_proj"])
+    assert (m["name_or_path"], m["lora"]["adapter"]) == (
+        "haoranxu/ALMA-13B-Pretrain", "haoranxu/ALMA-13B-Pretrain-LoRA"
+    )
+    assert (m["lora"]["r"], m["lora"]["alpha"], m["lora"]["dropout"], m["lora"]["target_modules"]) == (
+        16, 32, 0.05, ["down_proj"]
+    )
     assert m["disable_dropout"] is True  # the stored 0.05 is inactive in training, as in ALMA-R's trainer
     assert (cfg["beta"], cfg["loss"]["beta"], cfg["loss"]["alpha"]) == (0.1, 0.1, 1.0)
     assert (o["lr"], o["weight_decay"], o["schedule"], o["warmup_ratio"]) == (1e-4, 0.01, "inverse_sqrt", 0.01)
@@ -73,7 +77,8 @@ def test_a_global_batch_that_does_not_divide_is_refused():
     from cpo.trainer import plan_batch
 
     with pytest.raises(ConfigError, match="global_batch_size=32 is not a multiple of .* = 2 x 3 x 1 = 6"):
-        plan_batch(compose(["model=alma-7b-lora", "data=alma_r_preference", "trainer.accelerator=cpu", "trainer.devices=3"]))
+        plan_batch(compose(["model=alma-7b-lora", "data=alma_r_preference", "trainer.accelerator=cpu",
+                            "trainer.devices=3"]))
 
 
 def test_trainer_keys_pass_through():
@@ -88,7 +93,8 @@ def test_trainer_keys_pass_through():
         (["beta=-1"], "beta must be > 0"),
         (["loss.alpha=-0.5"], "loss.alpha must be >= 0"),
         (["loss.kind=nope"], "loss.kind='nope' is not a known loss"),
-        (["data=jsonl", "data.train_file=/nonexistent/pairs.jsonl", "model=hf", "model.name_or_path=x"], "data.train_file: /nonexistent/pairs.jsonl does not exist"),
+        (["data=jsonl", "data.train_file=/nonexistent/pairs.jsonl", "model=hf", "model.name_or_path=x"],
+         "data.train_file: /nonexistent/pairs.jsonl does not exist"),
         (["data=jsonl", "model=hf", "model.name_or_path=x"], "data.train_file is not set"),
         (["loss=dpo", "loss.reference=none"], "loss=dpo needs loss.reference"),
     ],

@@ -12,7 +12,9 @@ from cpo.io import DataError
 
 
 def test_prompt_is_almas():
-    assert format_prompt("Hallo Welt", "de", "en") == "Translate this from German to English:\nGerman: Hallo Welt\nEnglish:"
+    assert format_prompt("Hallo Welt", "de", "en") == (
+        "Translate this from German to English:\nGerman: Hallo Welt\nEnglish:"
+    )
     with pytest.raises(ValueError, match="unknown language code 'xx'"):
         format_prompt("a", "xx", "en")
 
@@ -39,7 +41,8 @@ def test_truncation_rules(tiny_tok_model):
     assert 1 <= len(p.chosen_ids) <= 4 and len(p.rejected_ids) >= 1  # right-truncated, never empty
     assert enc.counts["prompt_truncated"] == 1 and enc.counts["completion_truncated"] >= 1
     rej = PairEncoder(tok, max_prompt_length=20, max_length=24, prompt_truncation="reject")
-    assert rej.encode(0, PreferenceExample(long_src, "a", "b", "de", "en")) is None and rej.counts["prompt_too_long"] == 1
+    assert (rej.encode(0, PreferenceExample(long_src, "a", "b", "de", "en")) is None
+            and rej.counts["prompt_too_long"] == 1)
     with pytest.raises(ValueError, match="max_prompt_length"):
         PairEncoder(tok, max_prompt_length=30, max_length=30)
 
@@ -49,8 +52,10 @@ def test_truncation_rules(tiny_tok_model):
     [
         ('{"source": "a", "chosen": "b"', "malformed JSON"),
         ('{"source": "a", "chosen": "b", "src_lang": "de", "tgt_lang": "en"}', "missing field 'rejected'"),
-        ('{"source": " ", "chosen": "b", "rejected": "c", "src_lang": "de", "tgt_lang": "en"}', "field 'source' is empty"),
-        ('{"source": "a", "chosen": "b", "rejected": "c", "src_lang": "qq", "tgt_lang": "en"}', "unknown language code 'qq'"),
+        ('{"source": " ", "chosen": "b", "rejected": "c", "src_lang": "de", "tgt_lang": "en"}',
+         "field 'source' is empty"),
+        ('{"source": "a", "chosen": "b", "rejected": "c", "src_lang": "qq", "tgt_lang": "en"}',
+         "unknown language code 'qq'"),
     ],
 )
 def test_bad_jsonl_names_file_line_field(tmp_path, line, message):
@@ -63,15 +68,17 @@ def test_bad_jsonl_names_file_line_field(tmp_path, line, message):
 
 
 def test_alma_r_rows(tmp_path):
-    tr = {"language_pair": "de-en", "de": "Hallo", "en": "Hello", "gpt4_de": "Hallo!", "gpt4_en": "Hi", "alma_de": "Hallo", "alma_en": "Hello",
-          "required_directions": "", "Delta": 0}
+    tr = {"language_pair": "de-en", "de": "Hallo", "en": "Hello", "gpt4_de": "Hallo!", "gpt4_en": "Hi",
+          "alma_de": "Hallo", "alma_en": "Hello", "required_directions": "", "Delta": 0}
     for sys, (de, en) in {"ref": (0.8, 0.9), "gpt4": (0.9, 0.7), "alma": (0.8, 0.9)}.items():
         tr[f"{sys}_de_kiwi_xcomet"], tr[f"{sys}_en_kiwi_xcomet"] = de, en
-    rows = [{"translation": tr}, {"translation": {**tr, "required_directions": "en-de"}}, {"translation": {**tr, "Delta": 1.0}}]
+    rows = [{"translation": tr}, {"translation": {**tr, "required_directions": "en-de"}},
+            {"translation": {**tr, "Delta": 1.0}}]
     f = tmp_path / "de-en.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     ex = read_alma_r_preference(str(tmp_path), ["de-en", "en-de"], "kiwi_xcomet")
-    # row 1 de->en: ref 0.9 and alma 0.9 tie for max -> ref (first); min gpt4. en->de: gpt4 best, ref first of the tied minimum.
+    # row 1 de->en: ref 0.9 and alma 0.9 tie for max -> ref (first); min gpt4. en->de: gpt4 best, ref first of
+    # the tied minimum.
     assert (ex[0].src_lang, ex[0].chosen, ex[0].rejected) == ("de", "Hello", "Hi")
     assert (ex[1].src_lang, ex[1].chosen, ex[1].rejected) == ("en", "Hallo!", "Hallo")
     # row 2 only en->de; row 3: human Delta > 0 prefers gpt4 over alma whatever the scores.

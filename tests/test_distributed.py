@@ -11,14 +11,16 @@ from conftest import REPO, SMALL_DEMO
 
 
 def _env():
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK")}
     env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return env
 
 
 def _train(out, extra):
-    args = [sys.executable, "train.py", f"hydra.run.dir={out}", "logger=csv", "trainer.max_steps=4", "trainer.log_every_n_steps=1",
-            "evaluate.before_after=false", "evaluate.during_training.enabled=false", "trainer.limit_val_batches=0", "seed=7"] + SMALL_DEMO + extra
+    args = [sys.executable, "train.py", f"hydra.run.dir={out}", "logger=csv", "trainer.max_steps=4",
+            "trainer.log_every_n_steps=1", "evaluate.before_after=false", "evaluate.during_training.enabled=false",
+            "trainer.limit_val_batches=0", "seed=7"] + SMALL_DEMO + extra
     p = subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     with open(out / "csv" / "metrics.csv") as f:

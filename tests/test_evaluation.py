@@ -73,7 +73,8 @@ def _write(path: Path, lines: list[str]) -> Path:
 
 def test_corpus_metrics_equal_direct_sacrebleu():
     m = corpus_metrics(HYP, REF, "en", sources=SRC, scorers=[LengthScorer()], src_lang="de")
-    for key, metric in (("bleu", BLEU(tokenize="13a")), ("chrf", CHRF()), ("chrfpp", CHRF(word_order=2)), ("ter", TER())):
+    for key, metric in (("bleu", BLEU(tokenize="13a")), ("chrf", CHRF()), ("chrfpp", CHRF(word_order=2)),
+                        ("ter", TER())):
         assert m[key] == metric.corpus_score(HYP, [REF]).score, key
         assert m[f"{key}_signature"] == str(metric.get_signature()), key
     assert "tok:13a" in m["bleu_signature"] and "nw:2" in m["chrfpp_signature"] and "tok:tercom" in m["ter_signature"]
@@ -100,7 +101,9 @@ def test_target_language_sets_the_tokenizers():
     assert m["ter"] == TER(normalized=True, asian_support=True).corpus_score(hyp, [ref]).score < 50
     # Korean: 13a, as ALMA's evaluation (SPEC section 6); no MeCab needed.
     assert sacrebleu_tokenizer("ko") == "13a"
-    assert "tok:13a" in corpus_metrics(["고양이를 좋아해요"], ["나는 고양이를 좋아해요"], "ko")["bleu_signature"]
+    assert "tok:13a" in corpus_metrics(
+        ["고양이를 좋아해요"], ["나는 고양이를 좋아해요"], "ko"
+    )["bleu_signature"]
 
 
 def test_japanese_bleu_uses_mecab_or_says_it_fell_back(monkeypatch):
@@ -157,7 +160,8 @@ def test_evaluate_files_and_their_errors(tmp_path):
     assert m["empty"] == 1 and m["length"] == pytest.approx((len(HYP[0]) + len(HYP[2])) / 3)
     assert m["bleu"] == sacrebleu.corpus_bleu(hyps, [REF]).score
     # Empty sources and references stay errors, named by file and line.
-    blank_src, blank_ref = _write(tmp_path / "b.de", [SRC[0], "", SRC[2]]), _write(tmp_path / "b.en", [REF[0], REF[1], " "])
+    blank_src, blank_ref = (_write(tmp_path / "b.de", [SRC[0], "", SRC[2]]),
+                            _write(tmp_path / "b.en", [REF[0], REF[1], " "]))
     with pytest.raises(DataError, match=rf"{blank_src}:2: empty source line; every source needs text"):
         evaluate_files(blank_src, ref, hyp, "de", "en")
     with pytest.raises(DataError, match=rf"{blank_ref}:3: empty reference line; every reference needs text"):
@@ -170,8 +174,10 @@ def test_evaluate_files_and_their_errors(tmp_path):
 
 def test_summarize_and_markdown_table():
     results = {
-        "de-en": {"bleu": 30.0, "chrf": 60.0, "kiwi": 0.8, "n": 10, "bleu_signature": "x", "copy_rate": 0.1, "empty": 2},
-        "cs-en": {"bleu": 40.0, "chrf": 70.0, "kiwi": 0.9, "n": 5, "bleu_signature": "x", "copy_rate": 0.3, "empty": 1},
+        "de-en": {"bleu": 30.0, "chrf": 60.0, "kiwi": 0.8, "n": 10, "bleu_signature": "x", "copy_rate": 0.1,
+                  "empty": 2},
+        "cs-en": {"bleu": 40.0, "chrf": 70.0, "kiwi": 0.9, "n": 5, "bleu_signature": "x", "copy_rate": 0.3,
+                  "empty": 1},
         "en-de": {"bleu": 20.0, "chrf": 50.0, "n": 7, "bleu_signature": "y", "ter_signature": "t"},
     }
     s = summarize(results)
@@ -205,7 +211,8 @@ def test_hydra_app_single_direction_relative_paths(tmp_path):
     _write(tmp_path / "s.de", SRC), _write(tmp_path / "r.en", REF), _write(tmp_path / "h.en", HYP)
     out = tmp_path / "run"
     proc = _run_app(
-        ["src=s.de", "ref=r.en", "hyp=h.en", "src_lang=de", "tgt_lang=en", "scorers=[chrf,bleu]", f"hydra.run.dir={out}"],
+        ["src=s.de", "ref=r.en", "hyp=h.en", "src_lang=de", "tgt_lang=en", "scorers=[chrf,bleu]",
+         f"hydra.run.dir={out}"],
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -220,7 +227,8 @@ def test_hydra_app_single_direction_relative_paths(tmp_path):
     assert "sentence_bleu" in metrics and set(metrics["scorers"]) == {"sentence_chrf", "sentence_bleu"}
     assert metrics["inputs"]["de-en"]["hyp"] == str(tmp_path / "h.en")
     table = (out / "metrics.md").read_text(encoding="utf-8")
-    assert table.startswith("| direction | n | bleu | chrf | chrfpp | ter | sentence_chrf |") and "| de-en | 3 |" in table
+    assert (table.startswith("| direction | n | bleu | chrf | chrfpp | ter | sentence_chrf |")
+            and "| de-en | 3 |" in table)
     assert "| off_target | off_target_src | copy_rate | repetition | length_ratio | empty |" in table
     assert "| de-en | 3 |" in proc.stdout
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries

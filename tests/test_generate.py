@@ -54,7 +54,8 @@ def workdir(tmp_path_factory) -> Path:
     peft_model = get_peft_model(base, lora)
     peft_model.save_pretrained(root / "policy")  # like a trained run's saved policy: adapter + tokenizer
     tok.save_pretrained(root / "policy")
-    assert json.loads((root / "policy" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(root / "model")
+    assert (json.loads((root / "policy" / "adapter_config.json").read_text())["base_model_name_or_path"]
+            == str(root / "model"))
     _write(root / "src.zb", [s.source for s in sentences[:7]])
     _write(root / "empty.zb", [sentences[0].source, " ", sentences[1].source])
     (root / "test.en-zb.json").write_text(json.dumps(
@@ -81,7 +82,8 @@ def test_generate_app(workdir):
     """Through the command line: a full model, and a saved policy folder (adapter + tokenizer) alone."""
     w = workdir
     base, policy = _run_all([
-        ["model=model", "input=src.zb", "src_lang=zb", "tgt_lang=en", "output=out/base.txt", *GEN, f"hydra.run.dir={w / 'r1'}"],
+        ["model=model", "input=src.zb", "src_lang=zb", "tgt_lang=en", "output=out/base.txt", *GEN,
+         f"hydra.run.dir={w / 'r1'}"],
         # the policy folder alone: an adapter whose base model is read from adapter_config.json
         ["model=policy", "input=src.zb", "src_lang=zb", "tgt_lang=en", "output=out/policy.txt", *GEN,
          "merge_adapter=false", f"hydra.run.dir={w / 'r2'}"],
@@ -133,7 +135,8 @@ def test_generate_in_process(workdir, monkeypatch):
     with pytest.raises(FileExistsError, match="exists; pass overwrite=true"):
         app.run(_compose("model=./no/such/model", "input=test.jsonl", "output=out2/jsonl.txt", *GEN))
     assert (w / "out2" / "jsonl.txt").read_bytes() == before
-    app.run(_compose("model=model", "input=src.zb", "src_lang=zb", "tgt_lang=en", "output=out2/jsonl.txt", "overwrite=true", *GEN))
+    app.run(_compose("model=model", "input=src.zb", "src_lang=zb", "tgt_lang=en", "output=out2/jsonl.txt",
+                     "overwrite=true", *GEN))
     assert len(_lines(w / "out2" / "jsonl.txt")) == 7
 
     with pytest.raises(FileNotFoundError, match=r"model=\./no/such/model: .*no/such/model does not exist"):
@@ -171,7 +174,8 @@ def test_model_resolution(workdir, monkeypatch):
 # --------------------------------------------------------------------------- ALMA's output cleaning (SPEC section 4)
 @pytest.mark.parametrize("generated, expected, rule", [
     # "{Tgt}:" inside a line is part of the translation; only "\n{Tgt}:" is a cue
-    (" Beautiful English: Letters That Take Your Breath Away", "Beautiful English: Letters That Take Your Breath Away", "first_line"),
+    (" Beautiful English: Letters That Take Your Breath Away", "Beautiful English: Letters That Take Your Breath Away",
+     "first_line"),
     (" Hello world\nEnglish: Hello", "Hello world", "first_line"),
     ("\n Hello world", "Hello world", "second_line"),
     ("\n\n Hello world\nmore", "Hello world", "third_line"),
@@ -259,7 +263,8 @@ def test_generate_wmt22_layout_many_directions_one_load(workdir, tmp_path, monke
     summary = app.run(_compose(
         "model=model", f"+directions.zb-en.input={root / 'wmt-testset/zben/test.zb-en.zb'}",
         f"+directions.zb-en.output={tmp_path / 'mine.en'}",
-        f"+directions.en-zb.input={root / 'wmt-testset/enzb/test.en-zb.en'}", f"output_dir={tmp_path / 'layout'}", *GEN))
+        f"+directions.en-zb.input={root / 'wmt-testset/enzb/test.en-zb.en'}", f"output_dir={tmp_path / 'layout'}",
+        *GEN))
     assert [d["output"] for d in summary["directions"]] == [str(tmp_path / "mine.en"),
                                                             str(tmp_path / "layout" / "enzb" / "test.en-zb.zb")]
     from cpo.cli import UsageError
@@ -268,7 +273,8 @@ def test_generate_wmt22_layout_many_directions_one_load(workdir, tmp_path, monke
         app.run(_compose("model=model", f"wmt22.root={root}", *GEN))
     with pytest.raises(UsageError, match="would both write"):
         app.run(_compose("model=model", f"+directions.zb-en.input={root / 'wmt-testset/zben/test.zb-en.zb'}",
-                         f"+directions.zb-en.output={tmp_path / 'same.txt'}", f"+directions.en-zb.output={tmp_path / 'same.txt'}",
+                         f"+directions.zb-en.output={tmp_path / 'same.txt'}",
+                         f"+directions.en-zb.output={tmp_path / 'same.txt'}",
                          f"+directions.en-zb.input={root / 'wmt-testset/enzb/test.en-zb.en'}", *GEN))
 
 
@@ -294,7 +300,8 @@ def test_generate_truncates_prompts_as_training_does(workdir, monkeypatch):
     assert summary["directions"][0]["cleaning"]["prompt_truncated"] == len(sources)
     model = AutoModelForCausalLM.from_pretrained(workdir / "model")
     kw = dict(batch_size=4, num_beams=2, max_new_tokens=6)
-    assert _lines(workdir / "out3" / "cut.txt") == translate(model, tok, sources, "zb", "en", max_prompt_length=budget, **kw)
+    assert _lines(workdir / "out3" / "cut.txt") == translate(model, tok, sources, "zb", "en",
+                                                             max_prompt_length=budget, **kw)
     # a budget that leaves no room for any of the source is refused before any generation
     monkeypatch.setattr("cpo.generation.translate", lambda *a, **k: pytest.fail("generation started"))
     with pytest.raises(UsageError, match=r"max_prompt_length=3: .*keeps none of the source"):

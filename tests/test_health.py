@@ -13,8 +13,10 @@ from conftest import WMT22
 MULTILINGUAL = [
     "The committee will publish its report on Tuesday.", "Der Ausschuss veröffentlicht seinen Bericht am Dienstag.",
     "Výbor zveřejní svou zprávu v úterý.", "Nefndin birtir skýrslu sína á þriðjudag.",
-    "Комитет опубликует свой доклад во вторник.", "委员会将于星期二发布报告。", "委員会は火曜日に報告書を公表する。",
-    "위원회는 화요일에 보고서를 발표할 것이다.", "Le comité publiera son rapport mardi.", "Komiteen publiserer rapporten tirsdag.",
+    "Комитет опубликует свой доклад во вторник.",
+    "委员会将于星期二发布报告。", "委員会は火曜日に報告書を公表する。",
+    "위원회는 화요일에 보고서를 발표할 것이다.",
+    "Le comité publiera son rapport mardi.", "Komiteen publiserer rapporten tirsdag.",
     "ok", "", "   ", "12345", "😀😀", "Tap Repair now.", "Jste tam?", "工作日不包括周六。",
 ]
 DE = ["Der Hund sieht die Katze im Garten.", "Das alte Haus steht am Ende der Straße.",
@@ -90,7 +92,7 @@ def test_copies_of_the_source_are_counted():
     ("It has, as we said, been the case that it has been the case that it has been", "en", False),
     ("我们我们我们我们我们我们", "zh", True),                                  # 6 x 2 characters
     ("我们我们我们我们我们", "zh", False),
-    ("补偿金额为500英镑、1000英镑和2500英镑。", "zh", False),                 # repeated, but not back to back
+    ("补偿金额为500英镑、1000英镑和2500英镑。", "zh", False),  # repeated, but not back to back
     ("爱尔兰橄榄球队" * 3, "zh", True),
     ("", "en", False),
 ])

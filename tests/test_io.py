@@ -118,7 +118,8 @@ def test_duplicate_keys_are_errors_naming_file_and_line(tmp_path):
         read_preference_jsonl(jl)
 
     alma = tmp_path / "test.de-en.json"
-    alma.write_text('[\n  {"translation": {"de": "a", "en": "b"}},\n  {"translation": {"de": "a",\n    "en": "b", "en": "c"}}\n]\n')
+    alma.write_text('[\n  {"translation": {"de": "a", "en": "b"}},\n'
+                    '  {"translation": {"de": "a",\n    "en": "b", "en": "c"}}\n]\n')
     with pytest.raises(DataError, match=rf"{alma}:3 \(row 2\): the key 'en' appears twice"):
         list(iter_json_list(alma))
 
@@ -144,12 +145,15 @@ def test_one_rule_for_json_and_json_lines(tmp_path):
     list_jsonl = tmp_path / "de-en.jsonl"
     list_jsonl.write_text('  [{"a": 1}, {"a": 2}]')
     assert (json_layout(lines_json), json_layout(list_jsonl)) == ("lines", "list")
-    assert [v for _, v in iter_json_records(lines_json)] == [v for _, v in iter_json_records(list_jsonl)] == [{"a": 1}, {"a": 2}]
+    assert ([v for _, v in iter_json_records(lines_json)] == [v for _, v in iter_json_records(list_jsonl)]
+            == [{"a": 1}, {"a": 2}])
     assert [w for w, _ in iter_json_records(list_jsonl)] == [f"{list_jsonl}:1 (row 1)", f"{list_jsonl}:1 (row 2)"]
 
 
 def test_duplicate_keys_in_command_line_maps():
-    assert "systems: the key 'gpt4' is given twice" in duplicate_override_keys(["x=1", "systems={gpt4: a.en, gpt4: b.en}"])
+    assert "systems: the key 'gpt4' is given twice" in duplicate_override_keys(
+        ["x=1", "systems={gpt4: a.en, gpt4: b.en}"]
+    )
     assert "the key 'g'" in duplicate_override_keys(["+directions={de-en: {input: a, systems: {g: 1, g: 2}}}"])
     assert duplicate_override_keys(["systems={gpt4: a.en, alma: b.en}", "wmt22.systems=[a,a]", "x=1"]) is None
 
@@ -163,7 +167,8 @@ def test_check_writable_says_what_the_path_is(tmp_path):
     with pytest.raises(FileExistsError, match=r"file: exists; pass overwrite=true"):
         check_writable(tmp_path / "file", overwrite=False)
     assert check_writable(tmp_path / "file", overwrite=True) == tmp_path / "file"
-    with pytest.raises(NotADirectoryError, match=r"cannot create the folder .*file/sub: .*file is a file, not a folder"):
+    with pytest.raises(NotADirectoryError,
+                       match=r"cannot create the folder .*file/sub: .*file is a file, not a folder"):
         check_writable(tmp_path / "file" / "sub" / "out.txt", overwrite=False)
     assert check_writable(tmp_path / "new" / "deeper" / "out.txt", overwrite=False)  # folders are created on writing
     assert not (tmp_path / "new").exists()

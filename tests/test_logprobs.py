@@ -1,4 +1,5 @@
-"""Masked per-sequence log-probs: against a naive per-example forward; shared-prompt path equal in value and gradient."""
+"""Masked per-sequence log-probs: against a naive per-example forward; shared-prompt path equal in value and
+gradient."""
 import copy
 
 import torch
@@ -9,7 +10,8 @@ from cpo.logprobs import completion_logps, completion_logps_shared_prompt, gathe
 
 def _batch(tok):
     enc = PairEncoder(tok, 64, 128)
-    exs = [PreferenceExample("hund " * (1 + i), "the dog " * (1 + i % 2), "a cat sees " * (2 - i % 2), "de", "en") for i in range(4)]
+    exs = [PreferenceExample("hund " * (1 + i), "the dog " * (1 + i % 2), "a cat sees " * (2 - i % 2), "de", "en")
+           for i in range(4)]
     return Collator(tok.pad_token_id)([{"pair": enc.encode(i, e)} for i, e in enumerate(exs)])
 
 
@@ -23,11 +25,15 @@ def test_gather_matches_log_softmax():
 def test_padded_batch_equals_unpadded_forward(tiny_tok_model):
     tok, model = tiny_tok_model
     b = _batch(tok)
-    c, r = completion_logps(model, b["prompt_ids"], b["prompt_mask"], [(b["chosen_ids"], b["chosen_mask"]), (b["rejected_ids"], b["rejected_mask"])], tok.pad_token_id)
+    c, r = completion_logps(
+        model, b["prompt_ids"], b["prompt_mask"],
+        [(b["chosen_ids"], b["chosen_mask"]), (b["rejected_ids"], b["rejected_mask"])], tok.pad_token_id,
+    )
     for i in range(4):
         p = b["prompt_ids"][i][b["prompt_mask"][i].bool()]
         y = b["chosen_ids"][i][b["chosen_mask"][i].bool()]
-        lp = torch.log_softmax(model(torch.cat([p, y])[None]).logits[0, len(p) - 1 : -1], -1).gather(-1, y[:, None]).sum()
+        lp = (torch.log_softmax(model(torch.cat([p, y])[None]).logits[0, len(p) - 1 : -1], -1)
+              .gather(-1, y[:, None]).sum())
         assert torch.allclose(c.sum[i], lp, atol=1e-4)
         assert int(c.n_tokens[i]) == len(y)
     assert torch.isfinite(r.sum).all()

@@ -43,7 +43,9 @@ def test_hinge_ipo_simpo():
     assert hinge_loss(PC, PR, beta=0.1)[0].tolist() == pytest.approx([max(0, 1 - 0.2), max(0, 1 + 0.1)])
     assert hinge_loss(PC, PR, beta=1.0)[0].tolist() == pytest.approx([0.0, 2.0])
     assert ipo_loss(PC, PR, beta=0.1)[0].tolist() == pytest.approx([(2 - 5) ** 2, (-1 - 5) ** 2])
-    assert simpo_loss(PC, PR, beta=2.0, gamma=1.0)[0].tolist() == pytest.approx([nls(2 * 2 - 1), nls(2 * -1 - 1)], abs=1e-6)
+    assert simpo_loss(PC, PR, beta=2.0, gamma=1.0)[0].tolist() == pytest.approx(
+        [nls(2 * 2 - 1), nls(2 * -1 - 1)], abs=1e-6
+    )
 
 
 def test_preference_loss_dispatch_and_validation():
@@ -70,9 +72,11 @@ def test_cpo_total_loss_through_the_module_matches_hand_value(tiny_tok_model, fo
 
     tok, model = tiny_tok_model
     enc = PairEncoder(tok, 64, 128)
-    exs = [PreferenceExample("der hund", "the dog", "a cat sees", "de", "en"), PreferenceExample("die katze 3", "the cat 3 today", "cat", "de", "en")]
+    exs = [PreferenceExample("der hund", "the dog", "a cat sees", "de", "en"),
+           PreferenceExample("die katze 3", "the cat 3 today", "cat", "de", "en")]
     batch = Collator(tok.pad_token_id)([{"pair": enc.encode(i, e)} for i, e in enumerate(exs)])
-    mod = PreferenceModule(model, PreferenceLoss("cpo", beta=0.1, alpha=1.0), OptimSettings(), tok.pad_token_id, forward=forward)
+    mod = PreferenceModule(model, PreferenceLoss("cpo", beta=0.1, alpha=1.0), OptimSettings(), tok.pad_token_id,
+                           forward=forward)
     loss, stats = mod.compute(batch, train=False)
     sums, lens = hand_logps(model, [enc.encode(i, e) for i, e in enumerate(exs)])
     prefer = sum(nls(0.1 * (c - r)) for c, r in sums) / 2

@@ -60,8 +60,10 @@ def test_select_pair_drops_degenerate_pairs():
 
 
 def test_zero_width_texts_are_empty_and_equal_texts_compare_normalised():
-    assert select_pair([Candidate("a", "the cat\u200b", 0.9), Candidate("b", "the  cat", 0.1)]).dropped == DROP_EQUAL_TEXTS
-    assert select_pair([Candidate("a", "the cat", 0.9), Candidate("b", "\u200b \u200d", 0.1)]).dropped == DROP_EMPTY_TEXT
+    assert (select_pair([Candidate("a", "the cat\u200b", 0.9), Candidate("b", "the  cat", 0.1)]).dropped
+            == DROP_EQUAL_TEXTS)
+    assert (select_pair([Candidate("a", "the cat", 0.9), Candidate("b", "\u200b \u200d", 0.1)]).dropped
+            == DROP_EMPTY_TEXT)
     assert select_pair([Candidate("a", "", 0.9), Candidate("b", "x", 0.1)]).dropped == DROP_EMPTY_TEXT
 
 
@@ -187,7 +189,8 @@ def test_read_parallel_formats_and_errors(tmp_path):
     jl = tmp_path / "p.jsonl"
     jl.write_text(
         json.dumps({"source": "Hallo", "reference": "Hello", "src_lang": "de", "tgt_lang": "en"}) + "\n"
-        + json.dumps({"source": "Tag", "reference": "Day", "src_lang": "de", "tgt_lang": "en"}) + "\n", encoding="utf-8")
+        + json.dumps({"source": "Tag", "reference": "Day", "src_lang": "de", "tgt_lang": "en"}) + "\n",
+        encoding="utf-8")
     d = read_parallel(jl)
     assert (d.format, d.direction, d.references) == ("jsonl", "de-en", ["Hello", "Day"])
     with pytest.raises(DataError, match=r"p\.jsonl:1: field 'src_lang' is 'de' but the direction is cs-en"):
@@ -201,7 +204,8 @@ def test_read_parallel_formats_and_errors(tmp_path):
         read_parallel(_first_line_only(jl2), references="required")
 
     alma = tmp_path / "test.cs-en.json"
-    alma.write_text(json.dumps([{"translation": {"cs": "Ahoj", "en": "Hi"}}, {"translation": {"cs": "", "en": "x"}}]), encoding="utf-8")
+    alma.write_text(json.dumps([{"translation": {"cs": "Ahoj", "en": "Hi"}}, {"translation": {"cs": "", "en": "x"}}]),
+                    encoding="utf-8")
     assert detect_format(alma) == "alma_json" and direction_from_filename(alma) == ("cs", "en")
     with pytest.raises(DataError, match=r"test\.cs-en\.json:1 \(row 2\): translation: field 'cs' is empty"):
         read_parallel(alma)
@@ -291,7 +295,8 @@ def test_build_preferences_app_demo(demo_files):
     assert w["wins"] + w["ties"] + w["losses"] == w["n"] == 200
     for r in rows:
         prov = r["provenance"]
-        assert set(prov["scores"]) == {"ref", "strong", "weak"} and prov["scorer_identity"] == report["scorer"]["identity"]
+        assert (set(prov["scores"]) == {"ref", "strong", "weak"}
+                and prov["scorer_identity"] == report["scorer"]["identity"])
         assert prov["scores"][prov["chosen_system"]] > prov["scores"][prov["rejected_system"]]
     md = (cwd / "out" / "prefs.report.md").read_text(encoding="utf-8")
     assert "## zb-en" in md and "Win ratio against the reference" in md and "| **total** | 200 |" in md
@@ -319,7 +324,8 @@ def test_build_preferences_app_demo(demo_files):
     again = _run_all("build_preferences.py", [[*_base_args(t / "g"), "output=out/prefs.jsonl"]], cwd)[0]
     assert again.returncode != 0 and "exists; pass overwrite=true" in again.stderr
     assert out.read_text(encoding="utf-8").count("\n") == len(rows)
-    over = _run_all("build_preferences.py", [[*_base_args(t / "h"), "output=out/prefs.jsonl", "overwrite=true"]], cwd)[0]
+    over = _run_all("build_preferences.py", [[*_base_args(t / "h"), "output=out/prefs.jsonl", "overwrite=true"]],
+                    cwd)[0]
     assert over.returncode == 0, over.stderr[-3000:]
     rep2 = json.loads((cwd / "out" / "prefs.report.json").read_text(encoding="utf-8"))
     assert rep2["scorer_cache"]["misses"] == 0 and rep2["totals"] == report["totals"]
@@ -339,18 +345,23 @@ def test_build_preferences_errors_in_process(demo_files, tmp_path):
     bad = tmp_path / "bad.en"
     bad.write_bytes(open(d / "strong.en", "rb").read().replace(b"\n", b"\xff\n", 1))
     with pytest.raises(DataError, match=r"bad\.en:1: not valid UTF-8"):
-        app.build(cfg(f"input={d / 'src.zb'}", f"ref={d / 'ref.en'}", "src_lang=zb", "tgt_lang=en", f"+systems.bad={bad}"))
+        app.build(cfg(f"input={d / 'src.zb'}", f"ref={d / 'ref.en'}", "src_lang=zb", "tgt_lang=en",
+                      f"+systems.bad={bad}"))
     with pytest.raises(FileNotFoundError, match=r"missing\.en"):
-        app.build(cfg(f"input={d / 'src.zb'}", f"ref={d / 'ref.en'}", "src_lang=zb", "tgt_lang=en", f"+systems.x={d / 'missing.en'}"))
+        app.build(cfg(f"input={d / 'src.zb'}", f"ref={d / 'ref.en'}", "src_lang=zb", "tgt_lang=en",
+                      f"+systems.x={d / 'missing.en'}"))
     with pytest.raises(ValueError, match="reserved for the reference"):
-        app.build(cfg(f"input={d / 'src.zb'}", f"ref={d / 'ref.en'}", "src_lang=zb", "tgt_lang=en", f"+systems.ref={d / 'weak.en'}"))
+        app.build(cfg(f"input={d / 'src.zb'}", f"ref={d / 'ref.en'}", "src_lang=zb", "tgt_lang=en",
+                      f"+systems.ref={d / 'weak.en'}"))
     with pytest.raises(ValueError, match="exactly one input mode"):
         app.build(cfg())
     with pytest.raises(ValueError, match="at least two"):
-        app.build(cfg(f"input={d / 'src.zb'}", f"ref={d / 'ref.en'}", "src_lang=zb", "tgt_lang=en", "include_ref=false", f"+systems.s={d / 'strong.en'}"))
+        app.build(cfg(f"input={d / 'src.zb'}", f"ref={d / 'ref.en'}", "src_lang=zb", "tgt_lang=en", "include_ref=false",
+                      f"+systems.s={d / 'strong.en'}"))
     if WMT22.is_dir():
         with pytest.raises(FileNotFoundError, match=r"NoSuchSystem: no such system \(available: .*GPT-4-1106-preview"):
-            app.build(cfg(f"wmt22.root={WMT22}", "wmt22.systems=[GPT-4-1106-preview,NoSuchSystem]", "scorer=chrf", "include_ref=false"))
+            app.build(cfg(f"wmt22.root={WMT22}", "wmt22.systems=[GPT-4-1106-preview,NoSuchSystem]", "scorer=chrf",
+                          "include_ref=false"))
     assert not (tmp_path / "o.jsonl").exists()
 
     # Several directions in one run, one combined JSONL (the same demo files under two names).
@@ -400,7 +411,8 @@ def test_build_preferences_wmt22_real_data(tmp_path):
 
     assert [d["direction"] for d in report["directions"]] == list(WMT22_DIRECTIONS)
     for d in report["directions"]:
-        n_src = len((WMT22 / "wmt-testset" / d["direction"].replace("-", "") / f"test.{d['direction']}.{d['direction'][:2]}")
+        n_src = len((WMT22 / "wmt-testset" / d["direction"].replace("-", "")
+                     / f"test.{d['direction']}.{d['direction'][:2]}")
                     .read_text(encoding="utf-8").splitlines())
         p = d["pairs"]
         assert d["n_sources"] == n_src and p["kept"] + p["dropped_total"] == n_src
@@ -448,12 +460,14 @@ def test_convert_alma_r(tmp_path):
     src = tmp_path / "de-en.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     (kiwi,) = _run_all("convert_alma_r.py", [
-        [f"source={src}", "pairs=[de-en,en-de]", "score_field=kiwi", "output=kiwi.jsonl", f"hydra.run.dir={tmp_path / 'r1'}"],
+        [f"source={src}", "pairs=[de-en,en-de]", "score_field=kiwi", "output=kiwi.jsonl",
+         f"hydra.run.dir={tmp_path / 'r1'}"],
     ], tmp_path)
     assert kiwi.returncode == 0, kiwi.stderr[-3000:]
     from cpo.data import example_from_record
 
-    out = [example_from_record(json.loads(l), "kiwi.jsonl") for l in (tmp_path / "kiwi.jsonl").read_text(encoding="utf-8").splitlines()]
+    out = [example_from_record(json.loads(l), "kiwi.jsonl")
+           for l in (tmp_path / "kiwi.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [(e.src_lang, e.tgt_lang, e.provenance["chosen_system"], e.provenance["rejected_system"]) for e in out] == [
         ("de", "en", "gpt4", "alma"),   # kiwi: gpt4 0.9 > ref 0.5 > alma 0.2
         ("de", "en", "alma", "gpt4"),   # row 3, Delta < 0
@@ -475,7 +489,8 @@ def test_convert_alma_r(tmp_path):
                            f"output={tmp_path / 'xcomet.jsonl'}"))
     assert rep["inputs"] == [str(src)] and rep["kept"] == 2
     x = [json.loads(l) for l in (tmp_path / "xcomet.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert [r["provenance"]["chosen_system"] for r in x] == ["alma", "alma"] and x[0]["provenance"]["rejected_system"] == "gpt4"
+    assert ([r["provenance"]["chosen_system"] for r in x] == ["alma", "alma"]
+            and x[0]["provenance"]["rejected_system"] == "gpt4")
     with pytest.raises(ValueError, match="score_field must be one of kiwi, xcomet, kiwi_xcomet"):
         app.run(_compose("convert_alma_r", f"source={src}", "score_field=comet", f"output={tmp_path / 'bad.jsonl'}"))
     with pytest.raises(FileExistsError, match="overwrite=true"):
@@ -573,7 +588,8 @@ def test_build_preferences_bad_scores_empty_outputs_and_test_sets(demo_files, tm
 
     def cfg(*overrides):
         return _compose("build_preferences", "progress=false", f"output={tmp_path / 'o.jsonl'}", "scorer=chrf",
-                        "include_ref=false", f"scorer_cache_dir={tmp_path / 'cache'}", f"ref={d / 'ref.en'}", *overrides)
+                        "include_ref=false", f"scorer_cache_dir={tmp_path / 'cache'}", f"ref={d / 'ref.en'}",
+                        *overrides)
 
     report = app.build(cfg(f"input={d / 'src.zb'}", "src_lang=zb", "tgt_lang=en", "scorer=demo_qe",
                            f"+systems.strong={d / 'strong.en'}", f"+systems.holes={holes}"))
@@ -604,7 +620,8 @@ def test_build_preferences_bad_scores_empty_outputs_and_test_sets(demo_files, tm
     # Identical systems: every pair has equal scores -> an error, not an empty file that training rejects later.
     with pytest.raises(DataError, match=r"no preference pair was kept \(dropped: equal_scores 200\)"):
         app.build(cfg(f"input={d / 'src.zb'}", "src_lang=zb", "tgt_lang=en", "overwrite=true",
-                      f"+systems.a={d / 'strong.en'}", f"+systems.b={d / 'strong.en'}", "output=" + str(tmp_path / "none.jsonl")))
+                      f"+systems.a={d / 'strong.en'}", f"+systems.b={d / 'strong.en'}",
+                      "output=" + str(tmp_path / "none.jsonl")))
     assert not (tmp_path / "none.jsonl").exists()
 
     # A WMT-style test file as input: one warning line, in the report too; allow_test_sets=true silences it.
@@ -613,7 +630,8 @@ def test_build_preferences_bad_scores_empty_outputs_and_test_sets(demo_files, tm
     with caplog.at_level(logging.WARNING, logger="build_preferences"):
         report = app.build(cfg(f"input={test_src}", "overwrite=true", f"+systems.strong={d / 'strong.en'}",
                                f"+systems.weak={d / 'weak.en'}"))
-    warnings = [r.getMessage() for r in caplog.records if r.name == "build_preferences" and r.levelno == logging.WARNING]
+    warnings = [r.getMessage() for r in caplog.records
+                if r.name == "build_preferences" and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "evaluation test sets" in warnings[0] and "FLORES-200" in warnings[0]
     assert "allow_test_sets=true" in warnings[0] and report["test_set_warning"] == warnings[0]
     assert "**warning**" in (tmp_path / "o.report.md").read_text(encoding="utf-8")

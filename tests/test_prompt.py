@@ -33,7 +33,9 @@ def test_left_truncation_keeps_bos_and_cue(sp_tok):
     p = enc.encode(LONG, "de", "en")
     assert p.truncated and len(p.ids) == 20 and p.ids[0] == sp_tok.bos_token_id
     assert sp_tok.decode(p.ids[1:]).endswith("Fluss\nEnglish:")
-    assert p.full_ids == [sp_tok.bos_token_id] + sp_tok(format_prompt(LONG, "de", "en"), add_special_tokens=False)["input_ids"]
+    assert p.full_ids == (
+        [sp_tok.bos_token_id] + sp_tok(format_prompt(LONG, "de", "en"), add_special_tokens=False)["input_ids"]
+    )
 
 
 def test_generation_sees_the_training_prompt(sp_tok):

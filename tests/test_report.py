@@ -1,4 +1,5 @@
-"""cpo.report and scripts/compare.py on hand-made sweeps (report_fixtures.py), and notebooks/ablations.ipynb headless."""
+"""cpo.report and scripts/compare.py on hand-made sweeps (report_fixtures.py), and notebooks/ablations.ipynb
+headless."""
 from __future__ import annotations
 
 import json
@@ -70,7 +71,8 @@ def test_unreadable_or_absent_translations_are_a_note_not_a_crash(sweep, tmp_pat
     (s / "1_loss=sft,optim.lr=0.0001,seed=2" / "test_translations.jsonl").unlink()
     (s / "1_loss=sft,optim.lr=0.0001,seed=2" / "test_hypotheses.txt").write_text("x\n")
     jobs = report.load_sweep(s)
-    assert jobs[0].ok and jobs[0].translations is None and "test_translations.jsonl:1: field 'reference'" in jobs[0].translations_note
+    assert (jobs[0].ok and jobs[0].translations is None
+            and "test_translations.jsonl:1: field 'reference'" in jobs[0].translations_note)
     assert jobs[1].translations is None and "only test_hypotheses.txt" in jobs[1].translations_note
 
 
@@ -79,7 +81,8 @@ def test_grid_aggregates_seeds_with_t_intervals(analysis):
     row = g.loc["loss=cpo,optim.lr=0.001,beta=0.5"]
     assert row["runs"] == 3 and row["failed"] == 1 and row["seeds"] == "1,2,3" and row["method"] == "loss=cpo"
     xs = np.array([0.86 - 0.01, 0.86, 0.86 + 0.01])
-    assert row["val/demo_qe_mean"] == pytest.approx(xs.mean()) and row["val/demo_qe_std"] == pytest.approx(xs.std(ddof=1))
+    assert (row["val/demo_qe_mean"] == pytest.approx(xs.mean())
+            and row["val/demo_qe_std"] == pytest.approx(xs.std(ddof=1)))
     lo, hi = sps.t.interval(0.95, 2, loc=xs.mean(), scale=sps.sem(xs))
     assert (row["val/demo_qe_lo"], row["val/demo_qe_hi"]) == (pytest.approx(lo), pytest.approx(hi))
     bleu = [j.results["after"]["bleu"] for j in analysis.jobs if j.ok and j.label == "loss=cpo,optim.lr=0.001,beta=0.5"]
@@ -110,7 +113,8 @@ def test_a_factor_that_is_not_tuned_makes_the_methods(tmp_path):
     assert a.baseline == "beta=0.1" and len({m.color for m in a.methods.values()}) == 2
     assert dict(zip(a.selected["method"], a.selected["config"])) == {"beta=0.1": "optim.lr=0.0001,beta=0.1",
                                                                     "beta=0.5": "optim.lr=0.0001,beta=0.5"}
-    assert beta_figure(a) is not None and beta_figure(analysis_of_tuned := report.analyze(a.jobs, bootstrap_samples=10)) is None
+    assert (beta_figure(a) is not None
+            and beta_figure(analysis_of_tuned := report.analyze(a.jobs, bootstrap_samples=10)) is None)
     assert list(analysis_of_tuned.methods) == ["loss=cpo"]   # with beta tuned, one method: CPO
 
 
@@ -122,7 +126,8 @@ def test_selection_is_the_best_validation_mean_per_method(analysis):
     assert dict(zip(analysis.selected["method"], analysis.selected["config"])) == {
         "loss=sft": "loss=sft,optim.lr=0.001", "loss=cpo": "loss=cpo,optim.lr=0.0001,beta=0.1",
         "loss=dpo": "loss=dpo,optim.lr=0.0001,beta=0.1"}
-    assert analysis.notes["loss=cpo"] == ("optim.lr=0.0001 is the smallest value tried; beta=0.1 is the smallest value tried; "
+    assert analysis.notes["loss=cpo"] == ("optim.lr=0.0001 is the smallest value tried; "
+                                          "beta=0.1 is the smallest value tried; "
                                           "the optimum may lie outside the grid")
     assert analysis.notes["loss=dpo"] == "its only grid point"
 
@@ -135,7 +140,8 @@ def test_selection_ties_go_to_more_seeds_then_grid_order():
     sel, _ = select(grid, "val/x", {"m": Method("m", "M", "#000", None, ["a", "b", "c"])})
     assert list(sel["config"]) == ["b"]
     low = grid.assign(**{"val/nll_loss_mean": [0.3, 0.2, 0.4]})
-    assert list(select(low, "val/nll_loss", {"m": Method("m", "M", "#000", None)})[0]["config"]) == ["b"]  # lower is better
+    assert list(select(low, "val/nll_loss",
+                       {"m": Method("m", "M", "#000", None)})[0]["config"]) == ["b"]  # lower is better
 
 
 def test_select_by_auto_falls_back_and_test_metrics_are_refused(sweep, analysis):
@@ -144,11 +150,14 @@ def test_select_by_auto_falls_back_and_test_metrics_are_refused(sweep, analysis)
     no_qe = analysis.grid.drop(columns=[c for c in analysis.grid if c.startswith("val/demo_qe")])
     assert resolve_select_by("auto", no_qe)[0] == "val/chrf"
     assert resolve_select_by("chrf", analysis.grid) == ("val/chrf", "given")
-    with pytest.raises(report.SelectionError, match="select_by=test/bleu is a test-split metric: selecting on the test split biases"):
+    with pytest.raises(report.SelectionError,
+                       match="select_by=test/bleu is a test-split metric: selecting on the test split biases"):
         resolve_select_by("test/bleu", analysis.grid)
-    with pytest.raises(report.SelectionError, match=r"select_by=val/comet: no job logged val/comet; give one of val/bleu"):
+    with pytest.raises(report.SelectionError,
+                       match=r"select_by=val/comet: no job logged val/comet; give one of val/bleu"):
         resolve_select_by("val/comet", analysis.grid)
-    a = report.analyze(report.load_sweep(sweep), select_by="test/bleu", allow_test_selection=True, bootstrap_samples=FAST)
+    a = report.analyze(report.load_sweep(sweep), select_by="test/bleu", allow_test_selection=True,
+                       bootstrap_samples=FAST)
     assert a.test_selected and a.select_by == "test/bleu"
     md = report.render_markdown(a, "s", {}, {}, sweep, FAST)
     assert "Warning: configurations selected on the TEST split" in md and "**Selected on the TEST split**" in md
@@ -179,8 +188,8 @@ def _sacrebleu_paired_test(hyps, base_hyps, refs, metric):
 
     from cpo.report.stats import sacrebleu_metric
 
-    _, scores = PairedTest([("baseline", base_hyps), ("system", hyps)], {metric: sacrebleu_metric(metric, "en")}, [refs],
-                           test_type="bs", n_samples=1000)()
+    _, scores = PairedTest([("baseline", base_hyps), ("system", hyps)], {metric: sacrebleu_metric(metric, "en")},
+                           [refs], test_type="bs", n_samples=1000)()
     base, system = scores[[k for k in scores if k != "System"][0]]
     return system.p_value, system.score - base.score
 
@@ -193,7 +202,8 @@ def test_paired_bootstrap_is_sacrebleus_for_one_seed(metric):
     hyps = [[r["hypothesis"] for r in x] for x in (a, b)]
     p, diff = _sacrebleu_paired_test(hyps[0], hyps[1], [r["reference"] for r in rows], metric)
     assert mine.p == p and mine.diff == pytest.approx(diff)
-    assert report.paired_bootstrap([a], [a], metric).p == 1.0   # a system against itself: no difference (sacrebleu says p=0.001)
+    # a system against itself: no difference (sacrebleu says p=0.001)
+    assert report.paired_bootstrap([a], [a], metric).p == 1.0
 
 
 def test_paired_bootstrap_pools_seeds_per_sentence_and_resamples_segment_means():
@@ -224,11 +234,13 @@ def test_verdicts_need_both_seeds_and_sentences(analysis):
     assert set(v) == {(m, x) for m in ("loss=cpo", "loss=dpo") for x in ("bleu", "chrf", "demo_qe")}
     for metric in ("bleu", "chrf", "demo_qe"):
         cpo, dpo = v[("loss=cpo", metric)], v[("loss=dpo", metric)]
-        assert (cpo.verdict, cpo.basis) == ("better", "seeds and test sentences") and cpo.p_seeds < 0.05 and cpo.p_bootstrap < 0.05
+        assert ((cpo.verdict, cpo.basis) == ("better", "seeds and test sentences")
+                and cpo.p_seeds < 0.05 and cpo.p_bootstrap < 0.05)
         assert cpo.seed_pairs == "3 better, 0 worse of 3"
         assert dpo.verdict == "no significant difference" and dpo.diff == 0 and dpo.p_bootstrap == 1.0
     def bleu(config):
-        return [json.loads((Path(j.path) / "results.json").read_text())["after"]["bleu"] for j in analysis.jobs if j.label == config]
+        return [json.loads((Path(j.path) / "results.json").read_text())["after"]["bleu"]
+                for j in analysis.jobs if j.label == config]
 
     sft, cpo = bleu("loss=sft,optim.lr=0.001"), bleu("loss=cpo,optim.lr=0.0001,beta=0.1")
     assert v[("loss=cpo", "bleu")].p_seeds == pytest.approx(sps.ttest_ind(cpo, sft, equal_var=False).pvalue)
@@ -245,7 +257,8 @@ def test_one_seed_or_no_translations_say_which_test_decided(sweep, tmp_path):
     c = next(c for c in a.comparisons if c.method == "loss=cpo" and c.metric == "chrf")
     assert (c.verdict, c.basis, c.p_bootstrap) == ("better", "seeds only", None)
     md = report.render_markdown(a, "s", {}, {}, s, FAST)
-    assert "## Jobs without test translations (no paired bootstrap for them)" in md and "- 21 job(s): no test_translations.jsonl" in md
+    assert ("## Jobs without test translations (no paired bootstrap for them)" in md
+            and "- 21 job(s): no test_translations.jsonl" in md)
 
 
 def test_different_test_sets_are_not_compared(sweep, tmp_path):
@@ -256,7 +269,8 @@ def test_different_test_sets_are_not_compared(sweep, tmp_path):
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
     a = report.analyze(report.load_sweep(s), bootstrap_samples=FAST)
     c = next(c for c in a.comparisons if c.method == "loss=cpo" and c.metric == "bleu")
-    assert c.verdict == "not comparable" and c.basis == "test sets differ (row 17: the source differs from the baseline's)"
+    assert (c.verdict == "not comparable"
+            and c.basis == "test sets differ (row 17: the source differs from the baseline's)")
 
 
 def test_baseline_by_value_label_or_name_and_when_absent(sweep):
@@ -264,7 +278,8 @@ def test_baseline_by_value_label_or_name_and_when_absent(sweep):
     assert report.analyze(jobs, baseline="loss=dpo", bootstrap_samples=10).baseline == "loss=dpo"
     assert report.analyze(jobs, baseline="CPO", bootstrap_samples=10).baseline == "loss=cpo"
     a = report.analyze(jobs, baseline="sft_ref", bootstrap_samples=FAST)
-    assert a.baseline is None and not a.comparisons and "baseline=sft_ref is not a method of this sweep" in a.baseline_note
+    assert (a.baseline is None and not a.comparisons
+            and "baseline=sft_ref is not a method of this sweep" in a.baseline_note)
     with pytest.raises(report.SelectionError, match="baseline=sft_ref is not a method of this sweep"):
         report.analyze(jobs, baseline="sft_ref", baseline_required=True)
     with pytest.raises(report.SelectionError, match="alpha=1.5"):
@@ -295,7 +310,8 @@ def test_several_directions_get_per_direction_tables_and_a_stratified_bootstrap(
 
 def test_health_metrics_are_shown_and_not_tested(tmp_path):
     health = {"off_target": 0.01, "copy_rate": 0.0, "repetition": 0.02, "length_ratio": 0.97}
-    s = make_protocol_sweep(tmp_path / "h", {k: PROTOCOL[k][:1] for k in ("sft", "cpo")}, failed=False, extra_after=health)
+    s = make_protocol_sweep(tmp_path / "h", {k: PROTOCOL[k][:1] for k in ("sft", "cpo")}, failed=False,
+                            extra_after=health)
     a = report.analyze(report.load_sweep(s), bootstrap_samples=FAST)
     assert a.health == ["off_target", "copy_rate", "repetition", "length_ratio"] and "off_target" not in a.quality
     assert {c.metric for c in a.comparisons} == {"bleu", "chrf", "demo_qe"}
@@ -323,9 +339,12 @@ def test_write_report_files(sweep, written):
     sig = pd.read_csv(sweep / "significance.csv")
     assert list(sig.columns)[:3] == ["method", "metric", "n"] and len(sig) == 6
     manifest = json.loads((sweep / "report.json").read_text())
-    assert manifest["protocol"]["baseline"] == "loss=sft" and manifest["methods"]["loss=cpo"]["color"] == report.METHODS["cpo"][1]
+    assert (manifest["protocol"]["baseline"] == "loss=sft"
+            and manifest["methods"]["loss=cpo"]["color"] == report.METHODS["cpo"][1])
     assert manifest["verdict_sentences"][0].startswith("CPO vs SFT (preferred) on BLEU: better (+")
-    assert sorted(m["plots"].values()) == [f"plots/{n}.png" for n in ("curves_train", "curves_val", "grid", "test_metrics")]
+    assert sorted(m["plots"].values()) == [
+        f"plots/{n}.png" for n in ("curves_train", "curves_val", "grid", "test_metrics")
+    ]
     assert all(_is_png(sweep / p) for p in m["plots"].values()) and "metrics vs beta" in m["skipped_plots"]
     tex = (sweep / "report.tex").read_text()
     assert tex.count("\\toprule") == 2 and "\\bottomrule" in tex and "optim.lr=0.0001" in tex
@@ -368,10 +387,12 @@ def _fake_run(name="beta=0.1,loss=cpo,seed=2", state="finished") -> FakeRun:
     return FakeRun(
         name=name, id="abc123", state=state, path=["me", "cpo", "abc123"],
         config={"config": {"seed": 2, "beta": 0.1, "loss": {"name": "cpo", "beta": 0.1}}, "trainable_parameters": 7},
-        summary_metrics={"val/logps/accuracies": 0.8, "val/nll_loss": 0.3, "val/chrf": 60.0, "train/loss": 0.5, "test/bleu": 30.0,
-                         "test/demo_qe": 0.8, "test/pref_accuracy": 0.8, "val/samples": {"_type": "table-file"},
+        summary_metrics={"val/logps/accuracies": 0.8, "val/nll_loss": 0.3, "val/chrf": 60.0, "train/loss": 0.5,
+                         "test/bleu": 30.0, "test/demo_qe": 0.8, "test/pref_accuracy": 0.8,
+                         "val/samples": {"_type": "table-file"},
                          "trainer/global_step": 29, "_step": 9},
-        rows=[{"train/loss": 0.9, "trainer/global_step": 9, "_step": 0}, {"val/samples": {"_type": "table-file"}, "_step": 1},
+        rows=[{"train/loss": 0.9, "trainer/global_step": 9, "_step": 0},
+              {"val/samples": {"_type": "table-file"}, "_step": 1},
               {"val/nll_loss": 0.3, "trainer/global_step": 14, "_step": 2},
               {"train/loss": 0.5, "trainer/global_step": 19, "_step": 3}],
     )
@@ -386,14 +407,18 @@ def test_wandb_run_to_job():
     assert list(job.curve["step"]) == [9, 14, 19] and job.curve["train/loss"].dropna().tolist() == [0.9, 0.5]
     crashed = report.wandb_run_to_job(_fake_run(state="crashed"))
     assert not crashed.ok and "crashed" in crashed.error
-    assert report.split_run_name("loss=cpo,optim.betas=[0.9,0.99],seed=1") == {"loss": "cpo", "optim.betas": "[0.9,0.99]", "seed": "1"}
+    assert report.split_run_name("loss=cpo,optim.betas=[0.9,0.99],seed=1") == {
+        "loss": "cpo", "optim.betas": "[0.9,0.99]", "seed": "1"
+    }
     assert report.split_run_name("dazzling-sun-4") is None
 
 
 def test_load_wandb_with_fake_api_then_analyze_without_bootstrap():
     runs = [_fake_run(f"loss={loss},seed={s}") for loss in ("cpo", "sft") for s in (1, 2)]
     for r in runs:
-        r.summary_metrics = dict(r.summary_metrics, **{"test/bleu": 30.0 + (5 if "cpo" in r.name else 0) + int(r.name[-1]) * 0.1})
+        r.summary_metrics = dict(
+            r.summary_metrics, **{"test/bleu": 30.0 + (5 if "cpo" in r.name else 0) + int(r.name[-1]) * 0.1}
+        )
     calls = {}
 
     class Api:
@@ -429,11 +454,14 @@ def test_compare_app(sweep, tmp_path):
     ], cwd=sweep.parent)
     p = runs[0]
     assert p.returncode == 0, p.stderr
-    assert "CPO vs SFT (preferred) on BLEU: better" in p.stdout and "21_loss=cpo,optim.lr=0.001,beta=0.5,seed=4" in p.stderr
+    assert ("CPO vs SFT (preferred) on BLEU: better" in p.stdout
+            and "21_loss=cpo,optim.lr=0.001,beta=0.5,seed=4" in p.stderr)
     assert (out / "report.md").is_file() and (out / "report.tex").is_file() and not (out / "plots").exists()
     assert not (REPO / "compare.log").exists() and not (sweep / ".hydra").exists()
-    for p, message in zip(runs[1:], ["select_by=test/bleu is a test-split metric", "baseline=sft_ref is not a method of this sweep"]):
-        assert p.returncode == 2 and p.stderr.startswith("error: ") and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+    for p, message in zip(runs[1:], ["select_by=test/bleu is a test-split metric",
+                                     "baseline=sft_ref is not a method of this sweep"]):
+        assert (p.returncode == 2 and p.stderr.startswith("error: ") and message in p.stderr
+                and "Traceback" not in p.stderr), p.stderr
     assert not (tmp_path / "elsewhere_2").exists()   # nothing finished-looking is left behind
 
 
@@ -473,11 +501,14 @@ def test_notebook_says_better_or_worse_with_the_test(sweep, written, jupyter_env
     monkeypatch.setenv("CPO_REPORT_DIR", str(s))
     monkeypatch.setenv("CPO_BOOTSTRAP_SAMPLES", str(FAST))
     nb = nbformat.read(REPO / "notebooks" / "ablations.ipynb", as_version=4)
-    NotebookClient(nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    NotebookClient(nb, timeout=180, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) + str(o.get("data", {}).get("text/markdown", ""))
+    text = "".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
+                   + str(o.get("data", {}).get("text/markdown", ""))
                    for o in outputs)
     assert str(s) in text and "Baseline: **SFT (preferred)** (`loss=sft`)" in text
-    assert "CPO vs SFT (preferred) on BLEU: better (" in text and "DPO vs SFT (preferred) on chrF: no significant difference (" in text
+    assert ("CPO vs SFT (preferred) on BLEU: better (" in text
+            and "DPO vs SFT (preferred) on chrF: no significant difference (" in text)
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 4

@@ -24,7 +24,8 @@ QUICK = SMALL_DEMO + ["logger=csv", "evaluate.before_after=false", "evaluate.dur
 
 
 def _env():
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return env
 
@@ -50,7 +51,8 @@ def _weights(ckpt: Path) -> dict:
 # ----------------------------------------------------------------------------------------- divergence
 @pytest.mark.parametrize("override", ["beta=inf", "optim.lr=1e6"])
 def test_a_diverged_run_fails_and_leaves_nothing_finished(tmp_path, override):
-    with pytest.raises(Diverged, match=r"training diverged at step \d+: the (training loss|gradient norm) is (nan|inf)"):
+    with pytest.raises(Diverged,
+                       match=r"training diverged at step \d+: the (training loss|gradient norm) is (nan|inf)"):
         run(compose(QUICK + ["trainer.max_steps=30", override]), tmp_path)
     assert not (tmp_path / "results.json").exists() and not (tmp_path / "policy").exists()
 
@@ -65,7 +67,8 @@ def test_half_precision_settings(tmp_path):
     with pytest.raises(ConfigError, match="model.dtype=float16 trains half-precision weights"):
         run(compose(QUICK + ["model.dtype=float16"]), tmp_path / "a")
     # fp16 mixed precision with the default fused AdamW trains (the fused optimizer is not used there).
-    res = run(compose(QUICK + ["trainer.max_steps=3", "trainer.precision=16-mixed", "save_policy=false"]), tmp_path / "b")
+    res = run(compose(QUICK + ["trainer.max_steps=3", "trainer.precision=16-mixed", "save_policy=false"]),
+              tmp_path / "b")
     assert res["global_steps"] == 3
 
 
@@ -122,8 +125,9 @@ def _start(out: Path, extra: list[str]) -> subprocess.Popen:
 
 
 # 160 pairs in micro-batches of 4, two per step: 20 steps an epoch, so 24 steps cross into a second epoch.
-LONG = ["trainer.max_epochs=2", "trainer.max_steps=24", "data.batch_size=4", "trainer.accumulate_grad_batches=2", "progress_every_seconds=0",
-        "checkpoint.every_n_steps=4", "trainer.log_every_n_steps=1", "seed=3", "trainer.limit_val_batches=0"]
+LONG = ["trainer.max_epochs=2", "trainer.max_steps=24", "data.batch_size=4", "trainer.accumulate_grad_batches=2",
+        "progress_every_seconds=0", "checkpoint.every_n_steps=4", "trainer.log_every_n_steps=1", "seed=3",
+        "trainer.limit_val_batches=0"]
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +204,8 @@ def test_a_second_writer_is_refused(tmp_path):
         p = _train(tmp_path, ["trainer.max_steps=2"])
     _one_sentence(p, 2, "is in use by another run", f"pid {os.getpid()}")
     assert not (tmp_path / "results.json").exists()
-    assert run(compose(QUICK + ["trainer.max_steps=2", "save_policy=false"]), tmp_path)["global_steps"] == 2  # free again
+    assert run(compose(QUICK + ["trainer.max_steps=2", "save_policy=false"]),
+               tmp_path)["global_steps"] == 2  # free again
 
 
 def test_a_diverged_grid_point_does_not_stop_the_sweep(tmp_path):

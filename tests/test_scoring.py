@@ -88,7 +88,8 @@ class CountingScorer(Scorer):
 
 
 class NaNScorer(CountingScorer):
-    """len(hypothesis), except NaN (or ``value``) for hypotheses containing ``bad``: a model overflowing on one input."""
+    """len(hypothesis), except NaN (or ``value``) for hypotheses containing ``bad``: a model overflowing on one
+    input."""
 
     def __init__(self, bad: str = "BAD", value: float = float("nan"), name: str = "nan") -> None:
         super().__init__(name)
@@ -361,8 +362,11 @@ def test_sentence_chrf_and_bleu_equal_sacrebleu():
     assert zh == [sacrebleu.sentence_bleu(h, [r], tokenize="zh").score for h, r in zip(zh_hyp, zh_ref)]
     assert zh != SentenceBleuScorer(tokenize="13a").score(["a", "b"], zh_hyp, zh_ref)
     # Korean follows SPEC section 6 (13a), and no longer raises for a missing MeCab.
-    ko = SentenceBleuScorer().score(["a"], ["고양이를 좋아해요"], ["나는 고양이를 좋아해요"], tgt_lang="ko")
-    assert ko == [sacrebleu.sentence_bleu("고양이를 좋아해요", ["나는 고양이를 좋아해요"], tokenize="13a").score]
+    ko = SentenceBleuScorer().score(["a"], ["고양이를 좋아해요"], ["나는 고양이를 좋아해요"],
+                                    tgt_lang="ko")
+    assert ko == [
+        sacrebleu.sentence_bleu("고양이를 좋아해요", ["나는 고양이를 좋아해요"], tokenize="13a").score
+    ]
     with pytest.raises(ValueError, match="tgt_lang"):
         SentenceBleuScorer().score(SRC, HYP, REF)
 

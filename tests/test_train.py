@@ -42,7 +42,8 @@ def test_lora_trainable_parameter_count_and_reload(tmp_path):
 
     from cpo.generation import translate
 
-    res = run(compose(SMALL_DEMO + ["logger=none", "model=tiny_lora", "evaluate.before_after=false", "trainer.max_steps=3"]), tmp_path)
+    res = run(compose(SMALL_DEMO + ["logger=none", "model=tiny_lora", "evaluate.before_after=false",
+                                    "trainer.max_steps=3"]), tmp_path)
     # r=8 on q,k,v,o,gate,up,down of 2 layers, hidden 32, 4 heads (kv dim 16 with 2 KV heads), ffn 128:
     # per layer r*[(32+32) + (32+16) + (32+16) + (32+32) + 3*(32+128)] = 8 * 704 = 5632
     assert res["trainable_parameters"] == 2 * 5632
@@ -79,7 +80,8 @@ def test_full_model_saved_reloads_and_translates_and_table(tmp_path, capsys):
 def test_wandb_offline_run_holds_metrics_and_config(tmp_path):
     from cpo.wandb_offline import read_finished_run as read_offline_run
 
-    run(compose(SMALL_DEMO + ["evaluate.before_after=false", "save_policy=false", "trainer.max_steps=3", "trainer.log_every_n_steps=1", "trainer.val_check_interval=2"]), tmp_path)
+    run(compose(SMALL_DEMO + ["evaluate.before_after=false", "save_policy=false", "trainer.max_steps=3",
+                              "trainer.log_every_n_steps=1", "trainer.val_check_interval=2"]), tmp_path)
     runs = list((tmp_path / "wandb_files" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, "W&B files must stay inside the run directory"
     r = read_offline_run(runs[0])
@@ -91,7 +93,8 @@ def test_wandb_offline_run_holds_metrics_and_config(tmp_path):
 
 
 def _clean_env():
-    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -99,15 +102,17 @@ def _clean_env():
 def test_multirun_sweep_groups_runs_in_wandb(tmp_path):
     from cpo.wandb_offline import read_finished_run as read_offline_run
 
-    cmd = [sys.executable, "train.py", "-m", "loss=cpo,sft", "beta=0.05,0.1", "trainer.max_steps=2", "evaluate.before_after=false",
-           "save_policy=false", f"hydra.sweep.dir={tmp_path}"] + SMALL_DEMO
+    cmd = [sys.executable, "train.py", "-m", "loss=cpo,sft", "beta=0.05,0.1", "trainer.max_steps=2",
+           "evaluate.before_after=false", "save_policy=false", f"hydra.sweep.dir={tmp_path}"] + SMALL_DEMO
     p = subprocess.run(cmd, cwd=REPO, env=_clean_env(), capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     jobs = sorted(d for d in tmp_path.iterdir() if d.is_dir() and (d / "results.json").exists())
     assert len(jobs) == 4
     runs = [read_offline_run(next((j / "wandb_files" / "wandb").glob("offline-run-*"))) for j in jobs]
     assert len({r["group"] for r in runs}) == 1 and runs[0]["group"]
-    assert sorted(r["name"] for r in runs) == sorted(["beta=0.05,loss=cpo", "beta=0.1,loss=cpo", "beta=0.05,loss=sft", "beta=0.1,loss=sft"])
+    assert sorted(r["name"] for r in runs) == sorted(
+        ["beta=0.05,loss=cpo", "beta=0.1,loss=cpo", "beta=0.05,loss=sft", "beta=0.1,loss=sft"]
+    )
     assert {json.loads((j / "results.json").read_text())["beta"] for j in jobs} == {0.05, 0.1}
 
 
@@ -115,19 +120,23 @@ def test_multirun_sweep_groups_runs_in_wandb(tmp_path):
     "args, message",
     [
         (["beta=0"], "beta must be > 0"),
-        (["data=jsonl", "data.train_file=/nope.jsonl", "model=hf", "model.name_or_path=x"], "data.train_file: /nope.jsonl does not exist"),
+        (["data=jsonl", "data.train_file=/nope.jsonl", "model=hf", "model.name_or_path=x"],
+         "data.train_file: /nope.jsonl does not exist"),
         (["data=alma_r_preference", "model=hf", "model.name_or_path=x"], "data.path='haoranxu/ALMA-R-Preference'"),
     ],
 )
 def test_cli_errors_are_one_sentence(args, message):
-    p = subprocess.run([sys.executable, "train.py"] + args, cwd=REPO, env=_clean_env(), capture_output=True, text=True, timeout=120)
+    p = subprocess.run([sys.executable, "train.py"] + args, cwd=REPO, env=_clean_env(), capture_output=True, text=True,
+                       timeout=120)
     assert p.returncode == 2 and f"error: {message}" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_bad_data_file_names_line_and_field(tmp_path):
     f = tmp_path / "pairs.jsonl"
-    f.write_text('{"source": "a", "chosen": "b", "rejected": "c", "src_lang": "de", "tgt_lang": "en"}\n{"source": "a", "chosen": "b", "src_lang": "de", "tgt_lang": "en"}\n')
-    p = subprocess.run([sys.executable, "train.py", "data=jsonl", f"data.train_file={f}", "model=hf", "model.name_or_path=x"],
+    f.write_text('{"source": "a", "chosen": "b", "rejected": "c", "src_lang": "de", "tgt_lang": "en"}\n'
+                 '{"source": "a", "chosen": "b", "src_lang": "de", "tgt_lang": "en"}\n')
+    p = subprocess.run([sys.executable, "train.py", "data=jsonl", f"data.train_file={f}", "model=hf",
+                        "model.name_or_path=x"],
                        cwd=REPO, env=_clean_env(), capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and f"{f}:2: missing field 'rejected'" in p.stderr
 
@@ -135,8 +144,9 @@ def test_bad_data_file_names_line_and_field(tmp_path):
 def test_validation_logs_translation_quality_and_sample_table(tmp_path):
     from cpo.wandb_offline import read_finished_run as read_offline_run
 
-    res = run(compose(SMALL_DEMO + ["evaluate.before_after=false", "save_policy=false", "trainer.max_steps=2", "trainer.val_check_interval=2",
-                                    "evaluate.during_training.max_sentences=8"]), tmp_path)
+    res = run(compose(SMALL_DEMO + ["evaluate.before_after=false", "save_policy=false", "trainer.max_steps=2",
+                                    "trainer.val_check_interval=2", "evaluate.during_training.max_sentences=8"]),
+              tmp_path)
     assert {"val/bleu", "val/chrf", "val/demo_qe"} <= set(res["val"])
     assert 0 <= res["val"]["val/demo_qe"] <= 1
     r = read_offline_run(next((tmp_path / "wandb_files" / "wandb").glob("offline-run-*")))
@@ -166,8 +176,8 @@ def test_policy_factory_is_built_in_configure_model(tiny_tok_model):
     dm = PreferenceDataModule(exs, exs[:2], tok, batch_size=4)
     mod = PreferenceModule(factory, PreferenceLoss("cpo"), OptimSettings(), tok.pad_token_id)
     assert mod.policy is None
-    L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, use_distributed_sampler=False,
-              limit_val_batches=0, accelerator="cpu").fit(mod, datamodule=dm)
+    L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              use_distributed_sampler=False, limit_val_batches=0, accelerator="cpu").fit(mod, datamodule=dm)
     assert calls == [1] and mod.policy is not None and mod.global_step == 1
 
 
@@ -175,7 +185,8 @@ def test_lazy_policy_path_trains_and_saves(tmp_path):
     """The configure_model path (used by fsdp / deepspeed_zero3) runs end to end on one CPU device."""
     from transformers import AutoModelForCausalLM
 
-    res = run(compose(SMALL_DEMO + ["logger=none", "build_in_configure_model=true", "trainer.max_steps=2", "evaluate.before_after=false"]), tmp_path)
+    res = run(compose(SMALL_DEMO + ["logger=none", "build_in_configure_model=true", "trainer.max_steps=2",
+                                    "evaluate.before_after=false"]), tmp_path)
     assert res["global_steps"] == 2 and res["trainable_parameters"] > 0
     AutoModelForCausalLM.from_pretrained(tmp_path / "policy")
 
@@ -192,8 +203,8 @@ def test_warmup_steps_are_rounded_up_as_the_hf_trainer(tiny_tok_model):
     _, model = tiny_tok_model
     module = PreferenceModule(model, PreferenceLoss("cpo"), OptimSettings(lr=1.0, warmup_ratio=0.01), pad_id=0)
     dm = SimpleNamespace(micro_batches_per_epoch=lambda world: 1000)
-    module._trainer = SimpleNamespace(precision_plugin=Precision(), datamodule=dm, world_size=1, limit_train_batches=1.0,
-                                      accumulate_grad_batches=1, max_epochs=1, max_steps=140)
+    module._trainer = SimpleNamespace(precision_plugin=Precision(), datamodule=dm, world_size=1,
+                                      limit_train_batches=1.0, accumulate_grad_batches=1, max_epochs=1, max_steps=140)
     sched = module.configure_optimizers()["lr_scheduler"]["scheduler"]
     assert [round(f(1), 3) for f in sched.lr_lambdas] == [0.5, 0.5]  # step 1 of 2 warm-up steps
 

@@ -73,7 +73,8 @@ def run_generation_bench(
         def attempt(bs: int, n: int, new_tokens: int, model=model) -> float | None:
             try:
                 t = time.perf_counter()
-                translate(model, tok, sources[:n], SRC, TGT, batch_size=bs, num_beams=num_beams, max_new_tokens=new_tokens)
+                translate(model, tok, sources[:n], SRC, TGT, batch_size=bs, num_beams=num_beams,
+                          max_new_tokens=new_tokens)
                 return n / (time.perf_counter() - t)
             except _oom_errors() as e:
                 errors[bs] = f"batch {bs} ran out of GPU memory ({str(e).splitlines()[0][:160]})"

@@ -252,7 +252,8 @@ def throughput(plan: Plan) -> dict:
     res = _bench(plan, plan.shape("7b"), losses=("cpo", "dpo_live"), forwards=("kv_cache", "concat"), against=against)
     figures = {"implementations": _summary(res), "ratios": res["ratios"],
                "matmul_peak_tflops": res["matmul_peak_flops"] / 1e12, "token_lengths": res["token_lengths"],
-               "model": res["model"], "parameters": res["parameters"], "precision": res["precision"], "device": plan.device}
+               "model": res["model"], "parameters": res["parameters"], "precision": res["precision"],
+               "device": plan.device}
     for key in ("trl_first_batch", "trl_tokens"):
         if key in res:
             figures[key] = res[key]

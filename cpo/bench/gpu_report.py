@@ -130,8 +130,8 @@ def _part2(r: dict | None) -> list[str]:
                   f"Token lengths: {_lengths(f.get('token_lengths'))}.", ""]
         lines += _impl_table(f["implementations"])
         lines += ["", "Completion tokens are the chosen and rejected tokens trained on; real tokens are every non-pad "
-                  "token a forward processes (the prompt once or twice, and the reference's for DPO). MFU: executed model "
-                  "FLOPs on real tokens (LoRA's frozen base: 4 N per token) over the measured matmul peak.", ""]
+                  "token a forward processes (the prompt once or twice, and the reference's for DPO). MFU: executed "
+                  "model FLOPs on real tokens (LoRA's frozen base: 4 N per token) over the measured matmul peak.", ""]
         lines += [f"- {k}: {v:.3f}" for k, v in f["ratios"].items()]
         if "trl_first_batch" in f:
             t, c = f["trl_first_batch"], f.get("trl_tokens", {})

@@ -52,7 +52,9 @@ def _score(tr: dict, key: str, where: str, scorer: str) -> float:
     return float(value)
 
 
-def alma_r_examples(row: dict, pairs: Sequence[str], scorer: str, where: str) -> tuple[list[PreferenceExample], Counter]:
+def alma_r_examples(
+    row: dict, pairs: Sequence[str], scorer: str, where: str
+) -> tuple[list[PreferenceExample], Counter]:
     """Examples from one ALMA-R-Preference row, one per requested direction, and the drops by reason.
 
     A row of config "de-en" holds texts in both languages, so it can give de->en and en->de;
@@ -154,7 +156,9 @@ def read_alma_r_rows(source: str, pairs: Sequence[str], split: str = "train", ke
     return rows, [f"{source}[{c}]:{split}" for c in configs]
 
 
-def read_alma_r_preference(source: str, pairs: Sequence[str], scorer: str = "kiwi_xcomet", split: str = "train") -> list[PreferenceExample]:
+def read_alma_r_preference(
+    source: str, pairs: Sequence[str], scorer: str = "kiwi_xcomet", split: str = "train"
+) -> list[PreferenceExample]:
     """ALMA-R-Preference from a local copy (a JSON/JSONL file or a folder of ``<pair>*.jsonl``) or a hub name."""
     rows, _ = read_alma_r_rows(source, pairs, split)
     examples: list[PreferenceExample] = []

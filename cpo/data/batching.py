@@ -88,7 +88,9 @@ class WindowBatchSampler(Sampler):
         if self.group_by_length:
             # Sort within chunks of 50 global batches: similar lengths share a batch, order stays random.
             chunk = step * 50
-            order = [i for s in range(0, n, chunk) for i in sorted(order[s : s + chunk], key=lambda j: self.total_lengths[j])]
+            order = [
+                i for s in range(0, n, chunk) for i in sorted(order[s : s + chunk], key=lambda j: self.total_lengths[j])
+            ]
         batches = [order[s : s + step] for s in range(0, n, step)]
         if batches and len(batches[-1]) < step and self.drop_last:
             batches.pop()

@@ -32,7 +32,9 @@ class PairEncoder:
 
     def __init__(self, tokenizer, max_prompt_length: int = 256, max_length: int = 512, prompt_truncation: str = "left"):
         if max_prompt_length < 2 or max_length <= max_prompt_length:
-            raise ValueError(f"need 2 <= data.max_prompt_length < data.max_length, got {max_prompt_length} and {max_length}")
+            raise ValueError(
+                f"need 2 <= data.max_prompt_length < data.max_length, got {max_prompt_length} and {max_length}"
+            )
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no EOS token; completions must end with one")
         self.tok = tokenizer

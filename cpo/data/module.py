@@ -33,7 +33,8 @@ class PreferenceDataModule(L.LightningDataModule):
         super().__init__()
         if nll_target == "reference" and any(e.reference is None for e in train):
             missing = sum(e.reference is None for e in train)
-            raise DataError(f"loss.nll_target=reference needs a 'reference' field, but {missing} training examples have none")
+            raise DataError(f"loss.nll_target=reference needs a 'reference' field, "
+                            f"but {missing} training examples have none")
         self.train_examples, self.val_examples = train, val
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -48,8 +49,11 @@ class PreferenceDataModule(L.LightningDataModule):
         self.val_pairs = self._encode(val, with_ref and all(e.reference for e in val))
         self.ref_logps: dict[str, dict[int, tuple[float, float]]] | None = None
         if not self.train_pairs:
-            raise DataError(f"no training pair is left after tokenization (max_length={max_length}): {dict(self.encoder.counts)}")
-        self.collator = Collator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id, nll_target)
+            raise DataError(f"no training pair is left after tokenization (max_length={max_length}): "
+                            f"{dict(self.encoder.counts)}")
+        self.collator = Collator(
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id, nll_target
+        )
 
     def _encode(self, examples: list[PreferenceExample], with_ref: bool) -> list[EncodedPair]:
         out = []

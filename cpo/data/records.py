@@ -33,8 +33,9 @@ def _text(obj: dict, key: str, where: str) -> str:
         raise DataError(f"{where}: missing field {key!r}")
     value = obj[key]
     if isinstance(value, list):
-        raise DataError(f"{where}: field {key!r} is a list of chat messages (TRL's conversational format), which has no "
-                        "translation prompt to train on; convert the rows to the standard format (strings)")
+        raise DataError(f"{where}: field {key!r} is a list of chat messages (TRL's conversational format), "
+                        "which has no translation prompt to train on; convert the rows to the standard format "
+                        "(strings)")
     if not isinstance(value, str):
         raise DataError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
     if is_blank(value):
@@ -81,7 +82,8 @@ def example_from_record(obj: dict, where: str) -> PreferenceExample:
 
 
 def read_preference_jsonl(path: str | Path) -> list[PreferenceExample]:
-    """The project's preference JSONL (written by scripts/build_preferences.py), or TRL's prompt/chosen/rejected rows."""
+    """The project's preference JSONL (written by scripts/build_preferences.py), or TRL's
+    prompt/chosen/rejected rows."""
     examples = [example_from_record(obj, f"{path}:{i}") for i, obj in iter_jsonl(path)]
     if not examples:
         raise DataError(f"{path}: no examples")

@@ -134,7 +134,8 @@ def dev_set(val: Sequence[PreferenceExample], max_sentences: int | None = None) 
     ex = [e for e in ex if not (e.source in seen or seen.add(e.source))][:max_sentences]
     with_ref = all(e.reference for e in ex)
     refs = [e.reference if with_ref else e.chosen for e in ex]
-    return TestSet([e.source for e in ex], refs, ex[0].src_lang, ex[0].tgt_lang, "reference" if with_ref else "preferred")
+    return TestSet([e.source for e in ex], refs, ex[0].src_lang, ex[0].tgt_lang,
+                   "reference" if with_ref else "preferred")
 
 
 def read_test_file(path: str) -> TestSet:
@@ -215,5 +216,8 @@ class AlmaRPreference(DataSource):
         train, val = split_examples(train, self.val_size, ctx.seed) if self.val_size else (train, [])
         test = read_test_file(self.test_file) if self.test_file else None
         local = Path(self.path)
-        files = [str(f) for f in ([local] if local.is_file() else sorted(local.glob("*.json*")))] if local.exists() else []
-        return RunData(train, val, test, dev_set(val, self.dev_sentences), files=files + ([self.test_file] if self.test_file else []))
+        files = (
+            [str(f) for f in ([local] if local.is_file() else sorted(local.glob("*.json*")))] if local.exists() else []
+        )
+        return RunData(train, val, test, dev_set(val, self.dev_sentences),
+                       files=files + ([self.test_file] if self.test_file else []))

@@ -96,7 +96,9 @@ class DemoAssets:
         return self.pairs / "build_report.json"
 
 
-def ensure_demo_assets(cache_dir: str | os.PathLike, settings: DemoSettings = DemoSettings(), progress=print) -> DemoAssets:
+def ensure_demo_assets(
+    cache_dir: str | os.PathLike, settings: DemoSettings = DemoSettings(), progress=print
+) -> DemoAssets:
     """The cached assets for ``settings``, building what is missing (about half a minute on a laptop CPU)."""
     root = Path(cache_dir).expanduser() / "demo" / f"{VERSION}-{settings.key()}"
     assets = DemoAssets(root, root / f"pairs-{settings.pairs_key()}")
@@ -136,9 +138,15 @@ def _split(s: DemoSettings):
 
     n_pref = s.n_train_sources + s.n_val_sources
     sents = sample_sentences(s.n_parallel + n_pref + s.n_test_sources, s.seed)
-    parallel, pref, test = sents[: s.n_parallel], sents[s.n_parallel : s.n_parallel + n_pref], sents[s.n_parallel + n_pref :]
+    parallel, pref, test = (
+        sents[: s.n_parallel], sents[s.n_parallel : s.n_parallel + n_pref], sents[s.n_parallel + n_pref :]
+    )
     habits = reference_habits(s.seed)
-    return sents, parallel, pref, test, habits, gilded_references(parallel, s.reference_flaw_rate, s.seed, habits=habits), gilded_references(pref, s.reference_flaw_rate, s.seed, habits=habits)
+    return (
+        sents, parallel, pref, test, habits,
+        gilded_references(parallel, s.reference_flaw_rate, s.seed, habits=habits),
+        gilded_references(pref, s.reference_flaw_rate, s.seed, habits=habits),
+    )
 
 
 def _build_base(tmp: Path, s: DemoSettings, progress) -> None:
@@ -149,12 +157,20 @@ def _build_base(tmp: Path, s: DemoSettings, progress) -> None:
     progress("[demo] training the tokenizer")
     texts = [x.source for x in sents] + [x.translation for x in sents] + par_refs + [format_prompt("x", SRC, TGT)]
     tok = train_bpe_tokenizer(texts, s.vocab_size)
-    model = build_tiny_llama(tok, s.hidden_size, s.num_hidden_layers, s.num_attention_heads, s.num_key_value_heads, seed=s.seed)
-    progress(f"[demo] warm start: supervised training on {len(parallel)} gilded references ({s.warm_start_steps} steps)")
+    model = build_tiny_llama(tok, s.hidden_size, s.num_hidden_layers, s.num_attention_heads, s.num_key_value_heads,
+                             seed=s.seed)
+    progress(f"[demo] warm start: supervised training on {len(parallel)} gilded references "
+             f"({s.warm_start_steps} steps)")
     warm_start(model, tok, [x.source for x in parallel], par_refs, s, progress)
     save_model_and_tokenizer(model, tok, tmp / "warm_start")
-    atomic_write_jsonl(tmp / "test.jsonl", [{"source": x.source, "reference": x.translation, "src_lang": SRC, "tgt_lang": TGT} for x in test])
-    atomic_write_json(tmp / "habits.json", {"dropped": sorted(habits.dropped), "untranslated": sorted(habits.untranslated), "confused_numbers": habits.confused_numbers})
+    atomic_write_jsonl(tmp / "test.jsonl", [
+        {"source": x.source, "reference": x.translation, "src_lang": SRC, "tgt_lang": TGT} for x in test
+    ])
+    atomic_write_json(tmp / "habits.json", {
+        "dropped": sorted(habits.dropped),
+        "untranslated": sorted(habits.untranslated),
+        "confused_numbers": habits.confused_numbers,
+    })
 
 
 def _build_pairs(assets: DemoAssets, tmp: Path, s: DemoSettings, progress) -> None:
@@ -170,7 +186,9 @@ def _build_pairs(assets: DemoAssets, tmp: Path, s: DemoSettings, progress) -> No
         systems["strong"] = with_own_habits(systems["strong"], seed=s.seed + 1000)
     unknown = [c for c in s.candidates if c not in ("ref", "warm_start", *systems)]
     if unknown or len(s.candidates) < (1 if s.negatives == "noised" else 2):
-        raise ValueError(f"data.candidates={list(s.candidates)}: need two or more of ref, warm_start, {', '.join(systems)}")
+        raise ValueError(
+            f"data.candidates={list(s.candidates)}: need two or more of ref, warm_start, {', '.join(systems)}"
+        )
     progress(f"[demo] candidates {list(s.candidates)}, negatives {s.negatives}")
     candidates: dict[str, list[str]] = {}
     for name in s.candidates:
@@ -181,21 +199,25 @@ def _build_pairs(assets: DemoAssets, tmp: Path, s: DemoSettings, progress) -> No
             from cpo.models import load_causal_lm, load_tokenizer
 
             model, tok = load_causal_lm(str(assets.model_dir)), load_tokenizer(str(assets.model_dir))
-            candidates[name] = translate(model, tok, [x.source for x in pref], SRC, TGT, batch_size=128, num_beams=1, max_new_tokens=48)
+            candidates[name] = translate(model, tok, [x.source for x in pref], SRC, TGT, batch_size=128, num_beams=1,
+                                         max_new_tokens=48)
         else:
             candidates[name] = systems[name].translate(pref, s.seed)
     qe = DemoQualityEstimator()
     sources = [x.source for x in pref]
     scores = {name: qe.score(sources, texts) for name, texts in candidates.items()}
     # The same selection code as scripts/build_preferences.py (SPEC section 2 rule).
-    rows, counts = build_pairs(sources, candidates, scores, SRC, TGT, qe.identity, references=pref_refs, negatives=s.negatives)
+    rows, counts = build_pairs(sources, candidates, scores, SRC, TGT, qe.identity, references=pref_refs,
+                               negatives=s.negatives)
     val_sources = {x.source for x in pref[s.n_train_sources :]}
     atomic_write_jsonl(tmp / "train.jsonl", [r for r in rows if r["source"] not in val_sources])
     atomic_write_jsonl(tmp / "val.jsonl", [r for r in rows if r["source"] in val_sources])
-    report = {"settings": asdict(s), "candidate_mean_qe": {n: sum(v) / len(v) for n, v in scores.items()}, "pairs": counts.as_dict()}
+    report = {"settings": asdict(s), "candidate_mean_qe": {n: sum(v) / len(v) for n, v in scores.items()},
+              "pairs": counts.as_dict()}
     atomic_write_json(tmp / "build_report.json", report)
-    progress(f"[demo] {counts.kept} preference pairs kept, {sum(counts.dropped.values())} dropped {dict(counts.dropped)}; "
-             f"mean QE by candidate: " + ", ".join(f"{n} {v:.3f}" for n, v in report["candidate_mean_qe"].items()))
+    progress(f"[demo] {counts.kept} preference pairs kept, {sum(counts.dropped.values())} dropped "
+             f"{dict(counts.dropped)}; mean QE by candidate: "
+             + ", ".join(f"{n} {v:.3f}" for n, v in report["candidate_mean_qe"].items()))
 
 
 def warm_start(model, tok, sources: list[str], references: list[str], s: DemoSettings, progress) -> None:
@@ -211,7 +233,9 @@ def warm_start(model, tok, sources: list[str], references: list[str], s: DemoSet
         data.append((p, enc.completion_ids(prompt, p, ref)))
     opt = torch.optim.AdamW(model.parameters(), lr=s.warm_start_lr, weight_decay=0.0)
     warm = max(1, s.warm_start_steps // 16)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warm) * max(0.05, 1 - k / s.warm_start_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: min(1.0, (k + 1) / warm) * max(0.05, 1 - k / s.warm_start_steps)
+    )
     rng = random.Random(s.seed)
     model.train()
     t0 = time.time()

@@ -113,7 +113,8 @@ def lookup_zorbish(token: str) -> Word | None:
 
 
 def lookup_english(token: str) -> tuple[Word, bool] | None:
-    """The meaning of an English surface form and whether it is a plural noun; None for "the" (no Zorbish word) and non-words."""
+    """The meaning of an English surface form and whether it is a plural noun; None for "the" (no Zorbish
+    word) and non-words."""
     return _ENGLISH_FORMS.get(token)
 
 
@@ -230,7 +231,8 @@ def translate(source: str) -> str:
 
 
 def sample_sentences(n: int, seed: int) -> list[Sentence]:
-    """n grammatical sentences, distinct sources (unless n approaches the size of the language); same seed, same list."""
+    """n grammatical sentences, distinct sources (unless n approaches the size of the language); same seed,
+    same list."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     rng = random.Random(seed)
@@ -403,7 +405,8 @@ def reference_habits(seed: int, n_dropped: int = 3, n_untranslated: int = 2, n_c
 
 
 def gilded_references(
-    sentences: Sequence[Sentence | str], flaw_rate: float = 0.3, seed: int = 0, habits: Habits | None = None, habit_rate: float = 0.9
+    sentences: Sequence[Sentence | str], flaw_rate: float = 0.3, seed: int = 0, habits: Habits | None = None,
+    habit_rate: float = 0.9,
 ) -> list[str]:
     """Human-like references: a share `flaw_rate` carry flaws, the rest are correct.
 
@@ -425,7 +428,9 @@ def gilded_references(
     for sentence, habit in zip(sentences, habitual):
         rng = sentence_rng("gilded", seed, sentence.source)
         if habit is not None and rng.random() < habit_rate:
-            references.append(habit if habit != sentence.translation else apply_flaw(sentence.translation, "untranslated", rng))
+            references.append(
+                habit if habit != sentence.translation else apply_flaw(sentence.translation, "untranslated", rng)
+            )
         elif habit is None and rng.random() < other_rate:
             references.append(apply_flaw(sentence.translation, rng.choice(FLAWS), rng))
         else:

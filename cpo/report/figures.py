@@ -77,7 +77,8 @@ def scores_figure(a: Analysis):
     metrics = [f"test/{m}" for m in a.quality + a.health]
     df = a.selected.reset_index(drop=True)
     metrics = [m for m in metrics if f"{m}_mean" in df and df[f"{m}_mean"].apply(finite).any()
-               and not (m[len("test/"):] in a.health and _flat(df, m))]  # e.g. no empty output anywhere: the table says it
+               # e.g. no empty output anywhere: the table says it
+               and not (m[len("test/"):] in a.health and _flat(df, m))]
     if not metrics:
         return None
     fig, axes = _figure(len(metrics), width=max(3.2, 0.7 * len(df) + 1.6))

@@ -136,7 +136,8 @@ def grid_table(a: Analysis) -> Table:
     rows = []
     for _, r in df.iterrows():
         mark = f" {SELECTED}" if r["config"] in selected else ""
-        rows.append([a.display(r["method"]) + mark, _grid_point(a, r), _seeds(r)] + [cell(r, m, ci=False) for m in metrics])
+        rows.append([a.display(r["method"]) + mark, _grid_point(a, r), _seeds(r)]
+                    + [cell(r, m, ci=False) for m in metrics])
     return Table(header, rows, set(), "llr" + "r" * len(metrics))
 
 

@@ -75,7 +75,9 @@ def _instantiate(cfg: dict[str, Any], where: str) -> Scorer:
     except (ValueError, TypeError) as e:  # raised by the partial's call: the constructor's own sentence
         raise ScorerConfigError(f"{where}: {e}") from None
     if not isinstance(scorer, Scorer):
-        raise ScorerConfigError(f"{where}: _target_={target!r} built a {type(scorer).__name__}, not a cpo.scoring.Scorer")
+        raise ScorerConfigError(
+            f"{where}: _target_={target!r} built a {type(scorer).__name__}, not a cpo.scoring.Scorer"
+        )
     return scorer
 
 

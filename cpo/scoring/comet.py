@@ -156,7 +156,9 @@ class CometScorer(Scorer):
         if self._local and not local.exists():
             raise FileNotFoundError(f"COMET checkpoint not found: {local}")
         if self._local and revision is not None:
-            raise ValueError(f"CometScorer {self.name!r}: revision= applies to hub names, not to the local path {model}")
+            raise ValueError(
+                f"CometScorer {self.name!r}: revision= applies to hub names, not to the local path {model}"
+            )
 
     # -- resolution ---------------------------------------------------------------------
     def _unavailable(self, e: Exception) -> Unavailable:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 SENTENCES = [f"the {a} sees {b} dogs and {c} cats near the river {i}" for i, (a, b, c) in enumerate(
     [("man", "two", "three"), ("woman", "five", "seven"), ("child", "nine", "eleven")] * 60)]
-SENTENCES += [f"der {a} sieht {b} Hunde am Fluss {i}" for i, (a, b) in enumerate([("Mann", "zwei"), ("Frau", "fünf")] * 60)]
+SENTENCES += [f"der {a} sieht {b} Hunde am Fluss {i}"
+              for i, (a, b) in enumerate([("Mann", "zwei"), ("Frau", "fünf")] * 60)]
 SENTENCES += ["Translate this from German to English:\nGerman: der Mann\nEnglish: the man",
               "Translate this from English to German:\nEnglish: the man\nGerman: der Mann"] * 20
 
