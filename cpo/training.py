@@ -94,26 +94,65 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     # Rank 0 owns the folder; processes Lightning starts for the other ranks follow its decision.
     owner = rank_zero_only.rank == 0 and "CPO_RUN_DECISION" not in os.environ
     with folder.acquire() if owner else contextlib.nullcontext():
-        if owner:
-            decision = folder.decide(OmegaConf.to_container(cfg, resolve=True), rerun=bool(cfg.rerun),
-                                     ckpt_path=cfg.ckpt_path)
-            if decision.action == "skip":
-                say(f"{out_dir}: already finished with this configuration; skipping (rerun=true trains it again)")
-                if cfg.save_policy and not decision.results.get("policy_dir"):
-                    say(f"note: that run saved no policy/ (save_policy was false); "
-                        f"rerun=true trains it again to save one")
-                return decision.results
-            folder.start(decision, OmegaConf.to_container(cfg, resolve=True))
-            say(decision.reason)
-            os.environ["CPO_RUN_DECISION"] = json.dumps(
-                {"ckpt_path": decision.ckpt_path, "log_step": decision.log_step}
-            )
-        shared = json.loads(os.environ["CPO_RUN_DECISION"])
         try:
+            shared = _decide(cfg, folder) if owner else _follow(out_dir)
+            if shared["skip"]:
+                return shared.get("results") or {}
             return _Run(cfg, out_dir, plan, folder, shared["ckpt_path"], shared["log_step"]).execute()
         finally:
-            if owner:
+            if owner:  # the decision is this run's only: the next run in this process decides again
                 os.environ.pop("CPO_RUN_DECISION", None)
+
+
+DECISION_FILE = ".decision.json"
+
+
+def _launch_id() -> str | None:
+    """What identifies this launch on every rank when the ranks start together (torchrun, srun)."""
+    parts = [os.environ.get(k) for k in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT")]
+    return "/".join(p or "" for p in parts) if any(parts) else None
+
+
+def _decide(cfg: DictConfig, folder) -> dict:
+    """Rank 0: skip, resume or start fresh (cpo.runs), and tell the other ranks."""
+    decision = folder.decide(OmegaConf.to_container(cfg, resolve=True), rerun=bool(cfg.rerun), ckpt_path=cfg.ckpt_path)
+    shared = {"skip": decision.action == "skip", "ckpt_path": decision.ckpt_path, "log_step": decision.log_step,
+              "launch": _launch_id()}
+    if shared["skip"]:
+        say(f"{folder.path}: already finished with this configuration; skipping (rerun=true trains it again)")
+        if cfg.save_policy and not decision.results.get("policy_dir"):
+            say("note: that run saved no policy/ (save_policy was false); rerun=true trains it again to save one")
+    else:
+        folder.start(decision, OmegaConf.to_container(cfg, resolve=True))
+        say(decision.reason)
+    # Processes Lightning starts for ranks 1..N-1 inherit the environment; ranks started beside this one
+    # (torchrun, srun) read the file, which names the launch it belongs to.
+    os.environ["CPO_RUN_DECISION"] = json.dumps(shared)
+    if shared["launch"] is not None:
+        atomic_write_json(folder.path / DECISION_FILE, shared)
+    return {**shared, "results": decision.results}
+
+
+def _follow(out_dir: Path) -> dict:
+    """Ranks 1..N-1: rank 0's decision, from the environment or from the run folder (waited for)."""
+    if "CPO_RUN_DECISION" in os.environ:
+        return json.loads(os.environ["CPO_RUN_DECISION"])
+    launch = _launch_id()
+    if launch is None:
+        raise ConfigError(f"rank {rank_zero_only.rank} was started without rank 0's decision for {out_dir}: start "
+                          "multi-process runs with torchrun, srun or Lightning's own launcher (strategy=ddp)")
+    wait = float(os.environ.get("CPO_RANK_WAIT_S", "600"))
+    deadline = time.time() + wait
+    while time.time() < deadline:
+        try:
+            shared = json.loads((out_dir / DECISION_FILE).read_text())
+            if shared.get("launch") == launch:
+                return shared
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise ConfigError(f"rank {rank_zero_only.rank} waited {wait:.0f} s for rank 0 to decide how to start {out_dir} "
+                      f"and heard nothing: look at rank 0's log (CPO_RANK_WAIT_S sets the wait)")
 
 
 class _Run:

@@ -217,3 +217,24 @@ def test_a_diverged_grid_point_does_not_stop_the_sweep(tmp_path):
     assert "sweep finished, but 1 of 2 jobs diverged" in p.stderr and "#0 (beta=inf)" in p.stderr
     finished = [d.name for d in tmp_path.iterdir() if (d / "results.json").exists()]
     assert len(finished) == 1 and finished[0].startswith("1_beta=0.1,"), finished
+
+
+def test_ranks_started_beside_rank_0_follow_its_decision(tmp_path, monkeypatch):
+    """Under torchrun/srun every rank runs train.py: ranks 1..N-1 wait for rank 0's decision for this launch."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from cpo import training
+
+    monkeypatch.delenv("CPO_RUN_DECISION", raising=False)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-7")
+    monkeypatch.setenv("CPO_RANK_WAIT_S", "1")
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    cfg = compose(QUICK + ["trainer.max_steps=2"])
+    with pytest.raises(ConfigError, match="rank 1 waited 1 s for rank 0"):
+        run(cfg, tmp_path)
+    (tmp_path / training.DECISION_FILE).write_text(json.dumps({"launch": "launch-6///", "skip": True}))
+    with pytest.raises(ConfigError, match="heard nothing"):  # an older launch's decision is not this one's
+        run(cfg, tmp_path)
+    assert training._launch_id() == "launch-7///"
+    (tmp_path / training.DECISION_FILE).write_text(json.dumps({"launch": "launch-7///", "skip": True}))
+    assert run(cfg, tmp_path) == {} and not (tmp_path / ".run.lock").exists()  # never took the lock
