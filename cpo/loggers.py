@@ -42,10 +42,17 @@ def build_loggers(cfg: DictConfig, out_dir: Path, resume_step: int | None = None
 
 
 def _run_id(out_dir: Path) -> str:
-    """A W&B run id that is stable for a run folder, so a resumed run logs into the run it continues."""
+    """A W&B run id that is stable for one run of a folder: a resumed run logs into the run it continues,
+    while ``rerun=true`` (a new start, recorded in run.json) gets a new one."""
     import hashlib
+    import json
 
-    return hashlib.sha256(str(Path(out_dir).resolve()).encode()).hexdigest()[:16]
+    started = ""
+    try:
+        started = json.loads((Path(out_dir) / "run.json").read_text()).get("started", "")
+    except (OSError, ValueError):
+        pass
+    return hashlib.sha256(f"{Path(out_dir).resolve()}|{started}".encode()).hexdigest()[:16]
 
 
 def run_names(cfg: DictConfig) -> dict[str, str | None]:
