@@ -1,7 +1,8 @@
 """The GPU check (scripts/gpu_check.py) on the CPU: its dry run, its time limits, its report and its usage errors.
 
-The full dry run (every part, tiny shapes) takes one to two minutes here and is marked slow; the fast test
-runs two parts, one of them past its time limit, through the same driver.
+The full dry run (every part, tiny shapes; about a minute here) runs in the default suite, so the script
+cannot rot between GPU loans; a second test runs two parts, one of them past its time limit, through the
+same driver.
 """
 
 from __future__ import annotations
@@ -62,7 +63,6 @@ def test_a_part_past_its_limit_is_one_sentence_and_the_next_part_runs(tmp_path):
         assert {"logs/fit_13b.log", "logs/beam_7b.log", "parts/beam_7b.json"} <= set(tar.getnames())
 
 
-@pytest.mark.slow
 def test_full_dry_run(tmp_path):
     p, report, md = _check(tmp_path, "--dry-run")
     assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
