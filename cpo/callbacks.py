@@ -111,9 +111,11 @@ class PreemptionDeferral(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         stepped, self._seen = trainer.global_step != self._seen, trainer.global_step
         signals = trainer._signal_connector  # Lightning's flag, read by its loops after this hook
-        if signals.received_sigterm and not stepped:
+        # Ranks agree, so that all of them stop at the same step even if the signal reached them apart.
+        stop = trainer.strategy.reduce_boolean_decision(bool(signals.received_sigterm) or self._pending, all=False)
+        if stop and not stepped:
             signals.received_sigterm, self._pending = False, True
-        elif self._pending and stepped:
+        elif stop and stepped:
             signals.received_sigterm = True
 
 
@@ -121,7 +123,15 @@ def build_callbacks(cfg: DictConfig, tokenizer, data, scorers=()) -> list:
     t = cfg.evaluate.get("during_training") or {}
     if not t.get("enabled", False) or data.dev is None:
         return []
+    if cfg.get("build_in_configure_model", False):
+        # FSDP / ZeRO-3 shard the weights: generating on rank 0 alone would wait forever for the other ranks.
+        say("evaluate.during_training is off under a sharded strategy (FSDP, DeepSpeed ZeRO-3): validation logs "
+            "the preference metrics only; translate the saved policy with scripts/generate.py")
+        return []
     dev = data.dev.head(int(t.get("max_sentences", 200)))
-    return [TranslationEval(dev, tokenizer, scorers, data.val, t.get("table_rows", 8),
+    # Greedy for speed, but as long as the data's evaluation allows, so long sentences are not cut short.
+    e = cfg.evaluate
+    max_new = int(e.max_new_tokens if e.get("max_new_tokens") is not None else data.generation["max_new_tokens"])
+    return [TranslationEval(dev, tokenizer, scorers, data.val, t.get("table_rows", 8), max_new_tokens=max_new,
                             max_prompt_length=cfg.data.max_prompt_length,
                             metrics=t.get("metrics") or ("bleu", "chrf", "chrfpp"))]

@@ -162,6 +162,8 @@ def evaluate_files(
     counted (``empty``). A scorer's non-finite score names the hypothesis file and line.
     """
     texts = read_aligned({"src": src, "ref": ref, "hyp": hyp}, allow_empty=True)
+    if not texts["src"]:
+        raise DataError(f"{src}: no lines; give the files of a test set that has segments")
     for key, path in (("src", src), ("ref", ref)):
         blank = next((i for i, t in enumerate(texts[key]) if is_blank(t)), None)
         if blank is not None:

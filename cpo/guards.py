@@ -28,17 +28,28 @@ def grad_norm(parameters) -> torch.Tensor:
 class DivergenceGuard(L.Callback):
     """Stops training when it diverges.
 
-    Always: a non-finite training loss (checked every step) or gradient norm (checked before each optimizer
-    step, on the gradients this rank holds; ranks agree before stopping). With ``max_nll_ratio`` (finite
-    divergence): the mean NLL of the last ``window`` steps exceeding ``max_nll_ratio`` times the mean of
-    the first ``window`` steps, e.g. a half-precision run whose loss stays finite while it forgets how to
-    translate. ``None`` switches that check off.
+    Always: a non-finite training loss (checked every micro-batch) or gradient norm (checked before each
+    optimizer step, on the gradients this rank holds; ranks agree before stopping). Under fp16 loss scaling
+    the gradient check is left to the GradScaler, which skips an overflowing step and lowers its scale by
+    design. With ``max_nll_ratio`` (a divergence that stays finite): the mean NLL of the preferred side over
+    the last ``window`` optimizer steps exceeding ``max_nll_ratio`` times its mean over the first ``window``
+    steps *and* rising by more than ``min_nll_rise`` nats, e.g. a half-precision run whose loss stays finite
+    while it forgets how to translate. ``None`` switches that check off. Its state travels in checkpoints,
+    so a resumed run stops where the uninterrupted one would.
     """
 
-    def __init__(self, max_nll_ratio: float | None = 3.0, window: int = 10):
-        self.max_nll_ratio, self.window = max_nll_ratio, max(1, window)
+    def __init__(self, max_nll_ratio: float | None = 3.0, window: int = 10, min_nll_rise: float = 1.0):
+        self.max_nll_ratio, self.window, self.min_nll_rise = max_nll_ratio, max(1, window), min_nll_rise
         self._first: list[float] = []
         self._recent: deque[float] = deque(maxlen=self.window)
+        self._step = -1
+
+    def state_dict(self) -> dict:
+        return {"first": list(self._first), "recent": list(self._recent), "step": self._step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._first, self._step = list(state.get("first", [])), int(state.get("step", -1))
+        self._recent = deque(state.get("recent", []), maxlen=self.window)
 
     def _stop(self, trainer: L.Trainer, bad: bool, message: str) -> None:
         if trainer.strategy.reduce_boolean_decision(bad, all=False):
@@ -51,12 +62,15 @@ class DivergenceGuard(L.Callback):
             step = trainer.global_step
             self._stop(trainer, not torch.isfinite(torch.tensor(value)),
                        f"training diverged at step {step}: the training loss is {value}")
+        if self.max_nll_ratio is None or trainer.global_step == self._step:
+            return  # once per optimizer step: a micro-batch's NLL is too noisy to judge
+        self._step = trainer.global_step
         m = trainer.callback_metrics
         # The NLL term when the loss has one, else the preferred side's mean token NLL (logged for every pair loss).
         nll = m.get("train/nll_loss")
         if nll is None and m.get("train/logps/chosen_avg") is not None:
             nll = -m["train/logps/chosen_avg"]
-        if self.max_nll_ratio is None or nll is None:
+        if nll is None:
             return
         nll = float(nll)
         if len(self._first) < self.window:
@@ -64,11 +78,15 @@ class DivergenceGuard(L.Callback):
             return
         self._recent.append(nll)
         start, now = sum(self._first) / len(self._first), sum(self._recent) / len(self._recent)
-        self._stop(trainer, len(self._recent) == self.window and now > self.max_nll_ratio * max(start, 1e-6),
+        runaway = now > self.max_nll_ratio * max(start, 1e-6) and now - start > self.min_nll_rise
+        self._stop(trainer, len(self._recent) == self.window and runaway,
                    f"training diverged at step {trainer.global_step}: the NLL of the preferred translations rose "
-                   f"from {start:.3f} to {now:.3f} (more than {self.max_nll_ratio}x; guard.max_nll_ratio)")
+                   f"from {start:.3f} to {now:.3f} (more than {self.max_nll_ratio}x and {self.min_nll_rise} nats; "
+                   f"guard.max_nll_ratio, guard.min_nll_rise)")
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            return  # fp16 loss scaling: an overflowing step is skipped by the GradScaler, not a divergence
         norm = grad_norm(p for group in optimizer.param_groups for p in group["params"])
         self._stop(trainer, not bool(torch.isfinite(norm)),
                    f"training diverged at step {trainer.global_step}: the gradient norm is {float(norm)}")

@@ -4,6 +4,7 @@ table that closes every training run, and for ``test_translations.jsonl``, the p
 ``scripts/compare.py`` resamples for significance tests."""
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -25,6 +26,31 @@ class GenerationSettings:
 class Evaluation:
     metrics: dict = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)  # one per test sentence: source, reference, hypothesis, scores
+
+
+def accelerator(trainer_cfg) -> torch.device:
+    """The device training runs on (rank 0's): held-out evaluation and reference log-probs run there too,
+    never on the CPU of a GPU machine (Lightning moves the model back to the CPU when fit ends)."""
+    accel = str(trainer_cfg.get("accelerator", "auto"))
+    if accel in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def on_accelerator(model, trainer_cfg):
+    """``model`` on the training device, under the training precision's autocast; put back afterwards."""
+    device = accelerator(trainer_cfg)
+    home = next(model.parameters()).device
+    precision = str(trainer_cfg.get("precision", "32-true"))
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16 if device.type == "cuda" else torch.bfloat16}
+    cast = torch.autocast(device.type, dtype=dtype[precision]) if precision in dtype else contextlib.nullcontext()
+    model.to(device)
+    try:
+        with cast:
+            yield model
+    finally:
+        model.to(home)
 
 
 @torch.no_grad()

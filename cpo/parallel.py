@@ -212,7 +212,10 @@ def _read_jsonl(path: Path, src_lang, tgt_lang, references: str) -> ParallelData
                 if not isinstance(got, str):
                     raise DataError(f"{where}: field {key!r} must be a string, got {type(got).__name__}")
                 if expected is None:
-                    language_name(got, f"{where}: field {key!r}")
+                    try:
+                        language_name(got, f"{where}: field {key!r}")
+                    except ValueError as e:
+                        raise DataError(str(e)) from None
                     if key == "src_lang":
                         src_lang = got
                     else:

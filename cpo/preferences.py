@@ -270,7 +270,7 @@ def noised_pair(
 def win_counts(system_scores: list[float | None], ref_scores: list[float | None]) -> dict:
     """How often a system's score beats the reference's on the same source (paper Table 1).
 
-    Sources where either side has no score (an empty output) are left out; ties are counted
+    Sources where either side has no score are left out (an empty output is scored like any text); ties are counted
     on their own, never as wins.
     """
     wins = ties = losses = 0

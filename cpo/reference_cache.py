@@ -137,7 +137,13 @@ def load_or_compute(cache_dir: str | os.PathLike, key: str, compute) -> tuple[di
     """(logps by split, whether it came from the cache)."""
     path = Path(cache_dir) / "reference_logps" / f"{key}.pt"
     if path.exists():
-        return torch.load(path), True
+        try:
+            return torch.load(path), True
+        except Exception as e:  # a truncated or foreign file: one sentence and the way out
+            from cpo.errors import ConfigError
+
+            raise ConfigError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]}): delete it "
+                              "and the reference log-probs are computed again") from None
     data = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -179,10 +185,14 @@ def attach_cached_reference(cfg, policy, dm, model_path: str, say=print) -> None
     key = cache_key(reference_identity(cfg, policy, model_path), splits)
 
     def compute():
+        from cpo.heldout import on_accelerator
+
         say("computing reference log-probs once with the starting policy (loss.reference=cached)")
         pad = dm.collator.pad_id
         bs = dm.eval_batch_size
-        return {s: compute_reference_logps(policy, dm.collator, pairs, pad, bs) for s, pairs in splits.items()}
+        # On the training device and in the training precision, as the live reference would be computed.
+        with on_accelerator(policy, cfg.trainer) as model:
+            return {s: compute_reference_logps(model, dm.collator, pairs, pad, bs) for s, pairs in splits.items()}
 
     dm.ref_logps, hit = load_or_compute(cfg.cache_dir, key, compute)
     where = Path(cfg.cache_dir) / "reference_logps" / f"{key}.pt"

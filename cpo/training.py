@@ -23,8 +23,8 @@ from cpo.config import ConfigError, validate
 from cpo.console import interactive, say
 from cpo.data import LoadContext, PreferenceDataModule, RunData, build_source
 from cpo.guards import Diverged, DivergenceGuard, check_finite_weights
-from cpo.heldout import Evaluation, GenerationSettings, before_after_table, evaluate_policy
-from cpo.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from cpo.heldout import Evaluation, GenerationSettings, before_after_table, evaluate_policy, on_accelerator
+from cpo.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, current_umask
 from cpo.loggers import build_loggers, finish_wandb
 from cpo.losses import PreferenceLoss
 from cpo.models import LoraSettings, build_policy, build_reference, count_parameters, is_peft, load_tokenizer
@@ -57,11 +57,38 @@ def build_loss(cfg: DictConfig) -> PreferenceLoss:
     return PreferenceLoss.from_config(OmegaConf.to_container(cfg.loss, resolve=True))
 
 
+def run_identity(cfg: DictConfig, plan: BatchPlan) -> dict:
+    """What decides whether a folder's results or checkpoint belong to this run: the resolved config, the
+    batch layout this hardware gives (a resume on another number of GPUs would be at another data position),
+    and fingerprints of the local files the config names (data, model, adapter): a file rewritten at the same
+    path makes another run. Files derived from the config (the demo's cache) need none."""
+    from cpo.reference_cache import file_fingerprint, folder_fingerprint
+
+    files: dict[str, object] = {}
+    for key in ("train_file", "val_file", "test_file", "path"):
+        value = cfg.data.get(key)
+        p = Path(str(value)) if isinstance(value, str) else None
+        if p is not None and p.is_file():
+            files[f"data.{key}"] = file_fingerprint(p)
+        elif p is not None and p.is_dir():
+            files[f"data.{key}"] = {f.name: file_fingerprint(f) for f in sorted(p.glob("*.json*")) if f.is_file()}
+    lora = cfg.model.get("lora")
+    for key, value in (("model.name_or_path", cfg.model.name_or_path), ("model.lora.adapter", lora and lora.adapter)):
+        if isinstance(value, str) and Path(value).is_dir():
+            files[key] = folder_fingerprint(value)
+    identity = OmegaConf.to_container(cfg, resolve=True)
+    identity["inputs"] = {"batch": plan.as_dict(), "files": files}
+    return identity
+
+
 def check_numerics(cfg: DictConfig) -> None:
     """Settings known to diverge or crash, refused before anything is built."""
     if str(cfg.model.dtype) in ("float16", "fp16"):
         raise ConfigError("model.dtype=float16 trains half-precision weights without fp32 master weights, which "
                           "diverges; use model.dtype=bfloat16, or float32 with trainer.precision=16-mixed")
+    if str(cfg.trainer.get("precision")) in ("16-true", "16", "half"):
+        raise ConfigError(f"trainer.precision={cfg.trainer.precision} trains half-precision weights without fp32 "
+                          "master weights, which diverges; use 16-mixed or bf16-mixed")
 
 
 def default_scorers(cfg: DictConfig, data: RunData) -> list:
@@ -95,10 +122,11 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     owner = rank_zero_only.rank == 0 and "CPO_RUN_DECISION" not in os.environ
     with folder.acquire() if owner else contextlib.nullcontext():
         try:
-            shared = _decide(cfg, folder) if owner else _follow(out_dir)
+            identity = run_identity(cfg, plan)
+            shared = _decide(cfg, identity, folder) if owner else _follow(out_dir)
             if shared["skip"]:
                 return shared.get("results") or {}
-            return _Run(cfg, out_dir, plan, folder, shared["ckpt_path"], shared["log_step"]).execute()
+            return _Run(cfg, identity, out_dir, plan, folder, shared["ckpt_path"], shared["log_step"]).execute()
         finally:
             if owner:  # the decision is this run's only: the next run in this process decides again
                 os.environ.pop("CPO_RUN_DECISION", None)
@@ -109,13 +137,15 @@ DECISION_FILE = ".decision.json"
 
 def _launch_id() -> str | None:
     """What identifies this launch on every rank when the ranks start together (torchrun, srun)."""
-    parts = [os.environ.get(k) for k in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT")]
+    keys = ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "MASTER_PORT", "SLURM_JOB_ID", "SLURM_STEP_ID",
+            "SLURM_RESTART_COUNT")
+    parts = [os.environ.get(k) for k in keys]
     return "/".join(p or "" for p in parts) if any(parts) else None
 
 
-def _decide(cfg: DictConfig, folder) -> dict:
+def _decide(cfg: DictConfig, identity: dict, folder) -> dict:
     """Rank 0: skip, resume or start fresh (cpo.runs), and tell the other ranks."""
-    decision = folder.decide(OmegaConf.to_container(cfg, resolve=True), rerun=bool(cfg.rerun), ckpt_path=cfg.ckpt_path)
+    decision = folder.decide(identity, rerun=bool(cfg.rerun), ckpt_path=cfg.ckpt_path)
     shared = {"skip": decision.action == "skip", "ckpt_path": decision.ckpt_path, "log_step": decision.log_step,
               "launch": _launch_id()}
     if shared["skip"]:
@@ -123,7 +153,7 @@ def _decide(cfg: DictConfig, folder) -> dict:
         if cfg.save_policy and not decision.results.get("policy_dir"):
             say("note: that run saved no policy/ (save_policy was false); rerun=true trains it again to save one")
     else:
-        folder.start(decision, OmegaConf.to_container(cfg, resolve=True))
+        folder.start(decision, identity)
         say(decision.reason)
     # Processes Lightning starts for ranks 1..N-1 inherit the environment; ranks started beside this one
     # (torchrun, srun) read the file, which names the launch it belongs to.
@@ -158,9 +188,9 @@ def _follow(out_dir: Path) -> dict:
 class _Run:
     """The steps of one run, sharing what they build."""
 
-    def __init__(self, cfg: DictConfig, out_dir: Path, plan: BatchPlan, folder, ckpt_path: str | None,
+    def __init__(self, cfg: DictConfig, identity: dict, out_dir: Path, plan: BatchPlan, folder, ckpt_path: str | None,
                  log_step: int | None):
-        self.cfg, self.out_dir, self.plan, self.folder = cfg, out_dir, plan, folder
+        self.cfg, self.identity, self.out_dir, self.plan, self.folder = cfg, identity, out_dir, plan, folder
         self.ckpt_path, self.log_step = ckpt_path, log_step
         self.fit_metrics: dict[str, float] = {}
         self.t_start = time.time()
@@ -225,9 +255,10 @@ class _Run:
         from cpo.runs.fingerprint import canonical_config
 
         cfg = self.cfg
-        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved = self.identity
         g, c = cfg.guard, cfg.checkpoint
-        callbacks = [DivergenceGuard(g.max_nll_ratio, g.window), PreemptionDeferral(), FinalTrainMetrics()]
+        callbacks = [DivergenceGuard(g.max_nll_ratio, g.window, g.get('min_nll_rise', 1.0)), PreemptionDeferral(),
+                     FinalTrainMetrics()]
         callbacks += build_callbacks(cfg, self.tokenizer, self.data, self.scorers)
         if not interactive() and cfg.trainer.get("enable_progress_bar") is not True:
             callbacks.append(ProgressLog(float(cfg.get("progress_every_seconds", 30))))
@@ -265,7 +296,11 @@ class _Run:
                 check_finite_weights(self.module.policy)
             except Diverged as e:
                 self.fail(trainer, e)
-            results = self.finish(trainer, before, state, fit_seconds)
+            try:
+                results = self.finish(trainer, before, state, fit_seconds)
+            except BaseException:  # e.g. a full disk: no report or policy may look finished without results.json
+                self.folder.discard_outputs()
+                raise
         finish_wandb(self.loggers)
         return results
 
@@ -286,8 +321,9 @@ class _Run:
         e = self.cfg.evaluate
         test = self.data.test.head(int(e.max_sentences)) if self.data.test is not None else None
         loader = self.dm.heldout_dataloader() if self.dm.val_pairs else None
-        return evaluate_policy(self.module.policy, self.tokenizer, loader, self.dm.collator.pad_id, test, self.scorers,
-                               self.gen, say, progress=interactive())
+        with on_accelerator(self.module.policy, self.cfg.trainer) as policy:
+            return evaluate_policy(policy, self.tokenizer, loader, self.dm.collator.pad_id, test, self.scorers,
+                                   self.gen, say, progress=interactive())
 
     def validate_at_end(self, trainer: L.Trainer) -> None:
         """A run stopped by a step limit ends without validating: validate once more so results always hold val/*."""
@@ -313,8 +349,9 @@ class _Run:
 
         last = self.out_dir / "checkpoints" / "last.ckpt"
         finish_wandb(self.loggers)
-        step = check_checkpoint(last)["global_step"] if last.is_file() else None
-        raise RunInterrupted(signal.SIGTERM, last if last.is_file() else None, step)
+        # A file, or the folder a sharded strategy (DeepSpeed, FSDP) writes.
+        step = check_checkpoint(last)["global_step"] if last.exists() else None
+        raise RunInterrupted(signal.SIGTERM, last if last.exists() else None, step)
 
     def finish(self, trainer: L.Trainer, before: dict | None, state, fit_seconds: float) -> dict:
         cfg, out_dir, loss = self.cfg, self.out_dir, self.loss
@@ -365,7 +402,7 @@ class _Run:
             sd = {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}
             save_pretrained_policy(self.module.policy, tmp, state_dict=sd)  # the trained adapter, not the reference
             self.tokenizer.save_pretrained(tmp)
-            os.chmod(tmp, 0o777 & ~_umask())
+            os.chmod(tmp, 0o777 & ~current_umask())
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -375,8 +412,3 @@ class _Run:
         say(f"saved policy to {final}")
         return final
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -20,6 +20,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
+from cpo.cli import one_sentence_errors
+
 
 def _given(key: str) -> bool:
     """Whether ``key=`` was on the command line (a default baseline may be absent from a sweep; a given one may not)."""
@@ -27,6 +29,7 @@ def _given(key: str) -> bool:
 
 
 @hydra.main(config_path="../conf", config_name="compare", version_base="1.3")
+@one_sentence_errors
 def main(cfg: DictConfig) -> None:
     from cpo import report
 
@@ -72,6 +75,14 @@ def main(cfg: DictConfig) -> None:
     if not manifest["completed"]:
         print(f"error: no completed jobs in {source}: every job failed (report.md lists why)", file=sys.stderr)
         sys.exit(2)
+    # A job without results whose log does not end in a divergence is still running, crashed or was stopped:
+    # the report is written, but it is not final.
+    unfinished = [f["job"] for f in manifest["failed"] if "training diverged" not in str(f.get("error"))]
+    if unfinished:
+        print(f"error: {len(unfinished)} job(s) have no results and did not diverge ({', '.join(unfinished[:5])}"
+              f"{' ...' if len(unfinished) > 5 else ''}): the sweep is unfinished, so this report is not final; "
+              f"re-launch the sweep to complete it", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig
 
 from cpo.cli import UsageError, one_sentence_errors
-from cpo.evaluation import (CORPUS_METRICS, evaluate_directions, markdown_table, parse_direction, summarize,
-                            wmt22_directions)
+from cpo.evaluation import (CORPUS_METRICS, RESERVED_KEYS, evaluate_directions, markdown_table, parse_direction,
+                            summarize, wmt22_directions)
 from cpo.io import atomic_write_json, atomic_write_text, check_readable_file
 from cpo.languages import LANGUAGES
 from cpo.scoring import Scorer, ScorerConfigError, build_scorer
@@ -134,6 +134,9 @@ def build_scorers(cfg: DictConfig) -> list[Scorer]:
     names = [s.name for s in scorers]
     if len(set(names)) != len(names):
         raise UsageError(f"scorers: two scorers share a name ({names}); give one of them name=...")
+    clash = [n for n in names if n in RESERVED_KEYS]
+    if clash:
+        raise UsageError(f"scorers: the name {clash[0]!r} is a metric of its own; give that scorer another name=...")
     return scorers
 
 

@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 
 from cpo.cli import UsageError, one_sentence_errors
 from cpo.evaluation import WMT22_DIRECTIONS
-from cpo.io import DataError, atomic_write_lines, check_writable
+from cpo.io import DataError, atomic_write_lines, atomic_write_text, check_writable
 from cpo.languages import language_pair
 from cpo.parallel import FORMATS, ParallelData, read_parallel
 
@@ -295,8 +295,15 @@ def collect_tasks(cfg: DictConfig) -> list[Task]:
     return tasks
 
 
-def check_outputs(tasks: list[Task], overwrite: bool, skip_existing: bool) -> tuple[list[Task], list[Task]]:
-    """(tasks to run, tasks skipped because their output exists); refuses before anything is loaded."""
+def _made_by(output: Path) -> Path:
+    """The record of what wrote an output (model, adapter, decoding), beside it and hidden."""
+    return output.parent / f".{output.name}.generation.json"
+
+
+def check_outputs(tasks: list[Task], overwrite: bool, skip_existing: bool,
+                  made_by: dict | None = None) -> tuple[list[Task], list[Task]]:
+    """(tasks to run, tasks skipped because their output exists, written with the same ``made_by``);
+    refuses before anything is loaded."""
     seen: dict[Path, str] = {}
     for t in tasks:
         if t.output in seen:
@@ -305,6 +312,15 @@ def check_outputs(tasks: list[Task], overwrite: bool, skip_existing: bool) -> tu
     todo, skipped = [], []
     for t in tasks:
         if skip_existing and t.output.is_file():
+            try:
+                earlier = json.loads(_made_by(t.output).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                earlier = None
+            if earlier != made_by:  # another model or decoding: a system folder must not mix two of them
+                differ = sorted(k for k in (made_by or {}) if (earlier or {}).get(k) != made_by[k])
+                raise UsageError(f"{t.key}: {t.output} exists but was not written with these settings "
+                                 f"({', '.join(differ) or 'no record of them'}), so skip_existing=true cannot keep it: "
+                                 f"pass overwrite=true, or write to another output_dir")
             skipped.append(t)
             continue
         check_writable(t.output, overwrite, t.key)
@@ -333,10 +349,12 @@ def run(cfg: DictConfig) -> dict:
     if max_prompt_length is not None and max_prompt_length < 2:
         raise UsageError(f"max_prompt_length={max_prompt_length}: BOS and the cue alone need more (ALMA-R uses 256)")
     tasks = collect_tasks(cfg)
-    todo, skipped = check_outputs(tasks, bool(cfg.overwrite), bool(cfg.get("skip_existing", False)))
-    for t in skipped:
-        log.info("%s: %s exists, skipped (skip_existing=true)", t.direction, t.output)
     model_path, adapter = resolve_model_and_adapter(*model_settings(cfg))
+    made_by = {"model": model_path, "adapter": adapter, "num_beams": settings["num_beams"],
+               "max_new_tokens": settings["max_new_tokens"], "max_prompt_length": max_prompt_length}
+    todo, skipped = check_outputs(tasks, bool(cfg.overwrite), bool(cfg.get("skip_existing", False)), made_by)
+    for t in skipped:
+        log.info("%s: %s exists, written with these settings: skipped (skip_existing=true)", t.direction, t.output)
     device = pick_device(str(cfg.device))
     dtype = pick_dtype(str(cfg.dtype), device)
     summary: dict = {"model": model_path, "adapter": adapter, "directions": [],
@@ -360,6 +378,7 @@ def run(cfg: DictConfig) -> dict:
         hyps = [one_line(h) for h in hyps]
         check_writable(t.output, bool(cfg.overwrite), t.key)  # another run may have written it meanwhile
         atomic_write_lines(t.output, hyps)
+        atomic_write_text(_made_by(t.output), json.dumps(made_by, sort_keys=True) + "\n")
         empty = [i + 1 for i, h in enumerate(hyps) if not h.strip()]
         if empty:
             log.warning("%s: %d empty translations (input lines %s%s); they are kept, aligned, as empty lines",

@@ -258,6 +258,11 @@ def test_generate_wmt22_layout_many_directions_one_load(workdir, tmp_path, monke
     summary = app.run(_compose(*overrides, "skip_existing=true"))
     assert [d["direction"] for d in summary["directions"]] == ["en-zb"] and len(summary["skipped"]) == 1
     assert (out_dir / "zben" / "test.zb-en.en").stat().st_mtime_ns == before
+    # ... but only an output written with the same model and decoding: a system folder never mixes two.
+    from cpo.cli import UsageError as Usage
+
+    with pytest.raises(Usage, match=r"exists but was not written with these settings \(num_beams\)"):
+        app.run(_compose(*[o for o in overrides if not o.startswith("num_beams=")], "num_beams=1", "skip_existing=true"))
 
     # The directions mode: an explicit output per direction, or the layout under output_dir.
     summary = app.run(_compose(

@@ -209,3 +209,21 @@ def test_zero_width_only_lines_are_empty(tmp_path):
         read_parallel(src, src_lang="de", tgt_lang="en")
     with pytest.raises(DataError, match=r"s\.txt:2: empty line"):
         read_lines(src, allow_empty=False)
+
+
+def test_an_unknown_language_in_a_jsonl_row_is_a_data_error_naming_the_line(tmp_path):
+    from cpo.parallel import read_parallel
+
+    f = tmp_path / "in.jsonl"
+    f.write_text('{"source": "a", "src_lang": "xx", "tgt_lang": "en"}\n')
+    with pytest.raises(DataError, match=r"in\.jsonl:1.*unknown language code 'xx'"):
+        read_parallel(f, "jsonl", None, None, references="ignore")
+
+
+def test_empty_evaluation_files_are_a_data_error(tmp_path):
+    from cpo.evaluation import evaluate_files
+
+    for name in ("s", "r", "h"):
+        (tmp_path / name).write_text("")
+    with pytest.raises(DataError, match="no lines"):
+        evaluate_files(tmp_path / "s", tmp_path / "r", tmp_path / "h", "de", "en")

@@ -453,9 +453,10 @@ def test_compare_app(sweep, tmp_path):
         [f"sweep={sweep}", f"out_dir={out}_3", "baseline=sft_ref"],
     ], cwd=sweep.parent)
     p = runs[0]
-    assert p.returncode == 0, p.stderr
+    # The crashed job (no results, no divergence in its log) makes the sweep unfinished: report written, exit 1.
+    assert p.returncode == 1, p.stderr
     assert ("CPO vs SFT (preferred) on BLEU: better" in p.stdout
-            and "21_loss=cpo,optim.lr=0.001,beta=0.5,seed=4" in p.stderr)
+            and "21_loss=cpo,optim.lr=0.001,beta=0.5,seed=4" in p.stderr and "the sweep is unfinished" in p.stderr)
     assert (out / "report.md").is_file() and (out / "report.tex").is_file() and not (out / "plots").exists()
     assert not (REPO / "compare.log").exists() and not (sweep / ".hydra").exists()
     for p, message in zip(runs[1:], ["select_by=test/bleu is a test-split metric",
@@ -512,3 +513,24 @@ def test_notebook_says_better_or_worse_with_the_test(sweep, written, jupyter_env
     assert ("CPO vs SFT (preferred) on BLEU: better (" in text
             and "DPO vs SFT (preferred) on chrF: no significant difference (" in text)
     assert sum("image/png" in o.get("data", {}) for o in outputs) == 4
+
+
+def test_one_configuration_and_seed_twice_is_refused(sweep, tmp_path):
+    """A re-launch that wrote a job again into another folder would count one seed twice."""
+    dst = copy_of(sweep, tmp_path)
+    first = next(d for d in dst.iterdir() if d.name.startswith("0_"))
+    shutil.copytree(first, dst / ("99_" + first.name.split("_", 1)[1]))
+    with pytest.raises(ValueError, match="same configuration and seed"):
+        report.load_sweep(dst)
+
+
+def test_a_point_with_a_failed_seed_is_not_selected_on_its_survivors(tmp_path):
+    from report_fixtures import make_protocol_sweep, write_job
+
+    root = make_protocol_sweep(tmp_path / "sw", failed=False)
+    d = write_job(root, 99, ["loss=sft", "optim.lr=0.001", "seed=4", "trainer.max_steps=20"], None, None)
+    (d / "train.log").write_text("error: training diverged at step 3: the gradient norm is nan\n")
+    a = report.analyze(report.load_sweep(root), select_by="val/demo_qe", baseline="sft", bootstrap_samples=FAST)
+    sel = a.selected.set_index("method")
+    assert "optim.lr=0.0001" in str(sel.loc[a.baseline, "config"])  # 0.001 has the better mean, but lost a seed
+    assert "a seed failed" in " ".join(a.notes.values())

@@ -216,7 +216,7 @@ def test_a_diverged_grid_point_does_not_stop_the_sweep(tmp_path):
     assert p.returncode == 3, p.stderr[-3000:]
     assert "sweep finished, but 1 of 2 jobs diverged" in p.stderr and "#0 (beta=inf)" in p.stderr
     finished = [d.name for d in tmp_path.iterdir() if (d / "results.json").exists()]
-    assert len(finished) == 1 and finished[0].startswith("1_beta=0.1,"), finished
+    assert len(finished) == 1 and finished[0].startswith("beta=0.1,"), finished
 
 
 def test_ranks_started_beside_rank_0_follow_its_decision(tmp_path, monkeypatch):
@@ -232,9 +232,55 @@ def test_ranks_started_beside_rank_0_follow_its_decision(tmp_path, monkeypatch):
     cfg = compose(QUICK + ["trainer.max_steps=2"])
     with pytest.raises(ConfigError, match="rank 1 waited 1 s for rank 0"):
         run(cfg, tmp_path)
-    (tmp_path / training.DECISION_FILE).write_text(json.dumps({"launch": "launch-6///", "skip": True}))
+    this_launch = training._launch_id()
+    assert this_launch.startswith("launch-7/")
+    (tmp_path / training.DECISION_FILE).write_text(json.dumps({"launch": "launch-6", "skip": True}))
     with pytest.raises(ConfigError, match="heard nothing"):  # an older launch's decision is not this one's
         run(cfg, tmp_path)
-    assert training._launch_id() == "launch-7///"
-    (tmp_path / training.DECISION_FILE).write_text(json.dumps({"launch": "launch-7///", "skip": True}))
+    (tmp_path / training.DECISION_FILE).write_text(json.dumps({"launch": this_launch, "skip": True}))
     assert run(cfg, tmp_path) == {} and not (tmp_path / ".run.lock").exists()  # never took the lock
+
+
+def test_half_precision_weights_by_trainer_precision_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="trainer.precision=16-true trains half-precision weights"):
+        run(compose(QUICK + ["trainer.precision=16-true"]), tmp_path)
+
+
+def test_the_guard_leaves_fp16_overflows_to_the_grad_scaler_and_resumes_with_its_state():
+    """An overflowing fp16 step is skipped by the GradScaler by design; without a scaler it is a divergence."""
+    from types import SimpleNamespace
+
+    from cpo.guards import DivergenceGuard
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.tensor([float("inf"), 0.0, 0.0])
+    opt = SimpleNamespace(param_groups=[{"params": [p]}])
+    strategy = SimpleNamespace(reduce_boolean_decision=lambda bad, all: bad)
+    scaled = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=object()), strategy=strategy, global_step=5)
+    DivergenceGuard().on_before_optimizer_step(scaled, None, opt)  # no raise
+    plain = SimpleNamespace(precision_plugin=SimpleNamespace(), strategy=strategy, global_step=5)
+    with pytest.raises(Diverged, match="gradient norm is inf"):
+        DivergenceGuard().on_before_optimizer_step(plain, None, opt)
+    # Its baseline travels in checkpoints: a resumed guard judges against the start of the whole run.
+    a = DivergenceGuard(window=2)
+    a.load_state_dict({"first": [1.0, 1.2], "recent": [3.0], "step": 7})
+    b = DivergenceGuard(window=2)
+    b.load_state_dict(a.state_dict())
+    assert b.state_dict() == {"first": [1.0, 1.2], "recent": [3.0], "step": 7}
+
+
+def test_a_data_file_rewritten_at_the_same_path_is_another_run(tmp_path, cache_dir):
+    """The fingerprint covers the files a config names: new pairs in the same prefs.jsonl are not 'finished'."""
+    run(compose(QUICK + ["trainer.max_steps=1", "save_policy=false"]), tmp_path / "demo")  # builds the cache
+    demo = next(d for d in (cache_dir / "demo").glob("*/warm_start") if (d.parent / "test.jsonl").exists())
+    rows = next(d for d in demo.parent.glob("pairs-*") if (d / "train.jsonl").exists()) / "train.jsonl"
+    data = tmp_path / "prefs.jsonl"
+    data.write_bytes(rows.read_bytes())
+    cfg = compose(["logger=csv", "evaluate.before_after=false", "evaluate.during_training.enabled=false",
+                   "data=jsonl", f"data.train_file={data}", "data.batch_size=8", "model=hf",
+                   f"model.name_or_path={demo}", "model.dtype=float32", "trainer.max_steps=2", "save_policy=false"])
+    run(cfg, tmp_path / "run")
+    assert run(cfg, tmp_path / "run")["global_steps"] == 2  # unchanged: skipped as finished
+    data.write_text("".join(rows.read_text().splitlines(keepends=True)[::2]))
+    with pytest.raises(ConfigError, match=r"inputs\.files\.data\.train_file"):
+        run(cfg, tmp_path / "run")

@@ -238,3 +238,17 @@ def test_a_short_run_logs_validates_records_provenance_and_reads_well_in_a_log_f
                                                      "global_batch": 8}
     train_file = next(f for f in prov["data_files"] if f.endswith("train.jsonl"))
     assert prov["data_files"][train_file] == hashlib.sha256(Path(train_file).read_bytes()).hexdigest()
+
+
+def test_a_relaunch_with_another_job_list_finds_the_jobs_that_ran(tmp_path):
+    """Job folders are named by their overrides, not their position: a second sweep with one more value
+    skips the job that already finished instead of training it again under a new number."""
+    base = [sys.executable, "train.py", "-m", "trainer.max_steps=1", "logger=csv", "evaluate.before_after=false",
+            "save_policy=false", "evaluate.during_training.enabled=false", f"hydra.sweep.dir={tmp_path}"] + SMALL_DEMO
+    p = subprocess.run(base + ["beta=0.1"], cwd=REPO, env=_clean_env(), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    p = subprocess.run(base + ["beta=0.05,0.1"], cwd=REPO, env=_clean_env(), capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "already finished with this configuration" in p.stdout
+    assert len([d for d in tmp_path.iterdir() if (d / "results.json").exists()]) == 2

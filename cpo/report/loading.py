@@ -24,7 +24,8 @@ from cpo.report.metrics import number
 # Override keys that do not change the experiment (a key matches itself and everything under it).
 IGNORED_KEYS: tuple[str, ...] = (
     "seed", "trainer.val_check_interval", "trainer.limit_val_batches", "trainer.enable_progress_bar",
-    "evaluate", "logger", "cache_dir", "hydra", "save_policy", "experiment_name", "resume",
+    "evaluate", "logger", "cache_dir", "hydra", "save_policy", "experiment_name", "resume", "rerun", "ckpt_path",
+    "launcher",
 )
 TRANSLATIONS_FILE = "test_translations.jsonl"
 
@@ -218,7 +219,19 @@ def load_sweep(sweep_dir: str | os.PathLike, ignored: Iterable[str] = IGNORED_KE
                                 "is it a `train.py -m` sweep?")
     jobs = [load_job(d) for d in dirs]
     assign_labels(jobs, ignored)
+    refuse_duplicate_seeds(jobs)
     return jobs
+
+
+def refuse_duplicate_seeds(jobs: Sequence[JobResult]) -> None:
+    """Two folders of one configuration and seed would count as two seeds and shrink every interval."""
+    seen: dict[tuple, str] = {}
+    for j in jobs:
+        key = (tuple(sorted(j.config_overrides.items())), j.seed)
+        if j.seed is not None and key in seen:
+            raise ValueError(f"{seen[key]} and {j.name} are the same configuration and seed ({j.label}, seed {j.seed}), "
+                             f"which would count twice: move one of them out of the sweep folder")
+        seen.setdefault(key, j.name)
 
 
 def assign_labels(jobs: Sequence[JobResult], ignored: Iterable[str] = IGNORED_KEYS) -> list[str]:

@@ -173,12 +173,19 @@ def select(grid: pd.DataFrame, metric: str, methods: dict[str, Method], tune_key
                 notes[label] = f"not selected: no {metric or 'validation metric'} for any of its {len(rows)} points"
             continue
         rows = rows[np.isfinite(rows[f"{metric}_mean"])]
+        # A point whose failed seeds are left out of its mean would be chosen on its survivors (a diverging
+        # learning rate winning on its one lucky seed): only points with every seed completed compete.
+        complete = rows[rows["failed"] == 0]
+        skipped = "" if complete.empty or len(complete) == len(rows) else (
+            f"not considered, a seed failed: {', '.join(str(c) for c in rows.loc[rows['failed'] > 0, 'config'])}")
+        rows = complete if not complete.empty else rows
         d = direction(metric)
         key = (rows[f"{metric}_mean"] - 1).abs() if d == "one" else rows[f"{metric}_mean"] * sign[d]
         order = sorted(range(len(rows)), key=lambda i: (key.iloc[i], -rows["runs"].iloc[i], i))
         best = rows.index[order[0]]
         chosen.append(best)
-        notes[label] = "its only grid point" if len(rows) == 1 else _edge_note(grid, best, label, tune_keys)
+        note = "its only grid point" if len(rows) == 1 else _edge_note(grid, best, label, tune_keys)
+        notes[label] = "; ".join(n for n in (note, skipped) if n)
     return grid.loc[chosen].reset_index(drop=True), {k: v for k, v in notes.items() if v}
 
 

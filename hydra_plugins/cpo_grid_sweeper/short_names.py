@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 
 def short_name(text: str, limit: int = 120) -> str:
-    text = str(text)
+    text = str(text) or "default"  # a job with no overrides of its own
     if len(text) <= limit:
         return text
     digest = hashlib.sha1(text.encode()).hexdigest()[:10]
