@@ -349,10 +349,13 @@ def run(cfg: DictConfig) -> dict:
     if max_prompt_length is not None and max_prompt_length < 2:
         raise UsageError(f"max_prompt_length={max_prompt_length}: BOS and the cue alone need more (ALMA-R uses 256)")
     tasks = collect_tasks(cfg)
+    skip_existing = bool(cfg.get("skip_existing", False))
+    if not skip_existing:  # an output in the way is refused before the model is even looked for
+        check_outputs(tasks, bool(cfg.overwrite), False)
     model_path, adapter = resolve_model_and_adapter(*model_settings(cfg))
     made_by = {"model": model_path, "adapter": adapter, "num_beams": settings["num_beams"],
                "max_new_tokens": settings["max_new_tokens"], "max_prompt_length": max_prompt_length}
-    todo, skipped = check_outputs(tasks, bool(cfg.overwrite), bool(cfg.get("skip_existing", False)), made_by)
+    todo, skipped = check_outputs(tasks, bool(cfg.overwrite), skip_existing, made_by)
     for t in skipped:
         log.info("%s: %s exists, written with these settings: skipped (skip_existing=true)", t.direction, t.output)
     device = pick_device(str(cfg.device))

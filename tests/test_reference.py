@@ -70,8 +70,9 @@ def lora_for(setup: str, start) -> LoraSettings | None:
 
 
 def run_cfg(cache_dir: Path, lora: LoraSettings | None):
-    return OmegaConf.create({"cache_dir": str(cache_dir), "model": {
-        "dtype": "float32", "attn_implementation": None, "lora": None if lora is None else vars(lora)}})
+    return OmegaConf.create({
+        "cache_dir": str(cache_dir), "trainer": {"accelerator": "cpu", "precision": "32-true"},
+        "model": {"dtype": "float32", "attn_implementation": None, "lora": None if lora is None else vars(lora)}})
 
 
 def step0(start, setup: str, mode: str, tmp_path, reference=None):

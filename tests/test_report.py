@@ -128,7 +128,8 @@ def test_selection_is_the_best_validation_mean_per_method(analysis):
         "loss=dpo": "loss=dpo,optim.lr=0.0001,beta=0.1"}
     assert analysis.notes["loss=cpo"] == ("optim.lr=0.0001 is the smallest value tried; "
                                           "beta=0.1 is the smallest value tried; "
-                                          "the optimum may lie outside the grid")
+                                          "the optimum may lie outside the grid; "
+                                          "not considered, a seed failed: loss=cpo,optim.lr=0.001,beta=0.5")
     assert analysis.notes["loss=dpo"] == "its only grid point"
 
 

@@ -175,9 +175,10 @@ def select(grid: pd.DataFrame, metric: str, methods: dict[str, Method], tune_key
         rows = rows[np.isfinite(rows[f"{metric}_mean"])]
         # A point whose failed seeds are left out of its mean would be chosen on its survivors (a diverging
         # learning rate winning on its one lucky seed): only points with every seed completed compete.
-        complete = rows[rows["failed"] == 0]
+        failed = rows["failed"] if "failed" in rows else pd.Series(0, index=rows.index)
+        complete = rows[failed == 0]
         skipped = "" if complete.empty or len(complete) == len(rows) else (
-            f"not considered, a seed failed: {', '.join(str(c) for c in rows.loc[rows['failed'] > 0, 'config'])}")
+            f"not considered, a seed failed: {', '.join(str(c) for c in rows.loc[failed > 0, 'config'])}")
         rows = complete if not complete.empty else rows
         d = direction(metric)
         key = (rows[f"{metric}_mean"] - 1).abs() if d == "one" else rows[f"{metric}_mean"] * sign[d]
