@@ -225,6 +225,8 @@ def test_paired_bootstrap_pools_seeds_per_sentence_and_resamples_segment_means()
     d = np.abs(qa[idx].mean(1) - qb[idx].mean(1))
     expected_p = (np.sum(d - d.mean() > abs(qa.mean() - qb.mean())) + 1) / (FAST + 1)
     assert seg.diff == pytest.approx(qa.mean() - qb.mean()) and seg.p == pytest.approx(expected_p)
+    signed = qa[idx].mean(1) - qb[idx].mean(1)  # the interval is of the signed resampled differences
+    assert (seg.lo, seg.hi) == (pytest.approx(np.quantile(signed, 0.025)), pytest.approx(np.quantile(signed, 0.975)))
 
 
 # --------------------------------------------------------------------------- verdicts
@@ -339,6 +341,9 @@ def test_write_report_files(sweep, written):
     assert csv["selected"].sum() == 3 and set(csv.loc[csv.selected, "method_name"]) == {"SFT (preferred)", "CPO", "DPO"}
     sig = pd.read_csv(sweep / "significance.csv")
     assert list(sig.columns)[:3] == ["method", "metric", "n"] and len(sig) == 6
+    tested = sig.dropna(subset=["p_bootstrap"])  # each bootstrap interval holds its own point estimate
+    inside = (tested.bootstrap_lo <= tested.bootstrap_diff) & (tested.bootstrap_diff <= tested.bootstrap_hi)
+    assert len(tested) and inside.all()
     manifest = json.loads((sweep / "report.json").read_text())
     assert (manifest["protocol"]["baseline"] == "loss=sft"
             and manifest["methods"]["loss=cpo"]["color"] == report.METHODS["cpo"][1])

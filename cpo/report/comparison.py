@@ -36,6 +36,8 @@ class Comparison:
     p_seeds: float | None       # Welch's t-test over seeds
     p_bootstrap: float | None   # paired bootstrap over test sentences, seeds pooled
     bootstrap_diff: float | None
+    bootstrap_lo: float         # percentile interval of the resampled differences (NaN without a bootstrap)
+    bootstrap_hi: float
     seed_pairs: str             # per seed pair bootstrap: "2 better, 0 worse of 5"
     verdict: str                # better | worse | no significant difference | not tested | not comparable
     basis: str                  # which tests the verdict rests on, or why none
@@ -100,7 +102,7 @@ def compare(jobs: Sequence[JobResult], selected: pd.DataFrame, baseline: str, me
             sa, sb = summarize(a, level), summarize(b, level)
             row = dict(method=method, metric=metric, n=sa.n, n_base=sb.n, mean=sa.mean, base_mean=sb.mean,
                        diff=sa.mean - sb.mean, diff_lo=np.nan, diff_hi=np.nan, p_seeds=None, p_bootstrap=None,
-                       bootstrap_diff=None, seed_pairs="–")
+                       bootstrap_diff=None, bootstrap_lo=np.nan, bootstrap_hi=np.nan, seed_pairs="–")
             if mismatch:
                 out.append(Comparison(**row, verdict="not comparable", basis=f"test sets differ ({mismatch})"))
                 continue
@@ -113,7 +115,7 @@ def compare(jobs: Sequence[JobResult], selected: pd.DataFrame, baseline: str, me
                                                           for rows in [*runs, *base_runs] for r in rows)
             if runs and base_runs and scorable:
                 boot = paired_bootstrap(runs, base_runs, metric, n_samples, seed, level, cache)
-                row.update(p_bootstrap=boot.p, bootstrap_diff=boot.diff,
+                row.update(p_bootstrap=boot.p, bootstrap_diff=boot.diff, bootstrap_lo=boot.lo, bootstrap_hi=boot.hi,
                            seed_pairs=_pairs(tr, base_tr, metric, alpha, n_samples, seed, cache))
             verdict, basis = _verdict(metric, w, boot, alpha)
             if boot and (len(tr) < len(mjobs) or len(base_tr) < len(base_jobs)):
