@@ -209,6 +209,9 @@ class _Run:
         self.lazy = bool(cfg.get("build_in_configure_model", False))
 
         def make_policy():
+            # Seeded here again: a fresh adapter's initial weights must depend on the seed alone, not on what
+            # ran before (a cold cache builds the demo's assets first and would shift the random stream).
+            L.seed_everything(cfg.seed, workers=True, verbose=False)
             return build_policy(self.model_path, m.dtype, lora, m.gradient_checkpointing, m.attn_implementation,
                                 m.trust_remote_code, m.disable_dropout, sharded=self.lazy)
 
@@ -251,14 +254,14 @@ class _Run:
 
     def trainer(self) -> L.Trainer:
         from cpo.callbacks import FinalTrainMetrics, PreemptionDeferral, ProgressLog, build_callbacks
-        from cpo.runs import AtomicCheckpointIO, checkpoint_callback, fingerprint
+        from cpo.runs import AtomicCheckpointIO, RandomState, checkpoint_callback, fingerprint
         from cpo.runs.fingerprint import canonical_config
 
         cfg = self.cfg
         resolved = self.identity
         g, c = cfg.guard, cfg.checkpoint
         callbacks = [DivergenceGuard(g.max_nll_ratio, g.window, g.get('min_nll_rise', 1.0)), PreemptionDeferral(),
-                     FinalTrainMetrics()]
+                     FinalTrainMetrics(), RandomState()]
         callbacks += build_callbacks(cfg, self.tokenizer, self.data, self.scorers)
         if not interactive() and cfg.trainer.get("enable_progress_bar") is not True:
             callbacks.append(ProgressLog(float(cfg.get("progress_every_seconds", 30))))

@@ -163,6 +163,37 @@ def test_sigterm_saves_exits_143_and_resumes_to_the_uninterrupted_run(tmp_path, 
     assert res["train"] and res["global_steps"] == 24
 
 
+# Dropout kept on (a fresh LoRA adapter with dropout 0.1), validating at the epoch boundary: the dropout masks
+# after a resume are the ones the uninterrupted run drew, because checkpoints carry the random generators' state.
+DROPOUT = [x for x in LONG if x != "trainer.limit_val_batches=0"] + [
+    "model=tiny_lora", "model.lora.dropout=0.1", "model.disable_dropout=false"]
+
+
+def test_a_resume_with_dropout_on_equals_the_uninterrupted_run(tmp_path):
+    whole = _train(tmp_path / "whole", DROPOUT)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    proc = _start(tmp_path / "cut", DROPOUT)
+    _wait_for(proc, "step 9/")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    resumed = _train(tmp_path / "cut", DROPOUT)
+    assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stderr[-2000:]
+    a, b = (_weights(tmp_path / d / "checkpoints" / "last.ckpt") for d in ("whole", "cut"))
+    assert any("lora_" in k for k in a)
+    diff = {k: float((a[k] - b[k]).abs().max()) for k in a}
+    assert max(diff.values()) < 1e-6, sorted(diff.items(), key=lambda kv: -kv[1])[:3]  # 2.4e-4 without the RNG state
+
+
+def test_a_fresh_adapter_starts_from_the_seed_alone(tmp_path):
+    """The first run builds the demo's assets into an empty cache, the second finds them: same seed, same start."""
+    args = QUICK + ["model=tiny_lora", "trainer.max_steps=1", "save_policy=false", f"cache_dir={tmp_path / 'cache'}"]
+    cold, warm = (run(compose(args), tmp_path / d) for d in ("cold", "warm"))
+    assert cold["global_steps"] == warm["global_steps"] == 1
+    a, b = (_weights(tmp_path / d / "checkpoints" / "last.ckpt") for d in ("cold", "warm"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) == 0.0  # 0.35 in lora_A before it was seeded
+
+
 @pytest.mark.slow
 def test_kill_9_resumes_from_the_last_periodic_checkpoint(tmp_path, uninterrupted):
     proc = _start(tmp_path / "cut", LONG)

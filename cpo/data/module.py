@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 
 from cpo.data.batching import Collator, PairDataset, WindowBatchSampler
@@ -94,10 +95,15 @@ class PreferenceDataModule(L.LightningDataModule):
         refs = self.ref_logps.get(split) if self.ref_logps else None
         if not train:
             return DataLoader(PairDataset(pairs, refs), batch_sampler=sampler, collate_fn=self.collator,
-                              num_workers=self.num_workers)
+                              num_workers=self.num_workers, generator=self._generator())
         # Resumable mid-epoch (exactly, from any step-boundary checkpoint) and reshuffled every epoch.
         return ResumableDataLoader(PairDataset(pairs, refs), sampler, position=self._position,
-                                   collate_fn=self.collator, num_workers=self.num_workers)
+                                   collate_fn=self.collator, num_workers=self.num_workers, generator=self._generator())
+
+    def _generator(self) -> torch.Generator:
+        # A loader draws its workers' base seed from this when it starts an epoch, not from the global
+        # generator, whose stream (dropout masks) is then the same in a run and its resume (cpo.runs.rng).
+        return torch.Generator().manual_seed(self.seed)
 
     def micro_batches_per_epoch(self, world_size: int) -> int:
         """What ``len(train_dataloader())`` will be on ``world_size`` ranks, without building the loader."""

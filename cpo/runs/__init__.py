@@ -6,6 +6,7 @@
 - ``checkpoints``: atomic ``last.ckpt`` every N steps / M minutes, at the end and on SIGTERM; ``check_checkpoint``;
 - ``logs``: ``ResumableCSVLogger``, a metrics history that survives a resume;
 - ``data``: ``ResumableDataLoader``, so that a mid-epoch resume trains on exactly the batches it would have;
+- ``rng``: ``RandomState``, the random generators in every checkpoint (dropout masks after a resume);
 - ``errors``: ``FolderBusy``, ``StaleRun``, ``CorruptCheckpoint`` (ConfigErrors) and ``RunInterrupted`` (an exit).
 
 Names are imported on first use: ``from cpo.runs import RunInterrupted`` in an app's error handling
@@ -26,6 +27,7 @@ _WHERE = {
     "AtomicCheckpointIO": "checkpoints", "LastCheckpoint": "checkpoints", "check_checkpoint": "checkpoints",
     "checkpoint_callback": "checkpoints",
     "ResumableBatchSampler": "data", "ResumableDataLoader": "data", "loop_position": "data",
+    "RandomState": "rng",
     "Decision": "folder", "FolderState": "folder", "RunFolder": "folder", "decide_run": "folder",
     "read_state": "folder", "FolderLock": "lock",
     "ResumableCSVLogger": "logs", "last_logged": "logs", "read_metrics": "logs",

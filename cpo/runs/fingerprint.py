@@ -34,7 +34,7 @@ NEUTRAL_KEYS: dict[str, str] = {
     "save_policy": "whether policy/ is written; training and metrics are the same",
     "debug": "whether errors show a traceback",
     # The batch sampler runs in the main process and collation is deterministic, and a DataLoader draws its
-    # base seed from the global generator with or without workers: the batches and the RNG stream are the same.
+    # base seed from its own generator with or without workers: the batches and the RNG stream are the same.
     "data.num_workers": "worker processes only load the batches the main process chose",
 }
 
