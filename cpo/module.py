@@ -201,15 +201,21 @@ class PreferenceModule(L.LightningModule):
                 self._val[k] = self._val.get(k, 0) + v.detach().float()
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val:
+        # Every rank joins the sum, also one that got no validation pair (fewer pairs than ranks): a rank that
+        # left it out would break the others' collective. Which keys exist is summed alongside their values.
+        n = len(_VAL_KEYS)
+        packed = torch.zeros(2 * n, dtype=torch.float32, device=self.device)
+        for i, k in enumerate(_VAL_KEYS):
+            if k in self._val:
+                packed[i], packed[n + i] = torch.as_tensor(self._val[k], dtype=torch.float32), 1.0
+        if self.trainer.world_size > 1:
+            packed = self.trainer.strategy.reduce(packed, reduce_op="sum")
+        self._val = {}
+        totals = {k: packed[i] for i, k in enumerate(_VAL_KEYS) if packed[n + i] > 0}
+        if not totals:
             return
-        keys = [k for k in _VAL_KEYS if k in self._val]
-        packed = torch.stack([torch.as_tensor(self._val[k], device=self.device) for k in keys])
-        packed = self.trainer.strategy.reduce(packed, reduce_op="sum")
-        totals = dict(zip(keys, packed))
         metrics = self.summarize(totals, self.loss.alpha)
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, sync_dist=False, rank_zero_only=False)
-        self._val = {}
 
     def _stepping_batches(self) -> float:
         """Lightning's ``estimated_stepping_batches``, computed from the data module when it can say its length.
