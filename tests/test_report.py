@@ -364,6 +364,18 @@ def test_write_report_files(sweep, written):
             assert not re.search(r"(?<!\\)[_%#]", line), line
 
 
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="needs pdflatex (texlive-latex-recommended)")
+def test_report_tex_compiles_in_a_two_column_paper(sweep, written, tmp_path):
+    """report.tex as a paper would \\input it: it compiles, and no table runs past the page."""
+    (tmp_path / "paper.tex").write_text(
+        "\\documentclass[twocolumn]{article}\n\\usepackage{booktabs,amssymb,graphicx}\n"
+        f"\\begin{{document}}\n\\input{{{sweep / 'report.tex'}}}\n\\end{{document}}\n")
+    p = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and (tmp_path / "paper.pdf").is_file(), p.stdout[-2000:]
+    assert "Overfull \\hbox" not in p.stdout, p.stdout[-2000:]
+
+
 def test_latex_escapes_and_stale_figures_go(sweep, tmp_path):
     from cpo.report.tables import _tex
 

@@ -33,12 +33,16 @@ class Table:
 
     def latex(self, caption: str, label: str) -> str:
         rows = [[_tex(c, bold=(i, k) in self.bold) for k, c in enumerate(r)] for i, r in enumerate(self.rows)]
+        # table* spans both columns of a two-column paper; a table wider than the text is scaled down to fit
+        # (graphicx's \resizebox sees the natural width as \width), a narrower one keeps its size.
         return "\n".join([
-            "\\begin{table}[t]", "\\centering", "\\small",
+            "\\begin{table*}[t]", "\\centering", "\\small",
+            "\\resizebox{\\ifdim\\width>\\textwidth\\textwidth\\else\\width\\fi}{!}{%",
             f"\\begin{{tabular}}{{{self.align}}}", "\\toprule",
             " & ".join(_tex(h) for h in self.header) + " \\\\", "\\midrule",
             *[" & ".join(r) + " \\\\" for r in rows],
-            "\\bottomrule", "\\end{tabular}", f"\\caption{{{_tex(caption)}}}", f"\\label{{{label}}}", "\\end{table}",
+            "\\bottomrule", "\\end{tabular}}", f"\\caption{{{_tex(caption)}}}", f"\\label{{{label}}}",
+            "\\end{table*}",
         ])
 
 
@@ -174,13 +178,13 @@ def direction_table(a: Analysis) -> Table | None:
 
 
 def latex_document(a: Analysis, source: str) -> str:
-    """report.tex: the selected-configuration and grid tables (booktabs; ▲▼ need amssymb)."""
+    """report.tex: the selected-configuration and grid tables (booktabs; ▲▼ need amssymb; graphicx scales)."""
     mark = " Selected on the TEST split: the comparison is biased." if a.test_selected else ""
     how = (f"selected per method by the best mean {a.select_by} over seeds" if a.select_by
            else "one configuration per method")
     base = (f"; ▲/▼: significantly better/worse than {a.display(a.baseline)} at α = {a.alpha:g} (seeds and test "
             "sentences)" if a.baseline else "")
-    parts = [f"% Tables of the sweep report for {source}. Needs \\usepackage{{booktabs,amssymb}}.", ""]
+    parts = [f"% Tables of the sweep report for {source}. Needs \\usepackage{{booktabs,amssymb,graphicx}}.", ""]
     parts.append(selected_table(a).latex(
         f"Test-set results of each method's configuration, {how}. Mean ± std over seeds [{a.level:.0%} CI of the mean]"
         f"{base}; bold: best mean.{mark}", "tab:selected"))
