@@ -33,7 +33,7 @@ import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from cpo.cli import UsageError, one_sentence_errors
+from cpo.cli import UsageError, one_sentence_errors, run_app
 from cpo.evaluation import WMT22_DIRECTIONS, wmt22_directions
 from cpo.io import DataError, check_outputs_with_report, report_paths, write_jsonl_with_report
 from cpo.languages import language_pair
@@ -335,4 +335,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main)

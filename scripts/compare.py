@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from cpo.cli import one_sentence_errors
+from cpo.cli import one_sentence_errors, run_app
 
 
 def _given(key: str) -> bool:
@@ -86,4 +86,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main)

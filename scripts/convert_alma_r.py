@@ -18,7 +18,7 @@ import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from cpo.cli import UsageError, one_sentence_errors
+from cpo.cli import UsageError, one_sentence_errors, run_app
 from cpo.data.alma_r import ALMA_R_SYSTEMS, alma_r_examples, config_of, read_alma_r_rows
 from cpo.io import DataError, check_outputs_with_report, write_jsonl_with_report
 from cpo.languages import language_pair
@@ -155,4 +155,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main)

@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig
 
-from cpo.cli import UsageError, one_sentence_errors
+from cpo.cli import UsageError, one_sentence_errors, run_app
 from cpo.evaluation import (CORPUS_METRICS, RESERVED_KEYS, evaluate_directions, markdown_table, parse_direction,
                             summarize, wmt22_directions)
 from cpo.io import atomic_write_json, atomic_write_text, check_readable_file
@@ -176,4 +176,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_app(main)

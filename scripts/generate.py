@@ -30,7 +30,7 @@ import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from cpo.cli import UsageError, one_sentence_errors
+from cpo.cli import UsageError, one_sentence_errors, run_app
 from cpo.evaluation import WMT22_DIRECTIONS
 from cpo.io import DataError, atomic_write_lines, atomic_write_text, check_writable
 from cpo.languages import language_pair
@@ -419,4 +419,4 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     sys.argv[1:] = rewrite_model_argument(sys.argv[1:])
-    main()
+    run_app(main)

@@ -249,3 +249,34 @@ def test_real_entry_points(files, tmp_path):
     assert debug.returncode == 2 and "Traceback" in debug.stderr, debug.stderr[-2000:]
     assert debug.stderr.rstrip().splitlines()[-1] == f"error: input={f / 'folder'}: is a directory, not a file"
     assert_one_sentence(results[1], "is a directory", absent=("exists",))
+
+
+def test_hydra_refusals_of_the_command_line_are_one_sentence(tmp_path):
+    """An unknown option or key and a malformed override, refused by Hydra before any app code runs."""
+    cases = [
+        (REPO / "train.py", ["loss=cpoo"], ("Could not find 'loss/cpoo'", "available options in 'loss': arpo, cpo,")),
+        (REPO / "train.py", ["optim.lrr=1"], ("Could not override 'optim.lrr'", "use +optim.lrr=1")),
+        (REPO / "scripts" / "compare.py", ["sweeep=x"], ("Could not override 'sweeep'",)),
+        (REPO / "scripts" / "generate.py", ["num_beams=[5"], ("num_beams=[5: no viable alternative",)),
+        (REPO / "scripts" / "evaluate.py", ["scorer=nosuch"], ("Could not override 'scorer'", "+scorer=nosuch")),
+        (REPO / "scripts" / "build_preferences.py", ["+x=1", "+x=2"], ("x",)),
+        (REPO / "scripts" / "convert_alma_r.py", ["nosuch=1"], ("Could not override 'nosuch'",)),
+        (REPO / "train.py", ["loss=cpoo", "--env", "HYDRA_FULL_ERROR=1"], None),  # the user asked for the trace
+    ]
+    procs = []
+    for i, (script, args, _) in enumerate(cases):
+        env = {k: v for k, v in os.environ.items() if k not in ("CPO_DEBUG", "HYDRA_FULL_ERROR")}
+        if "--env" in args:
+            k, v = args[args.index("--env") + 1].split("=")
+            env[k], args = v, args[:args.index("--env")]
+        procs.append(subprocess.Popen([sys.executable, str(script), *args, f"hydra.run.dir={tmp_path / str(i)}"],
+                                      cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for (script, args, fragments), p in zip(cases, procs):
+        out, err = p.communicate(timeout=300)
+        proc = subprocess.CompletedProcess([script.name, *args], p.returncode, out, err)
+        if fragments is None:
+            assert p.returncode == 1 and "Traceback" in err and "Could not find 'loss/cpoo'" in err, err[-2000:]
+            continue
+        line = assert_one_sentence(proc, *fragments, absent=("provider=", "\t"))
+        assert len(line) < 400, line
+    assert not any(tmp_path.glob("*/train.log"))  # refused before a run folder was written to
