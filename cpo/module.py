@@ -208,8 +208,7 @@ class PreferenceModule(L.LightningModule):
         for i, k in enumerate(_VAL_KEYS):
             if k in self._val:
                 packed[i], packed[n + i] = torch.as_tensor(self._val[k], dtype=torch.float32), 1.0
-        if self.trainer.world_size > 1:
-            packed = self.trainer.strategy.reduce(packed, reduce_op="sum")
+        packed = self.trainer.strategy.reduce(packed, reduce_op="sum")
         self._val = {}
         totals = {k: packed[i] for i, k in enumerate(_VAL_KEYS) if packed[n + i] > 0}
         if not totals:

@@ -260,7 +260,7 @@ class _Run:
         cfg = self.cfg
         resolved = self.identity
         g, c = cfg.guard, cfg.checkpoint
-        callbacks = [DivergenceGuard(g.max_nll_ratio, g.window, g.get('min_nll_rise', 1.0)), PreemptionDeferral(),
+        callbacks = [DivergenceGuard(g.max_nll_ratio, g.window, g.min_nll_rise), PreemptionDeferral(),
                      FinalTrainMetrics(), RandomState()]
         callbacks += build_callbacks(cfg, self.tokenizer, self.data, self.scorers)
         if not interactive() and cfg.trainer.get("enable_progress_bar") is not True:

@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from cpo.cli import one_sentence_errors, run_app
+from cpo.cli import fail, one_sentence_errors, run_app
 
 
 def _given(key: str) -> bool:
@@ -58,8 +58,7 @@ def main(cfg: DictConfig) -> None:
             baseline_required=_given("baseline"),
         )
     except (FileNotFoundError, ValueError, report.WandbUnavailable) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(e))
 
     manifest = report.write_report(analysis, out_dir, source=source, plots=bool(cfg.plots),
                                    samples=int(cfg.bootstrap.samples), sweep_dir=sweep)
@@ -73,16 +72,14 @@ def main(cfg: DictConfig) -> None:
         failed = ", ".join(f["job"] for f in manifest["failed"])
         print(f"{len(manifest['failed'])} failed job(s): {failed}", file=sys.stderr)
     if not manifest["completed"]:
-        print(f"error: no completed jobs in {source}: every job failed (report.md lists why)", file=sys.stderr)
-        sys.exit(2)
+        fail(f"no completed jobs in {source}: every job failed (report.md lists why)")
     # A job without results whose log does not end in a divergence is still running, crashed or was stopped:
     # the report is written, but it is not final.
     unfinished = [f["job"] for f in manifest["failed"] if "training diverged" not in str(f.get("error"))]
     if unfinished:
-        print(f"error: {len(unfinished)} job(s) have no results and did not diverge ({', '.join(unfinished[:5])}"
-              f"{' ...' if len(unfinished) > 5 else ''}): the sweep is unfinished, so this report is not final; "
-              f"re-launch the sweep to complete it", file=sys.stderr)
-        sys.exit(1)
+        fail(f"{len(unfinished)} job(s) have no results and did not diverge ({', '.join(unfinished[:5])}"
+             f"{' ...' if len(unfinished) > 5 else ''}): the sweep is unfinished, so this report is not final; "
+             "re-launch the sweep to complete it", code=1)
 
 
 if __name__ == "__main__":
