@@ -18,9 +18,9 @@ from cpo.console import quiet_libraries
 def main(cfg: DictConfig) -> None:
     quiet_libraries()  # before the libraries below print their import-time warnings
     from cpo.cli import fail, one_sentence_errors
-    from cpo.guards import Diverged
+    from cpo.train.guards import Diverged
     from cpo.runs import RunInterrupted
-    from cpo.training import run
+    from cpo.train.run import run
 
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 

@@ -5,7 +5,7 @@ the project's own messages (:func:`say`) land in both. Lightning adds a console 
 the ``lightning`` logger *and* lets records propagate to Hydra's, which printed every line twice;
 :func:`quiet_libraries` removes that handler and drops Lightning's advertising tips. When stderr is
 not a terminal (sweeps, SLURM files), the progress bar is replaced by :class:`ProgressLog`, one line
-every ``every_seconds`` (cpo.callbacks.ProgressLog). Lightning is imported lazily here, so that
+every ``every_seconds`` (cpo.train.callbacks.ProgressLog). Lightning is imported lazily here, so that
 :func:`quiet_libraries` can run before the libraries' import-time warnings.
 """
 from __future__ import annotations

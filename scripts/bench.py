@@ -61,7 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("generation (--generation runs only this)")
     g.add_argument("--generation", action="store_true",
-                   help="batched vs one-at-a-time beam search (cpo.generation.translate)")
+                   help="batched vs one-at-a-time beam search (cpo.mt.generation.translate)")
     g.add_argument("--gen-sentences", type=int, default=64, help="sentences per batched repetition")
     g.add_argument("--gen-single", type=int, default=8, help="sentences per one-at-a-time repetition")
     g.add_argument("--gen-batch-size", type=int, nargs="+", default=[16, 64],

@@ -1,14 +1,14 @@
 """Build preference triples from scored candidate translations (Hydra app; conf/build_preferences.yaml).
 
 For each source, every candidate (the reference as ``ref`` when ``include_ref``, then each named
-system's output) is scored by the configured scorer; ``cpo.preferences.build_pairs`` picks the
+system's output) is scored by the configured scorer; ``cpo.pairs.build.build_pairs`` picks the
 best as chosen and the worst as rejected (SPEC section 2), or, with ``negatives=noised``, a
 noised copy of the chosen translation as rejected (SPEC section 7). Scores are cached on disk
 (``scorer_cache_dir``), so a re-run or a resumed run only scores what is new.
 
 Outputs: the preference JSONL (the format ``cpo.data.read_preference_jsonl`` reads: sources are
-validated by ``cpo.parallel``, a pair with an empty side is dropped) and a report
-``<output stem>.report.md`` / ``.report.json`` (``cpo.preference_report``): per direction, the
+validated by ``cpo.mt.parallel``, a pair with an empty side is dropped) and a report
+``<output stem>.report.md`` / ``.report.json`` (``cpo.pairs.report``): per direction, the
 pairs kept and dropped (and why), how often each system is chosen and rejected, its empty
 hypotheses, each system's mean score and its win ratio against the reference (the paper's
 Table 1), and the run time.
@@ -34,12 +34,14 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from cpo.cli import UsageError, one_sentence_errors, run_app
-from cpo.evaluation import WMT22_DIRECTIONS, wmt22_directions
+from cpo.mt.evaluation import WMT22_DIRECTIONS, wmt22_directions
 from cpo.io import DataError, check_outputs_with_report, report_paths, write_jsonl_with_report
 from cpo.languages import language_pair
-from cpo.parallel import FORMATS, ParallelData, read_parallel, read_system_outputs
-from cpo.preference_report import REF, build_report, direction_stats, markdown_report
-from cpo.preferences import NEGATIVES, BuildCounts, NoiseSettings, build_pairs
+from cpo.mt.parallel import FORMATS, ParallelData, read_parallel, read_system_outputs
+from cpo.pairs.report import REF, build_report, direction_stats, markdown_report
+from cpo.pairs.build import build_pairs
+from cpo.pairs.noise import NoiseSettings
+from cpo.pairs.rule import NEGATIVES, BuildCounts
 from cpo.scoring import Scorer, ScoreError, ScorerConfigError, build_scorer
 
 log = logging.getLogger("build_preferences")

@@ -18,7 +18,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig
 
 from cpo.cli import UsageError, one_sentence_errors, run_app
-from cpo.evaluation import (CORPUS_METRICS, RESERVED_KEYS, evaluate_directions, markdown_table, parse_direction,
+from cpo.mt.evaluation import (CORPUS_METRICS, RESERVED_KEYS, evaluate_directions, markdown_table, parse_direction,
                             summarize, wmt22_directions)
 from cpo.io import atomic_write_json, atomic_write_text, check_readable_file
 from cpo.languages import LANGUAGES

@@ -10,10 +10,10 @@ Three input modes, as in the other apps: one file (``input=``, ``output=``); sev
 (``directions={de-en: {input, format, output}}``); the WMT'22 layout (``wmt22.root=``,
 ``wmt22.directions=``), written in the WMT'22 system layout ``<output_dir>/<pair>/test.<s>-<t>.<t>``
 that ``scripts/evaluate.py wmt22.system=<output_dir>`` reads. Input formats are those of
-``cpo.parallel``. Each output has one hypothesis per input line, aligned, written atomically; every
+``cpo.mt.parallel``. Each output has one hypothesis per input line, aligned, written atomically; every
 output is checked (a file path in a folder that can be written, not there yet unless
 ``overwrite=true``) before the model is loaded. Prompts are built and cut as in training
-(``max_prompt_length``), and outputs cleaned as ALMA's evaluation cleans them (``cpo.generation``).
+(``max_prompt_length``), and outputs cleaned as ALMA's evaluation cleans them (``cpo.mt.generation``).
 """
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
 from cpo.cli import UsageError, one_sentence_errors, run_app
-from cpo.evaluation import WMT22_DIRECTIONS
+from cpo.mt.evaluation import WMT22_DIRECTIONS
 from cpo.io import DataError, atomic_write_lines, atomic_write_text, check_writable
 from cpo.languages import language_pair
-from cpo.parallel import FORMATS, ParallelData, read_parallel
+from cpo.mt.parallel import FORMATS, ParallelData, read_parallel
 
 log = logging.getLogger("generate")
 
@@ -121,7 +121,7 @@ def pick_device(device: str) -> str:
 def pick_dtype(dtype: str, device: str) -> str:
     import torch
 
-    from cpo.models import DTYPES
+    from cpo.train.models import DTYPES
 
     if dtype != "auto":
         if dtype not in DTYPES:
@@ -140,7 +140,7 @@ def _short(e: BaseException, limit: int = 300) -> str:
 
 def load_for_generation(model: str, adapter: str | None, dtype: str, device: str, merge_adapter: bool = True):
     """(model on ``device`` in eval mode, tokenizer); the tokenizer comes from the adapter folder when it has one."""
-    from cpo.models import load_causal_lm, load_tokenizer
+    from cpo.train.models import load_causal_lm, load_tokenizer
 
     from cpo.io import Unavailable
 
@@ -219,7 +219,7 @@ class Task:
 
 
 def wmt22_layout_output(output_dir: Path, direction: str) -> Path:
-    """Where a system's output for a direction lies in the WMT'22 layout (``cpo.evaluation.wmt22_directions``)."""
+    """Where a system's output for a direction lies in the WMT'22 layout (``cpo.mt.evaluation.wmt22_directions``)."""
     s, t = direction.split("-")
     return output_dir / f"{s}{t}" / f"test.{s}-{t}.{t}"
 
@@ -340,8 +340,8 @@ def _positive(cfg: DictConfig, key: str, allow_none: bool = False) -> int | None
 # --------------------------------------------------------------------------- the job
 def run(cfg: DictConfig) -> dict:
     """The whole job; returns a summary (per direction: output, count, empties, cleaning; timings)."""
-    from cpo.generation import translate
-    from cpo.prompt import PromptEncoder, PromptTooShort
+    from cpo.mt.generation import translate
+    from cpo.mt.prompt import PromptEncoder, PromptTooShort
 
     t0 = time.time()
     settings = {k: _positive(cfg, k) for k in ("batch_size", "num_beams", "max_new_tokens")}

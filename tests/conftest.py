@@ -37,7 +37,7 @@ def cache_dir(offline_env) -> Path:
 @pytest.fixture(scope="session")
 def tiny_tok_model():
     """A 2-layer, width-32 Llama and a BPE tokenizer trained on a few hundred local sentences."""
-    from cpo.tiny import build_tiny_llama, train_bpe_tokenizer
+    from cpo.train.tiny import build_tiny_llama, train_bpe_tokenizer
 
     texts = [f"the cat number {i} sees {i * 7} dogs today" for i in range(300)] + [
         "Translate this from German to English:\nGerman: x\nEnglish:"

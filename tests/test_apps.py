@@ -20,7 +20,7 @@ from conftest import REPO
 DRIVER = r"""
 import importlib.util, json, os, sys
 cases = json.loads(open(sys.argv[1]).read())
-for heavy in ("torch", "cpo.models", "cpo.generation", "cpo.data"):  # imported once here, not in every child
+for heavy in ("torch", "cpo.train.models", "cpo.mt.generation", "cpo.data"):  # imported once here, not in every child
     importlib.import_module(heavy)
 apps = {}
 

@@ -99,7 +99,7 @@ def test_prompt_sharing_routes_match_the_concatenated_forward():
 
     import torch
 
-    from cpo.logprobs import completion_logps, completion_logps_packed, completion_logps_shared_prompt
+    from cpo.train.logprobs import completion_logps, completion_logps_packed, completion_logps_shared_prompt
 
     wl = bench.make_workload(4, 1)
     model = bench.build_model(wl.tok, "tiny")

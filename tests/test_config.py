@@ -5,7 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import REPO, compose
-from cpo.config import ConfigError, validate
+from cpo.train.config import ConfigError, validate
 
 GROUPS = ["model", "loss", "data", "strategy", "logger"]
 
@@ -58,14 +58,14 @@ def test_alma_r_setup_resolves_to_spec_section_5():
     assert (t["max_epochs"], t["precision"], m["dtype"]) == (1, "bf16-mixed", "bfloat16")
     assert (d["max_prompt_length"], d["max_length"], d["batch_size"], cfg["global_batch_size"]) == (256, 512, 2, 32)
     assert (d["val_size"], d["group_by_length"]) == (0, False)  # every pair trained on; batches shuffled as ALMA's
-    assert t["strategy"]["_target_"] == "cpo.strategies.deepspeed" and t["strategy"]["stage"] == 2
+    assert t["strategy"]["_target_"] == "cpo.train.strategies.deepspeed" and t["strategy"]["stage"] == 2
     cfg7 = compose(["model=alma-7b-lora"])
     assert cfg7.model.name_or_path == "haoranxu/ALMA-7B-Pretrain" and cfg7.global_batch_size == 32
 
 
 @pytest.mark.parametrize("devices, nodes, accumulate", [(1, 1, 16), (8, 1, 2), (4, 2, 2), (16, 1, 1)])
 def test_global_batch_fixes_the_accumulation(devices, nodes, accumulate):
-    from cpo.trainer import plan_batch
+    from cpo.train.trainer import plan_batch
 
     cfg = compose(["model=alma-7b-lora", "data=alma_r_preference", "trainer.accelerator=cpu",
                    f"trainer.devices={devices}", f"trainer.num_nodes={nodes}"])
@@ -74,7 +74,7 @@ def test_global_batch_fixes_the_accumulation(devices, nodes, accumulate):
 
 
 def test_a_global_batch_that_does_not_divide_is_refused():
-    from cpo.trainer import plan_batch
+    from cpo.train.trainer import plan_batch
 
     with pytest.raises(ConfigError, match="global_batch_size=32 is not a multiple of .* = 2 x 3 x 1 = 6"):
         plan_batch(compose(["model=alma-7b-lora", "data=alma_r_preference", "trainer.accelerator=cpu",

@@ -105,8 +105,8 @@ def test_gradient_accumulation_equals_one_large_batch(tiny_tok_model):
     """Accumulating 2 micro-batches of 2 gives the gradient of one batch of 4 (token-mean NLL included)."""
     import copy
 
-    from cpo.losses import PreferenceLoss
-    from cpo.module import OptimSettings, PreferenceModule
+    from cpo.train.losses import PreferenceLoss
+    from cpo.train.module import OptimSettings, PreferenceModule
 
     tok, model = tiny_tok_model
     exs = [PreferenceExample(f"hund {i}", "the dog " * (1 + i), "a cat", "de", "en") for i in range(4)]

@@ -1,4 +1,4 @@
-"""Tests of cpo.evaluation and scripts/evaluate.py: sacrebleu figures, health checks, errors, the Hydra app,
+"""Tests of cpo.mt.evaluation and scripts/evaluate.py: sacrebleu figures, health checks, errors, the Hydra app,
 and the published WMT'22 BLEU averages reproduced from the shared real data."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import sacrebleu
 from sacrebleu.metrics import BLEU, CHRF, TER
 
-from cpo.evaluation import (
+from cpo.mt.evaluation import (
     CORPUS_METRICS,
     corpus_metrics,
     evaluate_directions,
@@ -23,7 +23,7 @@ from cpo.evaluation import (
     summarize,
     wmt22_directions,
 )
-from cpo.health import HEALTH_KEYS
+from cpo.mt.health import HEALTH_KEYS
 from cpo.io import DataError
 from cpo.languages import sacrebleu_tokenizer
 from cpo.scoring import Scorer, ScoreError
@@ -194,7 +194,7 @@ def test_summarize_and_markdown_table():
     assert "| **avg xx->en** | 2 | 35.00 | 65.00 | 0.8500 | 0.2000 | 3 |" in lines
     assert "| **avg en->xx** | 1 | 20.00 | 50.00 |  |  |  |" in lines
     assert "- BLEU `x`: de-en, cs-en" in lines and "- TER `t`: en-de" in lines
-    assert lines[-1].startswith("Health checks (cpo.health): off_target = ")
+    assert lines[-1].startswith("Health checks (cpo.mt.health): off_target = ")
     assert summarize({"de-fr": {"bleu": 1.0}}) == {}
     with pytest.raises(ValueError, match="not of the form"):
         parse_direction("deen")

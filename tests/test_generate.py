@@ -41,7 +41,7 @@ def workdir(tmp_path_factory) -> Path:
 
     from cpo.data import format_prompt
     from cpo.demo import sample_sentences
-    from cpo.tiny import build_tiny_llama, save_model_and_tokenizer, train_bpe_tokenizer
+    from cpo.train.tiny import build_tiny_llama, save_model_and_tokenizer, train_bpe_tokenizer
 
     root = tmp_path_factory.mktemp("generate")
     sentences = sample_sentences(40, seed=2)
@@ -99,8 +99,8 @@ def test_generate_app(workdir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from cpo.generation import translate
-    from cpo.models import load_tokenizer
+    from cpo.mt.generation import translate
+    from cpo.train.models import load_tokenizer
 
     torch.set_num_threads(1)
     sources = _lines(w / "src.zb")
@@ -186,7 +186,7 @@ def test_model_resolution(workdir, monkeypatch):
     (" \u200b\n Hi", "Hi", "second_line"),  # a zero-width-only line is blank
 ])
 def test_clean_translation_follows_alma(generated, expected, rule):
-    from cpo.generation import clean_translation, postprocess
+    from cpo.mt.generation import clean_translation, postprocess
 
     assert clean_translation(generated, "en") == (expected, rule)
     assert postprocess(generated, "en") == expected
@@ -196,7 +196,7 @@ def test_clean_translation_keeps_a_real_alma_13b_r_output():
     """ALMA-13B-R's own WMT'22 zh-en output has a line with "English:" inside it; the old cut kept one word."""
     from conftest import WMT22
 
-    from cpo.generation import postprocess
+    from cpo.mt.generation import postprocess
 
     path = WMT22 / "ALMA-13B-R" / "zhen" / "test.zh-en.en"
     if not path.is_file():
@@ -226,7 +226,7 @@ def _wmt22_root(root: Path, sentences) -> Path:
 
 def test_generate_wmt22_layout_many_directions_one_load(workdir, tmp_path, monkeypatch):
     from cpo.demo import sample_sentences
-    from cpo.evaluation import evaluate_directions, wmt22_directions
+    from cpo.mt.evaluation import evaluate_directions, wmt22_directions
 
     app = _load_script("generate.py")
     monkeypatch.chdir(workdir)
@@ -289,9 +289,9 @@ def test_generate_truncates_prompts_as_training_does(workdir, monkeypatch):
     from transformers import AutoModelForCausalLM
 
     from cpo.cli import UsageError
-    from cpo.generation import translate
-    from cpo.models import load_tokenizer
-    from cpo.prompt import PromptEncoder
+    from cpo.mt.generation import translate
+    from cpo.train.models import load_tokenizer
+    from cpo.mt.prompt import PromptEncoder
 
     app = _load_script("generate.py")
     monkeypatch.chdir(workdir)
@@ -308,7 +308,7 @@ def test_generate_truncates_prompts_as_training_does(workdir, monkeypatch):
     assert _lines(workdir / "out3" / "cut.txt") == translate(model, tok, sources, "zb", "en",
                                                              max_prompt_length=budget, **kw)
     # a budget that leaves no room for any of the source is refused before any generation
-    monkeypatch.setattr("cpo.generation.translate", lambda *a, **k: pytest.fail("generation started"))
+    monkeypatch.setattr("cpo.mt.generation.translate", lambda *a, **k: pytest.fail("generation started"))
     with pytest.raises(UsageError, match=r"max_prompt_length=3: .*keeps none of the source"):
         app.run(_compose("model=model", "input=src.zb", "src_lang=zb", "tgt_lang=en", "output=out3/none.txt",
                          "max_prompt_length=3", *GEN))

@@ -1,11 +1,12 @@
-"""Tests of cpo.health: the checks that expose a degenerating translator (wrong language, copies, loops, collapse)."""
+"""Tests of cpo.mt.health: the checks that expose a degenerating translator (wrong language, copies, loops,
+collapse)."""
 from __future__ import annotations
 
 import random
 
 import pytest
 
-from cpo.health import HEALTH_KEYS, copies_source, has_loop, health_checks, language_identifier, length_ratio
+from cpo.mt.health import HEALTH_KEYS, copies_source, has_loop, health_checks, language_identifier, length_ratio
 
 from conftest import WMT22
 

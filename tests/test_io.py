@@ -187,7 +187,7 @@ def test_check_writable_refuses_a_folder_without_write_permission(tmp_path):
 
 
 def test_readers_say_a_directory_is_a_directory(tmp_path):
-    from cpo.parallel import read_parallel
+    from cpo.mt.parallel import read_parallel
 
     with pytest.raises(IsADirectoryError, match=r"is a directory, not a file"):
         read_lines(tmp_path)
@@ -201,7 +201,7 @@ def test_readers_say_a_directory_is_a_directory(tmp_path):
 
 
 def test_zero_width_only_lines_are_empty(tmp_path):
-    from cpo.parallel import read_parallel
+    from cpo.mt.parallel import read_parallel
 
     src = tmp_path / "s.txt"
     src.write_text("Hallo\n\u200b \u200d\n", encoding="utf-8")
@@ -212,7 +212,7 @@ def test_zero_width_only_lines_are_empty(tmp_path):
 
 
 def test_an_unknown_language_in_a_jsonl_row_is_a_data_error_naming_the_line(tmp_path):
-    from cpo.parallel import read_parallel
+    from cpo.mt.parallel import read_parallel
 
     f = tmp_path / "in.jsonl"
     f.write_text('{"source": "a", "src_lang": "xx", "tgt_lang": "en"}\n')
@@ -221,7 +221,7 @@ def test_an_unknown_language_in_a_jsonl_row_is_a_data_error_naming_the_line(tmp_
 
 
 def test_empty_evaluation_files_are_a_data_error(tmp_path):
-    from cpo.evaluation import evaluate_files
+    from cpo.mt.evaluation import evaluate_files
 
     for name in ("s", "r", "h"):
         (tmp_path / name).write_text("")

@@ -5,7 +5,7 @@ import copy
 import torch
 
 from cpo.data import Collator, PairEncoder, PreferenceExample
-from cpo.logprobs import completion_logps, completion_logps_shared_prompt, gather_token_logps
+from cpo.train.logprobs import completion_logps, completion_logps_shared_prompt, gather_token_logps
 
 
 def _batch(tok):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cpo.losses import (
+from cpo.train.losses import (
     PreferenceLoss, arpo_loss, arpo_tau, cpo_prefer_loss, dpo_loss, hinge_loss, ipo_loss, log1mexp, orpo_loss,
     simpo_loss,
 )
@@ -68,7 +68,7 @@ def test_preference_loss_dispatch_and_validation():
 def test_cpo_total_loss_through_the_module_matches_hand_value(tiny_tok_model, forward):
     """L = mean L_prefer + alpha * token-mean NLL of y_w, computed by hand from per-token log-probs."""
     from cpo.data import Collator, PairEncoder, PreferenceExample
-    from cpo.module import OptimSettings, PreferenceModule
+    from cpo.train.module import OptimSettings, PreferenceModule
 
     tok, model = tiny_tok_model
     enc = PairEncoder(tok, 64, 128)
@@ -160,7 +160,7 @@ def test_orpo_on_a_certain_policy_is_finite():
 def test_orpo_through_the_module_matches_trl_batch_logps_and_hand_nll(tiny_tok_model):
     """The module feeds ORPO TRL's length-averaged log-probs (from TRL's get_batch_logps) and adds CPO's NLL."""
     from cpo.data import Collator, PairEncoder, PreferenceExample
-    from cpo.module import OptimSettings, PreferenceModule
+    from cpo.train.module import OptimSettings, PreferenceModule
 
     trainer_cls, trl_loss = _trl_orpo(0.1)
     tok, model = tiny_tok_model
@@ -242,7 +242,7 @@ def test_arpo_huge_gap_gives_finite_gradients():
 def test_arpo_through_the_module_matches_hand_value(tiny_tok_model, average):
     """Summed (the reference code's sigmoid path) or mean log-probs in the logits; tau from true means either way."""
     from cpo.data import Collator, PairEncoder, PreferenceExample
-    from cpo.module import OptimSettings, PreferenceModule
+    from cpo.train.module import OptimSettings, PreferenceModule
 
     tok, model = tiny_tok_model
     enc = PairEncoder(tok, 64, 128)
@@ -276,7 +276,7 @@ LOSS_DEFAULT = "beta=${loss.default_beta}"
 def _built_beta(overrides):
     from conftest import compose
 
-    from cpo.training import build_loss
+    from cpo.train.run import build_loss
 
     return build_loss(compose(overrides)).beta
 
@@ -305,7 +305,7 @@ def test_no_beta_given_means_the_loss_default():
 def test_loss_config_errors_are_one_sentence(overrides, message):
     from conftest import compose
 
-    from cpo.config import ConfigError, validate
+    from cpo.train.config import ConfigError, validate
 
     with pytest.raises(ConfigError, match=message):
         validate(compose(overrides))
@@ -315,7 +315,7 @@ def test_metrics_summed_and_averaged_logps_and_nll_only_when_trained(tiny_tok_mo
     """logps/* are summed for every loss (the same for CPO and SimPO), logps/*_avg are TRL's averaged ones,
     nll_loss is absent when alpha = 0; validation totals (``_VAL_KEYS``) give the same numbers."""
     from cpo.data import Collator, PairEncoder, PreferenceExample
-    from cpo.module import _VAL_KEYS, OptimSettings, PreferenceModule
+    from cpo.train.module import _VAL_KEYS, OptimSettings, PreferenceModule
 
     tok, model = tiny_tok_model
     enc = PairEncoder(tok, 64, 128)
@@ -347,7 +347,7 @@ def test_metrics_summed_and_averaged_logps_and_nll_only_when_trained(tiny_tok_mo
 def test_orpo_and_arpo_train(loss, tmp_path):
     from conftest import SMALL_DEMO, compose
 
-    from cpo.training import run
+    from cpo.train.run import run
 
     fast = SMALL_DEMO + ["logger=csv", "evaluate.before_after=false", "save_policy=false", "+trainer.fast_dev_run=2"]
     res = run(compose(fast + [f"loss={loss}", LOSS_DEFAULT]), tmp_path)

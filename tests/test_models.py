@@ -6,10 +6,10 @@ import torch
 
 from conftest import REPO, compose
 from cpo.data import Collator, PairEncoder, PreferenceExample
-from cpo.losses import PreferenceLoss
-from cpo.models import LoraSettings, build_policy
-from cpo.module import OptimSettings, PreferenceModule
-from cpo.tiny import save_model_and_tokenizer
+from cpo.train.losses import PreferenceLoss
+from cpo.train.models import LoraSettings, build_policy
+from cpo.train.module import OptimSettings, PreferenceModule
+from cpo.train.tiny import save_model_and_tokenizer
 
 EXAMPLES = [PreferenceExample(f"der hund {i}", f"the cat number {i} sees {i * 7} dogs today", f"the cat sees {i} dogs",
                               "de", "en") for i in range(4)]

@@ -15,20 +15,19 @@ from pathlib import Path
 import pytest
 
 from cpo.io import DataError
-from cpo.parallel import detect_format, direction_from_filename, read_parallel, read_system_outputs
-from cpo.preferences import (
+from cpo.mt.parallel import detect_format, direction_from_filename, read_parallel, read_system_outputs
+from cpo.pairs.build import build_pairs
+from cpo.pairs.noise import NoiseSettings, noise_text
+from cpo.pairs.report import win_counts
+from cpo.pairs.rule import (
     DROP_EMPTY_TEXT,
     DROP_EQUAL_SCORES,
     DROP_EQUAL_TEXTS,
     DROP_TOO_FEW,
     Candidate,
-    NoiseSettings,
     NonFiniteScore,
-    build_pairs,
-    noise_text,
     select_chosen,
     select_pair,
-    win_counts,
 )
 
 from conftest import REPO, WMT22, run_apps
@@ -407,7 +406,7 @@ def test_build_preferences_wmt22_real_data(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((tmp_path / "wmt22" / "prefs.report.json").read_text(encoding="utf-8"))
     md = (tmp_path / "wmt22" / "prefs.report.md").read_text(encoding="utf-8")
-    from cpo.evaluation import WMT22_DIRECTIONS
+    from cpo.mt.evaluation import WMT22_DIRECTIONS
 
     assert [d["direction"] for d in report["directions"]] == list(WMT22_DIRECTIONS)
     for d in report["directions"]:

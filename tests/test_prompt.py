@@ -3,7 +3,7 @@ import pytest
 
 from cpo.data import PairEncoder, PreferenceDataModule, PreferenceExample
 from cpo.io import DataError
-from cpo.prompt import PromptEncoder, PromptTooShort, format_prompt
+from cpo.mt.prompt import PromptEncoder, PromptTooShort, format_prompt
 from helpers.sp_tokenizer import llama_tokenizer
 
 LONG = " ".join(["der Mann sieht zwei Hunde am Fluss"] * 12)
@@ -40,7 +40,7 @@ def test_left_truncation_keeps_bos_and_cue(sp_tok):
 
 def test_generation_sees_the_training_prompt(sp_tok):
     """translate() and PairEncoder build the same ids for the same source and budget."""
-    from cpo.generation import PromptEncoder as GenPromptEncoder
+    from cpo.mt.generation import PromptEncoder as GenPromptEncoder
 
     assert GenPromptEncoder is PromptEncoder
     train_ids = PairEncoder(sp_tok, 30, 60).encode(0, PreferenceExample(LONG, "a", "b", "de", "en")).prompt_ids

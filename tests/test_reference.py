@@ -14,16 +14,17 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cpo.config import ConfigError
+from cpo.train.config import ConfigError
 from cpo.data import PreferenceDataModule, PreferenceExample
-from cpo.losses import PreferenceLoss
-from cpo.models import (
+from cpo.train.losses import PreferenceLoss
+from cpo.train.models import (
     CONTINUED_ADAPTER, FRESH_LORA, FULL, AdapterDisabledReference, LoraSettings, build_policy, build_reference,
     infer_policy_start, save_policy,
 )
-from cpo.module import OptimSettings, PreferenceModule
-from cpo.reference_cache import attach_cached_reference, compute_reference_logps, file_fingerprint, weights_identity
-from cpo.tiny import save_model_and_tokenizer
+from cpo.train.module import OptimSettings, PreferenceModule
+from cpo.train.reference_cache import (attach_cached_reference, compute_reference_logps, file_fingerprint,
+                                      weights_identity)
+from cpo.train.tiny import save_model_and_tokenizer
 
 LOG2 = math.log(2.0)
 BETA = 0.1
@@ -192,7 +193,7 @@ def test_reference_adapter_is_frozen_unseen_by_the_optimizer_and_unchanged_by_tr
     trained = {n.replace(".default.", "."): p for n, p in policy.named_parameters() if ".default." in n}
     assert any(not torch.equal(saved[k], trained[k].detach()) for k in saved), "the trained adapter did not train"
 
-    # As cpo.training saves it, from the module's state dict: the trained adapter alone, no reference/ folder
+    # As cpo.train.run saves it, from the module's state dict: the trained adapter alone, no reference/ folder
     sd = {k[len("policy."):]: v for k, v in module.state_dict().items() if k.startswith("policy.")}
     save_policy(policy, tmp_path / "policy", state_dict=sd)
     assert sorted(p.name for p in (tmp_path / "policy").iterdir() if p.is_dir()) == []
@@ -221,11 +222,11 @@ def test_switching_adapters_keeps_gradient_checkpointing_exact(start):
 
 
 def test_dpo_run_continuing_an_adapter_starts_at_zero_rewards(start, tmp_path):
-    """Through cpo.training.run: the first logged step of DPO on a continued adapter has rewards 0 and loss log 2."""
+    """Through cpo.train.run.run: the first logged step of DPO on a continued adapter has rewards 0 and loss log 2."""
     import csv
 
     from conftest import compose
-    from cpo.training import run
+    from cpo.train.run import run
 
     data = tmp_path / "pairs.jsonl"
     rows = [{"source": e.source, "chosen": e.chosen, "rejected": e.rejected, "src_lang": "de", "tgt_lang": "en"}

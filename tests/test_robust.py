@@ -1,6 +1,6 @@
 """Runs that never lie: divergence, stale folders, preemption and kills, a second writer, corrupt checkpoints.
 
-Each test drives `train.py` (or `cpo.training.run`) the way a researcher does and checks the exit status,
+Each test drives `train.py` (or `cpo.train.run.run`) the way a researcher does and checks the exit status,
 the one sentence, and what is (not) left in the run folder.
 """
 import csv
@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from conftest import REPO, SMALL_DEMO, compose
-from cpo.config import ConfigError
-from cpo.guards import Diverged
-from cpo.training import run
+from cpo.train.config import ConfigError
+from cpo.train.guards import Diverged
+from cpo.train.run import run
 
 QUICK = SMALL_DEMO + ["logger=csv", "evaluate.before_after=false", "evaluate.during_training.enabled=false"]
 
@@ -254,7 +254,7 @@ def test_ranks_started_beside_rank_0_follow_its_decision(tmp_path, monkeypatch):
     """Under torchrun/srun every rank runs train.py: ranks 1..N-1 wait for rank 0's decision for this launch."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    from cpo import training
+    from cpo.train import run as training
 
     monkeypatch.delenv("CPO_RUN_DECISION", raising=False)
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-7")
@@ -281,7 +281,7 @@ def test_the_guard_leaves_fp16_overflows_to_the_grad_scaler_and_resumes_with_its
     """An overflowing fp16 step is skipped by the GradScaler by design; without a scaler it is a divergence."""
     from types import SimpleNamespace
 
-    from cpo.guards import DivergenceGuard
+    from cpo.train.guards import DivergenceGuard
 
     p = torch.nn.Parameter(torch.zeros(3))
     p.grad = torch.tensor([float("inf"), 0.0, 0.0])

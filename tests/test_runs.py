@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import compose
-from cpo.config import ConfigError
+from cpo.train.config import ConfigError
 from cpo.runs import (
     AtomicCheckpointIO, CorruptCheckpoint, FolderBusy, ResumableCSVLogger, ResumableDataLoader, RunFolder,
     RunInterrupted, StaleRun, check_checkpoint, checkpoint_callback, config_diff, decide_run, fingerprint, last_logged,

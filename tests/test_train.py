@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import REPO, SMALL_DEMO, compose
-from cpo.training import run
+from cpo.train.run import run
 
 FAST = SMALL_DEMO + ["logger=csv", "evaluate.before_after=false", "save_policy=false", "+trainer.fast_dev_run=2"]
 LOSSES = ["cpo", "dpo", "sft", "sft_ref", "cpo_prefer_only", "simpo", "cpo_simpo", "ipo", "hinge", "orpo", "arpo"]
@@ -40,7 +40,7 @@ def test_lora_trainable_parameter_count_and_reload(tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cpo.generation import translate
+    from cpo.mt.generation import translate
 
     res = run(compose(SMALL_DEMO + ["logger=none", "model=tiny_lora", "evaluate.before_after=false",
                                     "trainer.max_steps=3"]), tmp_path)
@@ -59,7 +59,7 @@ def test_lora_trainable_parameter_count_and_reload(tmp_path):
 def test_full_model_saved_reloads_and_translates_and_table(tmp_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cpo.generation import translate
+    from cpo.mt.generation import translate
 
     res = run(compose(SMALL_DEMO + ["logger=none", "trainer.max_steps=4"]), tmp_path)
     out = capsys.readouterr().out
@@ -78,7 +78,7 @@ def test_full_model_saved_reloads_and_translates_and_table(tmp_path, capsys):
 
 
 def test_wandb_offline_run_holds_metrics_and_config(tmp_path):
-    from cpo.wandb_offline import read_finished_run as read_offline_run
+    from cpo.report.wandb_offline import read_finished_run as read_offline_run
 
     run(compose(SMALL_DEMO + ["evaluate.before_after=false", "save_policy=false", "trainer.max_steps=3",
                               "trainer.log_every_n_steps=1", "trainer.val_check_interval=2"]), tmp_path)
@@ -100,7 +100,7 @@ def _clean_env():
 
 
 def test_multirun_sweep_groups_runs_in_wandb(tmp_path):
-    from cpo.wandb_offline import read_finished_run as read_offline_run
+    from cpo.report.wandb_offline import read_finished_run as read_offline_run
 
     cmd = [sys.executable, "train.py", "-m", "loss=cpo,sft", "beta=0.05,0.1", "trainer.max_steps=2",
            "evaluate.before_after=false", "save_policy=false", f"hydra.sweep.dir={tmp_path}"] + SMALL_DEMO
@@ -142,7 +142,7 @@ def test_bad_data_file_names_line_and_field(tmp_path):
 
 
 def test_validation_logs_translation_quality_and_sample_table(tmp_path):
-    from cpo.wandb_offline import read_finished_run as read_offline_run
+    from cpo.report.wandb_offline import read_finished_run as read_offline_run
 
     res = run(compose(SMALL_DEMO + ["evaluate.before_after=false", "save_policy=false", "trainer.max_steps=2",
                                     "trainer.val_check_interval=2", "evaluate.during_training.max_sentences=8"]),
@@ -160,8 +160,8 @@ def test_policy_factory_is_built_in_configure_model(tiny_tok_model):
     import lightning as L
 
     from cpo.data import PreferenceDataModule, PreferenceExample
-    from cpo.losses import PreferenceLoss
-    from cpo.module import OptimSettings, PreferenceModule
+    from cpo.train.losses import PreferenceLoss
+    from cpo.train.module import OptimSettings, PreferenceModule
 
     tok, model = tiny_tok_model
     calls = []
@@ -197,8 +197,8 @@ def test_warmup_steps_are_rounded_up_as_the_hf_trainer(tiny_tok_model):
 
     from lightning.pytorch.plugins.precision import Precision
 
-    from cpo.losses import PreferenceLoss
-    from cpo.module import OptimSettings, PreferenceModule
+    from cpo.train.losses import PreferenceLoss
+    from cpo.train.module import OptimSettings, PreferenceModule
 
     _, model = tiny_tok_model
     module = PreferenceModule(model, PreferenceLoss("cpo"), OptimSettings(lr=1.0, warmup_ratio=0.01), pad_id=0)

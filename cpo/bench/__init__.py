@@ -20,9 +20,9 @@ Memory (``memory.py``)
 
 Sharing the prompt
     ``shared_prompt`` runs each prompt once instead of once per side: through PreferenceModule's
-    KV-cache route (cpo.logprobs.completion_logps_shared_prompt), or with ``packed`` (the module's
+    KV-cache route (cpo.train.logprobs.completion_logps_shared_prompt), or with ``packed`` (the module's
     default) through one forward over [prompt; chosen; rejected] with a 4D attention mask
-    (cpo.logprobs.completion_logps_packed).
+    (cpo.train.logprobs.completion_logps_packed).
 
 LoRA and bf16 (``policies.py``)
     ``lora_r`` trains LoRA adapters on a frozen base shared by every implementation (ALMA-R's

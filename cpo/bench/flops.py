@@ -32,7 +32,7 @@ class Lora:
 
     r: int
     targets: tuple[str, ...] = ("down_proj",)
-    inputs_require_grad: bool = False  # gradient checkpointing turns it on (cpo.models.build_policy)
+    inputs_require_grad: bool = False  # gradient checkpointing turns it on (cpo.train.models.build_policy)
 
     def dims(self, spec: ModelSpec) -> list[tuple[int, int]]:
         d, kv = spec.hidden, spec.kv_heads * (spec.hidden // spec.heads)
@@ -96,7 +96,8 @@ def ours_work(
     grad: bool,
     lora: Lora | None = None,
 ) -> Work:
-    """Work of one cpo.logprobs forward over ``sides``: ``shared`` False (concatenated), True (KV cache) or "packed"."""
+    """Work of one cpo.train.logprobs forward over ``sides``: ``shared`` False (concatenated), True (KV cache)
+    or "packed"."""
     w = Work()
     pl = batch["prompt_mask"].sum(-1).tolist()
     P, B = batch["prompt_mask"].shape[1], batch["prompt_mask"].shape[0]

@@ -1,4 +1,4 @@
-"""Sentences/s of batched beam search (cpo.generation.translate) against one sentence at a time."""
+"""Sentences/s of batched beam search (cpo.mt.generation.translate) against one sentence at a time."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def run_generation_bench(
     batches_per_size: int | None = None,
     warmup_new_tokens: int | None = None,
 ) -> dict:
-    """Sentences/s of cpo.generation.translate batched vs one sentence at a time (interleaved repetitions).
+    """Sentences/s of cpo.mt.generation.translate batched vs one sentence at a time (interleaved repetitions).
 
     The models are random-initialised, so beams rarely stop early: every sentence decodes
     ``max_new_tokens`` tokens in both modes, which keeps the per-sentence work equal (and makes it the
@@ -40,7 +40,7 @@ def run_generation_bench(
     ``n_sentences``. A batch size that runs out of GPU memory is reported as such and the others go on.
     """
     from cpo.bench.lengths import length_matched_examples
-    from cpo.generation import translate
+    from cpo.mt.generation import translate
 
     torch.set_num_threads(threads)
     tok = build_tokenizer(seed)

@@ -183,7 +183,7 @@ def reload_policy(plan: Plan, policy_dir: Path) -> dict:
 
     from cpo.bench.workload import DTYPES, SRC, TGT
     from cpo.data import format_prompt
-    from cpo.models import load_tokenizer
+    from cpo.train.models import load_tokenizer
 
     if not (policy_dir / "adapter_config.json").exists():
         raise PartFailure(f"{policy_dir}/adapter_config.json was not written: no LoRA adapter was saved")

@@ -22,6 +22,9 @@ import bisect
 import random
 from typing import Sequence
 
+# The direction of the synthetic workload: the demo's invented language into English.
+SRC, TGT = "zb", "en"
+
 SOURCE_TOKENS = (1, 8, 10, 13, 15, 17, 19, 21, 24, 26, 29, 31, 34, 37, 40, 44, 48, 54, 62, 77, 1062)
 TARGET_RATIO = (
     0.126,
@@ -107,7 +110,6 @@ class WordCoster:
 
 def length_matched_examples(tok, n: int, seed: int = 0, worst_case: bool = False):
     """``n`` demo-language (Zorbish -> English) pairs with ALMA-R's token lengths under ``tok``."""
-    from cpo.bench.workload import SRC, TGT
     from cpo.data import PairEncoder, PreferenceExample, format_prompt
     from cpo.demo.language import sample_sentences
 

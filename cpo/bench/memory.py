@@ -104,7 +104,7 @@ def memory_probe(cfg: dict) -> dict:
     torch.set_num_threads(cfg["threads"])
     if cfg.get("import_trl"):
         trl_available()  # same imports in every probe, so the baselines compare
-    import cpo.module  # noqa: F401
+    import cpo.train.module  # noqa: F401
 
     wl = make_workload(cfg["batch_size"], cfg["steps"], seed=cfg["seed"], lengths=cfg.get("lengths", "demo"))
     init = build_model(wl.tok, cfg["model"], seed=cfg["seed"], vocab_size=cfg.get("vocab_size"))

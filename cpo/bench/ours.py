@@ -37,7 +37,8 @@ class Variant:
     fused_adamw: bool = False
     group_by_length: bool = False
     gradient_checkpointing: bool = False
-    packed: bool = False  # cpo.logprobs.completion_logps_packed instead of the KV-cache route (needs shared_prompt)
+    # cpo.train.logprobs.completion_logps_packed instead of the KV-cache route (needs shared_prompt)
+    packed: bool = False
 
     @property
     def forward(self) -> str:
@@ -55,8 +56,8 @@ class OursImpl:
     def __init__(
         self, v: Variant, policies, wl: Workload, spec: ModelSpec, lr: float, device: str, precision: str = "fp32"
     ):
-        from cpo.losses import PreferenceLoss
-        from cpo.module import PreferenceModule
+        from cpo.train.losses import PreferenceLoss
+        from cpo.train.module import PreferenceModule
 
         self.name, self.v, self.device, self.precision = v.name, v, device, precision
         self.policies = policies
@@ -74,7 +75,7 @@ class OursImpl:
         self.ref_cache_s = None
         ref = None
         if v.loss == "dpo_cached":
-            from cpo.reference_cache import compute_reference_logps
+            from cpo.train.reference_cache import compute_reference_logps
 
             t = time.perf_counter()
             with policies.reference_model() as ref_model, self.autocast():

@@ -47,7 +47,7 @@ class FullCopies:
         pass
 
     def reference(self, policy: nn.Module):
-        from cpo.models import FrozenCopyReference
+        from cpo.train.models import FrozenCopyReference
 
         return FrozenCopyReference(policy)
 
@@ -63,7 +63,7 @@ class SharedLora:
     """One base model (already on its device), one LoRA adapter per implementation."""
 
     def __init__(self, base: nn.Module, lora: Lora, seed: int = 0, gradient_checkpointing: bool = False):
-        if gradient_checkpointing:  # as cpo.models.build_policy: frozen embeddings would otherwise cut the graph
+        if gradient_checkpointing:  # as cpo.train.models.build_policy: frozen embeddings would otherwise cut the graph
             _enable_gradient_checkpointing(base)
             base.enable_input_require_grads()
         self.base, self.seed, self.model = base, seed, None
@@ -98,7 +98,7 @@ class SharedLora:
         self.model.set_adapter(self.key(name))  # also makes only this adapter's parameters require gradients
 
     def reference(self, policy: nn.Module):
-        from cpo.models import AdapterDisabledReference
+        from cpo.train.models import AdapterDisabledReference
 
         return AdapterDisabledReference()
 

@@ -188,7 +188,7 @@ class TrlImpl:
 
 def compare_first_batch(ours: OursImpl, trl: TrlImpl) -> dict:
     """Loss and per-sequence log-probs of both implementations on the first batch, same initial weights."""
-    from cpo.logprobs import completion_logps
+    from cpo.train.logprobs import completion_logps
 
     got = trl.first_batch()
     b = ours.batches[0]

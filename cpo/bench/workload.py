@@ -11,9 +11,9 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from cpo.bench.lengths import SRC, TGT, length_matched_examples
 from cpo.data import Collator, EncodedPair, PairEncoder, PreferenceExample, WindowBatchSampler, format_prompt
 
-SRC, TGT = "zb", "en"
 LOSSES = ("sft", "cpo", "dpo_live", "dpo_cached")
 LENGTHS = ("demo", "alma_r", "alma_r_max")  # demo sentences; ALMA-R's length distribution; every pair at its bounds
 
@@ -62,7 +62,7 @@ def make_examples(n: int, seed: int = 0) -> list[PreferenceExample]:
 
 def build_tokenizer(seed: int = 0, vocab_size: int = 1000):
     from cpo.demo.language import sample_sentences
-    from cpo.tiny import train_bpe_tokenizer
+    from cpo.train.tiny import train_bpe_tokenizer
 
     sents = sample_sentences(1500, seed + 1)
     texts = [s.source for s in sents] + [s.translation for s in sents] + [format_prompt("x", SRC, TGT)]
@@ -168,8 +168,6 @@ class Workload:
 def make_workload(
     batch_size: int, steps: int, n_pairs: int | None = None, seed: int = 0, tok=None, lengths: str = "demo"
 ) -> Workload:
-    from cpo.bench.lengths import length_matched_examples
-
     if lengths not in LENGTHS:
         raise ValueError(f"lengths={lengths!r} is not one of {', '.join(LENGTHS)}")
     tok = tok or build_tokenizer(seed)

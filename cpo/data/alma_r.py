@@ -16,7 +16,7 @@ from typing import Sequence
 
 from cpo.data.records import PreferenceExample, example_from_record
 from cpo.io import DataError, Unavailable, iter_json_records
-from cpo.preferences import Candidate, Selection, checked_pair, select_pair
+from cpo.pairs.rule import Candidate, Selection, checked_pair, select_pair
 from cpo.text import is_blank
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 ``WindowBatchSampler`` forms micro-batches and tells each one the size of its whole accumulation
 window (so the loss is normalised exactly as one large batch would be); ``Collator`` pads prompts
-on the left and completions on the right (see cpo/logprobs.py for why).
+on the left and completions on the right (see cpo/train/logprobs.py for why).
 """
 from __future__ import annotations
 

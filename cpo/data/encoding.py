@@ -1,11 +1,11 @@
-"""Token ids of a preference pair: the prompt (cpo.prompt), completions with an exact boundary, truncation."""
+"""Token ids of a preference pair: the prompt (cpo.mt.prompt), completions with an exact boundary, truncation."""
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
 
 from cpo.data.records import PreferenceExample
-from cpo.prompt import EncodedPrompt, PromptEncoder
+from cpo.mt.prompt import EncodedPrompt, PromptEncoder
 from cpo.text import normalize_space
 
 
@@ -21,7 +21,7 @@ class EncodedPair:
 class PairEncoder:
     """Token ids for prompt and completions with an exact boundary and the truncation rules (SPEC section 4).
 
-    The prompt is encoded exactly as generation encodes it (:class:`cpo.prompt.PromptEncoder`: BOS first,
+    The prompt is encoded exactly as generation encodes it (:class:`cpo.mt.prompt.PromptEncoder`: BOS first,
     left truncation or rejection). A completion is encoded as the continuation of the *whole* prompt:
     tokenize prompt + completion and keep what follows the prompt's tokens; when a token would span the
     boundary (the joint tokenization does not start with the prompt's ids) the completion is encoded on

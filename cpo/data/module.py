@@ -9,7 +9,7 @@ from cpo.data.batching import Collator, PairDataset, WindowBatchSampler
 from cpo.data.encoding import EncodedPair, PairEncoder
 from cpo.data.records import PreferenceExample
 from cpo.io import DataError
-from cpo.prompt import PromptTooShort
+from cpo.mt.prompt import PromptTooShort
 from cpo.runs.data import ResumableDataLoader, loop_position
 
 

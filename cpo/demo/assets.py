@@ -151,7 +151,7 @@ def _split(s: DemoSettings):
 
 def _build_base(tmp: Path, s: DemoSettings, progress) -> None:
     from cpo.data import format_prompt
-    from cpo.tiny import build_tiny_llama, save_model_and_tokenizer, train_bpe_tokenizer
+    from cpo.train.tiny import build_tiny_llama, save_model_and_tokenizer, train_bpe_tokenizer
 
     sents, parallel, _, test, habits, par_refs, _ = _split(s)
     progress("[demo] training the tokenizer")
@@ -176,7 +176,7 @@ def _build_base(tmp: Path, s: DemoSettings, progress) -> None:
 def _build_pairs(assets: DemoAssets, tmp: Path, s: DemoSettings, progress) -> None:
     from cpo.demo.quality import DemoQualityEstimator
     from cpo.demo.systems import DEFAULT_SYSTEMS
-    from cpo.preferences import build_pairs
+    from cpo.pairs.build import build_pairs
 
     _, _, pref, _, _, _, pref_refs = _split(s)
     systems = {x.name: x for x in DEFAULT_SYSTEMS}
@@ -195,8 +195,8 @@ def _build_pairs(assets: DemoAssets, tmp: Path, s: DemoSettings, progress) -> No
         if name == "ref":
             candidates[name] = pref_refs
         elif name == "warm_start":
-            from cpo.generation import translate
-            from cpo.models import load_causal_lm, load_tokenizer
+            from cpo.mt.generation import translate
+            from cpo.train.models import load_causal_lm, load_tokenizer
 
             model, tok = load_causal_lm(str(assets.model_dir)), load_tokenizer(str(assets.model_dir))
             candidates[name] = translate(model, tok, [x.source for x in pref], SRC, TGT, batch_size=128, num_beams=1,
@@ -223,7 +223,7 @@ def _build_pairs(assets: DemoAssets, tmp: Path, s: DemoSettings, progress) -> No
 def warm_start(model, tok, sources: list[str], references: list[str], s: DemoSettings, progress) -> None:
     """Plain supervised training (token-mean NLL of the reference), the ALMA SFT analogue."""
     from cpo.data import PairEncoder, _left_pad, _right_pad, format_prompt
-    from cpo.logprobs import completion_logps
+    from cpo.train.logprobs import completion_logps
 
     enc = PairEncoder(tok, max_prompt_length=64, max_length=128)
     data = []

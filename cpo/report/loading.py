@@ -125,7 +125,7 @@ def read_curve(job_dir: Path) -> pd.DataFrame | None:
     runs = sorted((job_dir / "wandb_files" / "wandb").glob("offline-run-*"))
     if runs:
         try:
-            from cpo.wandb_offline import read_offline_run
+            from cpo.report.wandb_offline import read_offline_run
 
             return history_to_curve(read_offline_run(runs[-1])["history"])
         except Exception:  # a curve is a nice-to-have: a damaged W&B file must not stop the report

@@ -9,8 +9,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cpo.evaluation import CORPUS_METRICS
-from cpo.health import HEALTH_KEYS
+from cpo.mt.evaluation import CORPUS_METRICS
+from cpo.mt.health import HEALTH_KEYS
 
 # loss name -> (display name, colour). Colours are fixed per method so that figures of different
 # reports agree; methods not listed get colours from OTHER_COLORS in order of appearance.
@@ -35,9 +35,9 @@ METRIC_NAMES = {"bleu": "BLEU", "chrf": "chrF", "chrfpp": "chrF++", "ter": "TER"
                 "comet22": "COMET-22", "kiwi": "CometKiwi", "kiwi_xxl": "CometKiwi-XXL", "xcomet_xxl": "XCOMET-XXL",
                 "kiwi_xcomet": "KIWI+XCOMET", "off_target": "off-target", "off_target_src": "off-target (source)",
                 "copy_rate": "copy rate", "repetition": "repetition", "length_ratio": "length ratio", "empty": "empty"}
-# Corpus metrics recomputed from test translations with sacrebleu (BLEU, chrF, chrF++, TER), as cpo.evaluation.
+# Corpus metrics recomputed from test translations with sacrebleu (BLEU, chrF, chrF++, TER), as cpo.mt.evaluation.
 SACREBLEU_METRICS = CORPUS_METRICS
-# Health checks of a degenerating translator (cpo.health; the other keys are translation-quality scores).
+# Health checks of a degenerating translator (cpo.mt.health; the other keys are translation-quality scores).
 HEALTH = HEALTH_KEYS
 # Keys of results["after"] that are neither test-set quality nor health figures.
 NOT_TEST_METRICS = {"pairs", "n", "pref_accuracy", "logp_margin"}

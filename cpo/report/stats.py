@@ -76,8 +76,8 @@ def welch(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> Welch 
 
 
 def sacrebleu_metric(name: str, tgt_lang: str):
-    """The sacrebleu metric object behind a results key, set up exactly as cpo.evaluation scores it."""
-    from cpo.evaluation import sacrebleu_metric as metric
+    """The sacrebleu metric object behind a results key, set up exactly as cpo.mt.evaluation scores it."""
+    from cpo.mt.evaluation import sacrebleu_metric as metric
 
     return metric(name, tgt_lang)
 

@@ -26,7 +26,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cpo.runs.errors import CorruptCheckpoint, StaleRun
 from cpo.runs.files import atomic_file, remove_stale_temps
-from cpo.runs.fingerprint import config_diff, describe_diff
+from cpo.runs.fingerprint import config_diff, describe_diff, same_configuration
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +146,10 @@ class LastCheckpoint(ModelCheckpoint):
             checkpoint[IDENTITY_KEY] = {"fingerprint": self.fingerprint, "config": self.config}
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        stored = (checkpoint.get(IDENTITY_KEY) or {}).get("fingerprint")
-        if self.fingerprint is not None and stored is not None and stored != self.fingerprint:
+        record = checkpoint.get(IDENTITY_KEY) or {}
+        stored = record.get("fingerprint")
+        if self.fingerprint is not None and stored is not None and \
+                not same_configuration(stored, record.get("config"), self.fingerprint):
             diff = config_diff(checkpoint[IDENTITY_KEY].get("config") or {}, self.config or {})
             raise StaleRun(f"the checkpoint being restored was written by a run with another configuration "
                            f"({describe_diff(diff)}): resume it with the configuration it was trained with, "

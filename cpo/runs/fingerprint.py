@@ -39,6 +39,30 @@ NEUTRAL_KEYS: dict[str, str] = {
 }
 
 
+# How configs evolve without making every finished run stale. A record written by an older version of cpo is
+# read as the current version would have written it (:func:`upgraded`) before it is compared:
+# - callables that moved to another module (old dotted prefix -> new): the same object under its old path;
+MOVED_PATHS: dict[str, str] = {"cpo.strategies.": "cpo.train.strategies."}  # issue 15: stage packages
+# - keys added since, with the value that reproduces the behaviour from before they existed (dotted key ->
+#   value). Every new result-changing key is listed here, or every older run would look like another run.
+ADDED_KEYS: dict[str, Any] = {}
+
+
+def _renamed(node: Any) -> Any:
+    """``node`` with every ``_target_`` that names a moved callable rewritten to its current path."""
+    if isinstance(node, dict):
+        out = {k: _renamed(v) for k, v in node.items()}
+        target = out.get("_target_")
+        if isinstance(target, str):
+            for old, new in MOVED_PATHS.items():
+                if target.startswith(old):
+                    out["_target_"] = new + target[len(old):]
+        return out
+    if isinstance(node, list):
+        return [_renamed(v) for v in node]
+    return node
+
+
 def plain_config(cfg: Any) -> Any:
     """A resolved OmegaConf config as plain containers; anything else as it is."""
     try:
@@ -50,9 +74,12 @@ def plain_config(cfg: Any) -> Any:
     return cfg
 
 
-def canonical_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of ``cfg`` that changes results: a deep copy with NEUTRAL_KEYS removed."""
+def canonical_config(cfg: Mapping[str, Any], rename: bool = True) -> dict[str, Any]:
+    """The part of ``cfg`` that changes results: a deep copy with NEUTRAL_KEYS removed and moved callables named
+    by their current path (``rename=False``: as recorded, the form fingerprints had before the move)."""
     out = json.loads(json.dumps(plain_config(cfg), default=str))  # deep copy; tuples -> lists, paths -> strings
+    if rename:
+        out = _renamed(out)
     if not isinstance(out, dict):
         raise TypeError(f"a config must be a mapping, got {type(cfg).__name__}")
     for dotted in NEUTRAL_KEYS:
@@ -65,16 +92,47 @@ def canonical_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _canonical_json(cfg: Mapping[str, Any]) -> str:
+def _canonical_json(cfg: Mapping[str, Any], rename: bool = True) -> str:
     # Keys sorted, list order kept (candidate order breaks score ties). Numbers are not normalised:
     # trainer.val_check_interval=1 (every batch) and 1.0 (once an epoch) are different settings.
-    payload = {"fingerprint_version": FINGERPRINT_VERSION, "config": canonical_config(cfg)}
+    payload = {"fingerprint_version": FINGERPRINT_VERSION, "config": canonical_config(cfg, rename)}
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
 
 
-def fingerprint(cfg: Mapping[str, Any]) -> str:
+def fingerprint(cfg: Mapping[str, Any], rename: bool = True) -> str:
     """sha256 (hex) of the canonical JSON of everything in ``cfg`` that changes the result."""
-    return hashlib.sha256(_canonical_json(cfg).encode("ascii")).hexdigest()
+    return hashlib.sha256(_canonical_json(cfg, rename).encode("ascii")).hexdigest()
+
+
+def upgraded(stored_config: Mapping[str, Any]) -> dict[str, Any]:
+    """A recorded config as the current version writes it: keys added since (``ADDED_KEYS``) at the values that
+    keep the old behaviour; moved callables are renamed by the canonical form itself."""
+    out = json.loads(json.dumps(plain_config(stored_config), default=str))
+    for dotted, value in ADDED_KEYS.items():
+        *parents, last = dotted.split(".")
+        node = out
+        for p in parents:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}  # absent, or null before the key existed
+            node = node[p]
+        node.setdefault(last, json.loads(json.dumps(value)))
+    return out
+
+
+def same_configuration(stored: str | None, stored_config: Mapping[str, Any] | None, fp: str) -> bool:
+    """Whether a record (its stored fingerprint and config) belongs to the run of fingerprint ``fp``.
+
+    Equal fingerprints, or a record of an older version of cpo: its config hashes to the stored fingerprint as
+    recorded (so the record is authentic), and to ``fp`` once upgraded (moved callables renamed, added keys at
+    their old behaviour).
+    """
+    if stored is not None and stored == fp:
+        return True
+    if stored is None or not isinstance(stored_config, Mapping):
+        return False
+    if fingerprint(stored_config, rename=False) != stored and fingerprint(stored_config) != stored:
+        return False
+    return fingerprint(upgraded(stored_config)) == fp
 
 
 def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -99,10 +157,10 @@ def _short(value: Any, width: int = 40) -> str:
 def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """``"key: old -> new"`` for every dotted key whose value differs between the canonical forms, sorted.
 
-    Lists are compared whole. Neutral keys are ignored, so the list names exactly what makes the
-    fingerprints differ (empty when only FINGERPRINT_VERSION does).
+    Lists are compared whole. Neutral keys are ignored and ``old`` is upgraded (:func:`upgraded`), so the list
+    names exactly what makes the fingerprints differ (empty when only FINGERPRINT_VERSION does).
     """
-    a, b = _flatten(canonical_config(old)), _flatten(canonical_config(new))
+    a, b = _flatten(canonical_config(upgraded(old))), _flatten(canonical_config(new))
     lines = []
     for key in sorted(set(a) | set(b)):
         va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)

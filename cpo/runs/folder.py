@@ -29,6 +29,7 @@ from cpo.runs.errors import CorruptCheckpoint, StaleRun
 from cpo.runs.files import move_into, timestamped_dir
 from cpo.runs.fingerprint import (
     FINGERPRINT_VERSION, canonical_config, config_diff, describe_diff, fingerprint, plain_config,
+    same_configuration,
 )
 from cpo.runs.lock import NEW_FOLDER, FolderLock
 
@@ -172,13 +173,13 @@ def decide_run(state: FolderState, cfg: Mapping[str, Any], rerun: bool = False,
                        f"move it away, or {_RERUN}")
     if state.results is not None:
         stored = state.results.get("fingerprint")
-        if stored == fp:
-            note = f" (ckpt_path={ckpt_path} not used)" if ckpt_path else ""
-            return Decision("skip", fp, f"{out}: already finished with this configuration, skipping{note}",
-                            results=state.results)
         ident = state.identity or {}
         old_cfg = ident.get("config") if ident.get("fingerprint") == stored else None
         old_cfg = old_cfg if old_cfg is not None else state.results.get("config")
+        if same_configuration(stored, old_cfg, fp):
+            note = f" (ckpt_path={ckpt_path} not used)" if ckpt_path else ""
+            return Decision("skip", fp, f"{out}: already finished with this configuration, skipping{note}",
+                            results=state.results)
         if stored is None:
             raise StaleRun(f"{out} holds a run finished by an older version of cpo that stored no fingerprint, so its "
                            f"results cannot be checked against this configuration ({_diff_clause(old_cfg, cfg)}): "
@@ -196,7 +197,7 @@ def decide_run(state: FolderState, cfg: Mapping[str, Any], rerun: bool = False,
             stored = ident.get("fingerprint")  # the folder's own checkpoint, from before checkpoints held fingerprints
         if old_cfg is None and stored is not None and ident.get("fingerprint") == stored:
             old_cfg = ident.get("config")
-        if stored == fp:
+        if same_configuration(stored, old_cfg, fp):
             reason = f"resuming from {ck['path']} (step {ck['global_step']})"
             if _inside(ck["path"], out):
                 return Decision("resume", fp, reason, ckpt_path=ck["path"], step=ck["global_step"],

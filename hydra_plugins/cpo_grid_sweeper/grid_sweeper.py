@@ -49,7 +49,7 @@ class GridSweeperConf:
 ConfigStore.instance().store(group="hydra/sweeper", name="cpo_grid", node=GridSweeperConf, provider="cpo")
 
 
-DIVERGED = 3  # train.py's exit status for a run that diverged (cpo.guards)
+DIVERGED = 3  # train.py's exit status for a run that diverged (cpo.train.guards)
 
 
 def _is_failure_exit(e: SystemExit) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from cpo.logprobs import completion_logps
+from cpo.train.logprobs import completion_logps
 
 WEIGHT_FILES = ("*.safetensors", "*.bin", "adapter_model.*", "config.json", "adapter_config.json")
 # Files up to this size are hashed whole (configs, adapters: ALMA-13B's LoRA is about 50 MB); larger ones
@@ -185,7 +185,7 @@ def attach_cached_reference(cfg, policy, dm, model_path: str, say=print) -> None
     key = cache_key(reference_identity(cfg, policy, model_path), splits)
 
     def compute():
-        from cpo.heldout import on_accelerator
+        from cpo.train.heldout import on_accelerator
 
         say("computing reference log-probs once with the starting policy (loss.reference=cached)")
         pad = dm.collator.pad_id

@@ -3,7 +3,7 @@
 Checked cheaply on what a step computes anyway: the loss the step returns, the norm of the gradients
 before clipping, and the NLL it logs. The guard raises :class:`Diverged` from inside the step, before
 the optimizer applies a non-finite gradient and before any checkpoint of that step is written;
-``cpo.training.run`` turns it into one sentence, exit status 3, and no ``results.json`` or ``policy/``.
+``cpo.train.run.run`` turns it into one sentence, exit status 3, and no ``results.json`` or ``policy/``.
 """
 from __future__ import annotations
 

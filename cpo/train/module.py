@@ -9,9 +9,10 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from cpo.logprobs import CompletionLogps, completion_logps, completion_logps_packed, completion_logps_shared_prompt
-from cpo.losses import PreferenceLoss
-from cpo.models import Reference
+from cpo.train.logprobs import (CompletionLogps, completion_logps, completion_logps_packed,
+                               completion_logps_shared_prompt)
+from cpo.train.losses import PreferenceLoss
+from cpo.train.models import Reference
 
 SCHEDULES = ("inverse_sqrt", "cosine", "linear", "constant")
 # How chosen and rejected are run (all give the same log-probs and gradients; see scripts/bench.py):

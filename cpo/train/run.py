@@ -19,19 +19,19 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from cpo.config import ConfigError, validate
+from cpo.train.config import ConfigError, validate
 from cpo.console import interactive, say
 from cpo.data import LoadContext, PreferenceDataModule, RunData, build_source
-from cpo.guards import Diverged, DivergenceGuard, check_finite_weights
-from cpo.heldout import Evaluation, GenerationSettings, before_after_table, evaluate_policy, on_accelerator
+from cpo.train.guards import Diverged, DivergenceGuard, check_finite_weights
+from cpo.train.heldout import Evaluation, GenerationSettings, before_after_table, evaluate_policy, on_accelerator
 from cpo.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, current_umask
-from cpo.loggers import build_loggers, finish_wandb
-from cpo.losses import PreferenceLoss
-from cpo.models import LoraSettings, build_policy, build_reference, count_parameters, is_peft, load_tokenizer
-from cpo.models import save_policy as save_pretrained_policy
-from cpo.module import OptimSettings, PreferenceModule
-from cpo.provenance import provenance
-from cpo.trainer import BatchPlan, build_trainer, plan_batch
+from cpo.train.loggers import build_loggers, finish_wandb
+from cpo.train.losses import PreferenceLoss
+from cpo.train.models import LoraSettings, build_policy, build_reference, count_parameters, is_peft, load_tokenizer
+from cpo.train.models import save_policy as save_pretrained_policy
+from cpo.train.module import OptimSettings, PreferenceModule
+from cpo.train.provenance import provenance
+from cpo.train.trainer import BatchPlan, build_trainer, plan_batch
 
 
 def load_data(cfg: DictConfig) -> RunData:
@@ -62,7 +62,7 @@ def run_identity(cfg: DictConfig, plan: BatchPlan) -> dict:
     batch layout this hardware gives (a resume on another number of GPUs would be at another data position),
     and fingerprints of the local files the config names (data, model, adapter): a file rewritten at the same
     path makes another run. Files derived from the config (the demo's cache) need none."""
-    from cpo.reference_cache import file_fingerprint, folder_fingerprint
+    from cpo.train.reference_cache import file_fingerprint, folder_fingerprint
 
     files: dict[str, object] = {}
     for key in ("train_file", "val_file", "test_file", "path"):
@@ -245,7 +245,7 @@ class _Run:
             return None
         reference = build_reference(cfg.loss.reference, policy, self.lora, sharded=self.lazy)
         if reference is None:  # loss.reference=cached: log-probs of the starting policy travel with the batches
-            from cpo.reference_cache import attach_cached_reference
+            from cpo.train.reference_cache import attach_cached_reference
 
             attach_cached_reference(cfg, policy, self.dm, self.model_path, say)
             return None
@@ -253,7 +253,7 @@ class _Run:
         return reference
 
     def trainer(self) -> L.Trainer:
-        from cpo.callbacks import FinalTrainMetrics, PreemptionDeferral, ProgressLog, build_callbacks
+        from cpo.train.callbacks import FinalTrainMetrics, PreemptionDeferral, ProgressLog, build_callbacks
         from cpo.runs import AtomicCheckpointIO, RandomState, checkpoint_callback, fingerprint
         from cpo.runs.fingerprint import canonical_config
 
@@ -332,7 +332,7 @@ class _Run:
         """A run stopped by a step limit ends without validating: validate once more so results always hold val/*."""
         if not self.dm.val_pairs or self.cfg.trainer.get("limit_val_batches") == 0:
             return
-        from cpo.callbacks import FinalTrainMetrics
+        from cpo.train.callbacks import FinalTrainMetrics
 
         tracker = next((c for c in trainer.callbacks if isinstance(c, FinalTrainMetrics)), None)
         if tracker is not None and tracker.last_val_step == trainer.global_step:

@@ -2,7 +2,7 @@
 
 Per direction: the pairs kept and dropped (and why), how often each system is chosen and rejected,
 its empty hypotheses, each system's mean score and its win ratio against the reference (the paper's
-Table 1, ``cpo.preferences.win_counts``), and the run time; over all directions: the totals, the
+Table 1, ``win_counts``), and the run time; over all directions: the totals, the
 win ratios pooled over xx->en, en->xx and all directions, and the scorer cache's hits and misses.
 The app writes the object as ``<output stem>.report.json`` and ``markdown_report`` of it as
 ``<output stem>.report.md``.
@@ -12,8 +12,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from cpo.parallel import ParallelData
-from cpo.preferences import BuildCounts, NoiseSettings, win_counts
+from cpo.mt.parallel import ParallelData
+from cpo.pairs.noise import NoiseSettings
+from cpo.pairs.rule import BuildCounts
 from cpo.scoring import CachedScorer, MeanScorer, Scorer
 
 REF = "ref"  # the reference's name among the candidates
@@ -21,6 +22,33 @@ XX_EN, EN_XX = "xx->en", "en->xx"
 
 
 # --------------------------------------------------------------------------- JSON
+def win_counts(system_scores: list[float | None], ref_scores: list[float | None]) -> dict:
+    """How often a system's score beats the reference's on the same source (paper Table 1).
+
+    Sources where either side has no score are left out (an empty output is scored like any text); ties are counted
+    on their own, never as wins.
+    """
+    wins = ties = losses = 0
+    for s, r in zip(system_scores, ref_scores):
+        if s is None or r is None:
+            continue
+        if s > r:
+            wins += 1
+        elif s == r:
+            ties += 1
+        else:
+            losses += 1
+    n = wins + ties + losses
+    return {
+        "n": n,
+        "wins": wins,
+        "ties": ties,
+        "losses": losses,
+        "win_ratio": wins / n if n else None,
+        "tie_ratio": ties / n if n else None,
+    }
+
+
 def _mean(values: list[float | None]) -> float | None:
     xs = [v for v in values if v is not None]
     return sum(xs) / len(xs) if xs else None

@@ -362,7 +362,7 @@ def build_reference(mode: str, policy: nn.Module | None, lora: LoraSettings | No
     ``lora`` (the run's LoRA settings, None for full fine-tuning) says how the policy starts; left out,
     it is read from the policy's weights (:func:`infer_policy_start`). ``sharded``: the policy is built
     later, in ``configure_model`` (``policy`` is then None). Returns None for ``cached`` (the log-probs
-    then travel with the batch, see cpo/reference_cache.py).
+    then travel with the batch, see cpo/train/reference_cache.py).
     """
     if lora is _INFER:
         if policy is None:

@@ -146,7 +146,8 @@ def _feature_ngrams(model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         new = depth[child] < 0
         child, parent, byte = child[new], parent[new], byte[new]
         if np.unique(child).size != child.size:
-            raise RuntimeError("py3langid's model is not the langid.py automaton cpo.health reads; pin py3langid<0.3")
+            raise RuntimeError("py3langid's model is not the langid.py automaton cpo.mt.health reads; "
+                               "pin py3langid<0.3")
         depth[child] = depth[parent] + 1
         spelled[child] = (spelled[parent] << 8) | byte
         frontier = child
@@ -159,7 +160,7 @@ def _feature_ngrams(model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     first = by_feature[np.r_[True, feats[by_feature][1:] != feats[by_feature][:-1]]]
     order = depth[states[first]]
     if first.size != model.nb_ptc.shape[0] or order.min() < 1 or order.max() > 4:
-        raise RuntimeError("py3langid's model is not the langid.py automaton cpo.health reads; pin py3langid<0.3")
+        raise RuntimeError("py3langid's model is not the langid.py automaton cpo.mt.health reads; pin py3langid<0.3")
     return order, spelled[states[first]], feats[first]
 
 

@@ -9,7 +9,7 @@ Per direction (``"<src>-<tgt>"``), under keys that stay the same in ``results.js
   (sacrebleu's ``normalized`` + ``asian_support``, stated in the signature as ``norm:yes|asian:yes``).
 - ``n``: the number of segments.
 - one key per configured scorer (COMET, CometKiwi, XCOMET, ...): its mean segment score.
-- the health checks of :mod:`cpo.health` (``off_target``, ``copy_rate``, ``repetition``,
+- the health checks of :mod:`cpo.mt.health` (``off_target``, ``copy_rate``, ``repetition``,
   ``length_ratio``, ``empty``, ...) when the sources are given.
 
 Empty hypotheses are legitimate system output (real WMT submissions have them): they are scored as
@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cpo.health import HEALTH_KEYS, health_checks
+from cpo.mt.health import HEALTH_KEYS, health_checks
 from cpo.io import DataError, read_aligned
 from cpo.languages import sacrebleu_tokenizer
 from cpo.scoring import Scorer, ScoreError
@@ -119,7 +119,7 @@ def corpus_metrics(
 
     References go to every scorer (a reference-free one drops them itself); ``sources`` are
     required as soon as a scorer is configured, since COMET-style models read them. The health
-    checks (:mod:`cpo.health`) run when ``sources`` are given and ``health`` is true; ``src_lang``
+    checks (:mod:`cpo.mt.health`) run when ``sources`` are given and ``health`` is true; ``src_lang``
     lets ``off_target_src`` tell output in the source language apart.
     """
     hyps, refs = list(hypotheses), list(references)
@@ -236,7 +236,7 @@ def _fmt(key: str, value: Any) -> str:
 
 
 _HEALTH_LEGEND = (
-    "Health checks (cpo.health): off_target = share of hypotheses identified (langid.py) as another language "
+    "Health checks (cpo.mt.health): off_target = share of hypotheses identified (langid.py) as another language "
     "than the target, off_target_src = as the source language; copy_rate = share copying the source "
     "(character 3-gram Dice >= 0.8); repetition = share with a loop (3+ back-to-back copies covering 12+ units); "
     "length_ratio = hypothesis / reference length (characters for zh, ja, th; words otherwise); "

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from cpo.prompt import PromptEncoder, target_cue
+from cpo.mt.prompt import PromptEncoder, target_cue
 from cpo.text import is_blank
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def translate(
 ) -> list[str]:
     """Translations of ``sources``, in order. Batches are sorted by length (less padding) and left-padded.
 
-    Prompts are built and cut exactly as in training (:class:`cpo.prompt.PromptEncoder`): pass the
+    Prompts are built and cut exactly as in training (:class:`cpo.mt.prompt.PromptEncoder`): pass the
     training run's ``data.max_prompt_length`` so that an over-long source is left-truncated the same way.
     ``cleaning`` (a Counter), when given, counts how each output was cleaned (:data:`CLEANING_RULES`)
     and the prompts that were cut (``"prompt_truncated"``).

@@ -18,7 +18,7 @@ def validate(cfg: DictConfig) -> None:
     loss, data, model = cfg.loss, cfg.data, cfg.model
     from omegaconf.errors import InterpolationKeyError
 
-    from cpo.losses import KINDS, PreferenceLoss
+    from cpo.train.losses import KINDS, PreferenceLoss
 
     _need(loss.kind in KINDS, f"loss.kind={loss.kind!r} is not a known loss (known: {', '.join(KINDS)})")
     try:

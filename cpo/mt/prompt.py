@@ -4,7 +4,7 @@ ALMA's template, ``Translate this from {Src} to {Tgt}:\\n{Src}: {source}\\n{Tgt}
 (ALMA-R's training omitted it while its inference added it: a mismatch not to repeat). Prompts
 longer than the configured budget are cut on the left, keeping BOS and the ``\\n{Tgt}:`` cue the model
 continues from, or rejected. Training (``cpo.data.encoding.PairEncoder``) and generation
-(``cpo.generation.translate``) both go through :class:`PromptEncoder`, so a policy never translates a
+(``cpo.mt.generation.translate``) both go through :class:`PromptEncoder`, so a policy never translates a
 prompt in a form it was not trained on.
 """
 from __future__ import annotations

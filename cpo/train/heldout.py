@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from cpo.data.sources import TestSet
-from cpo.logprobs import completion_logps
+from cpo.train.logprobs import completion_logps
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def pair_metrics(policy, loader, pad_id: int) -> dict[str, float]:
 def _translate_with_progress(policy, tokenizer, test: TestSet, gen: GenerationSettings, bar: bool, say) -> list[str]:
     """All translations; a progress bar in a terminal, else a line about every 30 s (beam search on real data
     takes minutes, and a log file should show that it is moving)."""
-    from cpo.generation import translate
+    from cpo.mt.generation import translate
 
     def run(sources: list[str], progress: bool) -> list[str]:
         return translate(policy, tokenizer, sources, test.src_lang, test.tgt_lang, batch_size=gen.batch_size,
@@ -100,8 +100,8 @@ def _translate_with_progress(policy, tokenizer, test: TestSet, gen: GenerationSe
 
 def translation_metrics(policy, tokenizer, test: TestSet, scorers=(), gen: GenerationSettings = GenerationSettings(),
                         progress: bool = False, say=print) -> Evaluation:
-    """Translate ``test`` and score it: corpus metrics (cpo.evaluation) and every scorer's segment scores."""
-    from cpo.evaluation import corpus_metrics
+    """Translate ``test`` and score it: corpus metrics (cpo.mt.evaluation) and every scorer's segment scores."""
+    from cpo.mt.evaluation import corpus_metrics
 
     hyps = _translate_with_progress(policy, tokenizer, test, gen, progress, say)
     metrics = corpus_metrics(hyps, test.references, test.tgt_lang, sources=test.sources, src_lang=test.src_lang)

@@ -26,8 +26,8 @@ class TranslationEval(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        from cpo.evaluation import corpus_metrics
-        from cpo.generation import translate
+        from cpo.mt.evaluation import corpus_metrics
+        from cpo.mt.generation import translate
 
         d = self.dev
         hyps = translate(pl_module.policy, self.tokenizer, d.sources, d.src_lang, d.tgt_lang,

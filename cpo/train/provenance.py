@@ -13,7 +13,7 @@ from pathlib import Path
 PACKAGES = (
     "torch", "transformers", "peft", "lightning", "sacrebleu", "unbabel-comet", "tokenizers", "trl", "deepspeed"
 )
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def package_versions(names=PACKAGES) -> dict[str, str | None]:
