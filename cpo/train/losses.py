@@ -100,10 +100,12 @@ def arpo_tau(chosen_avg_logps: Tensor, rejected_avg_logps: Tensor, c1: float, c2
     negative for d < ln(1/c1)/c2) are rejected less hard than clearly different ones.
     """
     d = (chosen_avg_logps - rejected_avg_logps).abs()
-    # tau reaches 1 at c2 * d = ln(2 / c1); capping the exponent there gives the same tau and keeps
-    # exp from overflowing to inf, whose gradient through the clamp would be 0 * inf = NaN.
-    tau = c1 * torch.exp(torch.clamp(c2 * d, max=math.log(2 / c1))) - 1
-    return tau.clamp(max=1.0)
+    # tau reaches 1 at c2 * d = ln(2 / c1); capping the exponent there keeps exp from overflowing to inf, whose
+    # gradient through the clamp would be 0 * inf = NaN.
+    x, limit = c2 * d, math.log(2 / c1)
+    tau = c1 * torch.exp(torch.clamp(x, max=limit)) - 1
+    # Saturated, the min is exactly 1: c1 * exp(ln(2 / c1)) - 1 rounds to 0.99999988 on some CPUs (AMD EPYC).
+    return torch.where(x >= limit, torch.ones_like(tau), tau.clamp(max=1.0))
 
 
 def arpo_loss(
