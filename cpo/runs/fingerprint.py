@@ -36,6 +36,8 @@ NEUTRAL_KEYS: dict[str, str] = {
     # The batch sampler runs in the main process and collation is deterministic, and a DataLoader draws its
     # base seed from its own generator with or without workers: the batches and the RNG stream are the same.
     "data.num_workers": "worker processes only load the batches the main process chose",
+    "push_to_hub": "where the finished policy/ is uploaded, after training",
+    "push_private": "whether a new hub repository is private",
 }
 
 
@@ -45,7 +47,15 @@ NEUTRAL_KEYS: dict[str, str] = {
 MOVED_PATHS: dict[str, str] = {"cpo.strategies.": "cpo.train.strategies."}  # issue 15: stage packages
 # - keys added since, with the value that reproduces the behaviour from before they existed (dotted key ->
 #   value). Every new result-changing key is listed here, or every older run would look like another run.
-ADDED_KEYS: dict[str, Any] = {}
+ADDED_KEYS: dict[str, Any] = {
+    # issue 19: peft's LoRA variants and QLoRA, off as before (under a null model.lora they do not exist)
+    "model.lora.use_dora": False,
+    "model.lora.use_rslora": False,
+    "model.lora.modules_to_save": None,
+    "model.lora.load_in_4bit": False,
+    # issue 19: the callbacks group (early stopping, the best policy), none as before
+    "callbacks": {},
+}
 
 
 def _renamed(node: Any) -> Any:
@@ -112,10 +122,13 @@ def upgraded(stored_config: Mapping[str, Any]) -> dict[str, Any]:
         *parents, last = dotted.split(".")
         node = out
         for p in parents:
+            if p in node and node[p] is None:
+                break  # a group switched off (model.lora: null) has none of its keys, then as now
             if not isinstance(node.get(p), dict):
-                node[p] = {}  # absent, or null before the key existed
+                node[p] = {}  # a group added since, or not a mapping then
             node = node[p]
-        node.setdefault(last, json.loads(json.dumps(value)))
+        else:
+            node.setdefault(last, json.loads(json.dumps(value)))
     return out
 
 

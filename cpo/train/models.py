@@ -29,6 +29,13 @@ class LoraSettings:
     dropout: float = 0.05
     target_modules: Sequence[str] = ("down_proj",)
     adapter: str | None = None  # an existing adapter to keep training (ALMA's LoRA), by path or hub name
+    # peft's variants of a fresh adapter (a continued adapter brings its own, stored in its adapter_config.json):
+    use_dora: bool = False      # DoRA (Liu et al. 2024): a trained magnitude per output feature beside the LoRA direction
+    use_rslora: bool = False    # rank-stabilised scaling alpha / sqrt(r) instead of alpha / r (Kalajdzievski 2023)
+    modules_to_save: Sequence[str] | None = None  # modules trained in full and saved with the adapter, e.g. [lm_head]
+    # QLoRA (Dettmers et al. 2023): the frozen base loaded in 4-bit NF4 by bitsandbytes (a CUDA GPU and the
+    # `qlora` extra); cpo.train.quantization refuses it in one sentence where either is missing.
+    load_in_4bit: bool = False
 
 
 def _local_only(name_or_path: str) -> bool:
@@ -77,6 +84,14 @@ def add_lora(model: nn.Module, lora: LoraSettings, uniform_dtype: bool = False) 
     from peft import LoraConfig, PeftModel, get_peft_model
 
     autocast = not uniform_dtype
+    variants = {k: v for k, v in (("use_dora", lora.use_dora), ("use_rslora", lora.use_rslora),
+                                  ("modules_to_save", lora.modules_to_save)) if v}
+    if lora.adapter and variants:
+        from cpo.errors import ConfigError
+
+        raise ConfigError(f"model.lora.{next(iter(variants))} applies to a fresh adapter, but model.lora.adapter="
+                          f"{lora.adapter} continues one whose settings are stored with it; leave it out "
+                          "(or set model.lora.adapter=null for a fresh adapter)")
     if lora.adapter:
         try:
             return PeftModel.from_pretrained(model, lora.adapter, is_trainable=True, autocast_adapter_dtype=autocast,
@@ -90,6 +105,9 @@ def add_lora(model: nn.Module, lora: LoraSettings, uniform_dtype: bool = False) 
         target_modules=list(lora.target_modules),
         bias="none",
         task_type="CAUSAL_LM",
+        use_dora=bool(lora.use_dora),
+        use_rslora=bool(lora.use_rslora),
+        modules_to_save=list(lora.modules_to_save) if lora.modules_to_save else None,
     )
     return get_peft_model(model, cfg, autocast_adapter_dtype=autocast)
 
@@ -135,9 +153,17 @@ def build_policy(
     sharded: bool = False,
 ) -> nn.Module:
     """The policy to train; ``sharded`` when FSDP / ZeRO-3 will wrap it (see :func:`add_lora`)."""
-    model = load_causal_lm(name_or_path, dtype, attn_implementation, trust_remote_code)
+    if lora is not None and lora.load_in_4bit:  # QLoRA: a 4-bit base, prepared for training an adapter on it
+        from cpo.train.quantization import load_4bit_base
+
+        if dtype not in DTYPES:
+            raise ValueError(f"model.dtype: unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
+        model = load_4bit_base(name_or_path, DTYPES[dtype], attn_implementation, trust_remote_code,
+                               gradient_checkpointing, sharded)
+    else:
+        model = load_causal_lm(name_or_path, dtype, attn_implementation, trust_remote_code)
     model.config.use_cache = False  # training never reads the cache; generation turns it back on
-    if gradient_checkpointing:
+    if gradient_checkpointing and not (lora is not None and lora.load_in_4bit):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if lora is not None:
             model.enable_input_require_grads()  # frozen embeddings would otherwise cut the graph

@@ -89,6 +89,10 @@ def check_numerics(cfg: DictConfig) -> None:
     if str(cfg.trainer.get("precision")) in ("16-true", "16", "half"):
         raise ConfigError(f"trainer.precision={cfg.trainer.precision} trains half-precision weights without fp32 "
                           "master weights, which diverges; use 16-mixed or bf16-mixed")
+    if cfg.model.get("lora") is not None and cfg.model.lora.get("load_in_4bit"):  # QLoRA: a GPU and bitsandbytes
+        from cpo.train.quantization import check_4bit
+
+        check_4bit(sharded=bool(cfg.get("build_in_configure_model", False)))
 
 
 def default_scorers(cfg: DictConfig, data: RunData) -> list:
