@@ -40,10 +40,11 @@ RESULTS_NAME = "results.json"
 LAST_CHECKPOINT = "checkpoints/last.ckpt"
 HPC_CHECKPOINTS = "hpc_ckpt_*.ckpt"  # Lightning's SLURM auto-requeue saves, in the run folder itself
 # Everything a run writes. Hydra's .hydra/ and <job>.log belong to the current launch and stay.
-OUTPUTS = ("results.json", "run.json", "checkpoints", "policy", "csv", "before_after.md", "before.json",
-           "test_translations.jsonl", "test_hypotheses.txt", "wandb_files")
+OUTPUTS = ("results.json", "run.json", "checkpoints", "policy", "policy_last", "csv", "before_after.md", "before.json",
+           "test_translations.jsonl", "test_hypotheses.txt", "wandb_files", "tensorboard")
 # What makes a folder look finished to a reader (scripts/compare.py, a colleague).
-FINISHED_LOOKING = ("results.json", "policy", "before_after.md", "test_translations.jsonl", "test_hypotheses.txt")
+FINISHED_LOOKING = ("results.json", "policy", "policy_last", "before_after.md", "test_translations.jsonl",
+                    "test_hypotheses.txt")
 _RERUN = "pass rerun=true to train again here (the old outputs are kept in replaced-<time>/)"
 
 

@@ -259,6 +259,7 @@ class _Run:
     def trainer(self) -> L.Trainer:
         from cpo.train.callbacks import FinalTrainMetrics, PreemptionDeferral, ProgressLog, build_callbacks
         from cpo.runs import AtomicCheckpointIO, RandomState, checkpoint_callback, fingerprint
+        from cpo.train.policy_selection import build_selection_callbacks
         from cpo.runs.fingerprint import canonical_config
 
         cfg = self.cfg
@@ -267,6 +268,7 @@ class _Run:
         callbacks = [DivergenceGuard(g.max_nll_ratio, g.window, g.min_nll_rise), PreemptionDeferral(),
                      FinalTrainMetrics(), RandomState()]
         callbacks += build_callbacks(cfg, self.tokenizer, self.data, self.scorers)
+        callbacks += build_selection_callbacks(cfg, self.data, self.scorers, len(self.dm.val_pairs))
         if not interactive() and cfg.trainer.get("enable_progress_bar") is not True:
             callbacks.append(ProgressLog(float(cfg.get("progress_every_seconds", 30))))
         callbacks.append(checkpoint_callback(self.out_dir, c.every_n_steps, c.every_minutes, fingerprint(resolved),
@@ -365,10 +367,12 @@ class _Run:
         if self.lazy:
             self.trainable, self.total = count_parameters(self.module.policy)
         from cpo.runs import last_logged
+        from cpo.train.policy_selection import callback_summaries, select_policy
 
         # The metrics history first: a resume of a finished fit trains no step and leaves callback_metrics empty.
         history = last_logged(out_dir / "csv" / "metrics.csv") if (out_dir / "csv" / "metrics.csv").is_file() else {}
         metrics = {**history, **self.fit_metrics, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
+        state, last_state, selection = select_policy(trainer, self.module, state)  # callbacks=best_policy
         results: dict[str, Any] = {
             "config": OmegaConf.to_container(cfg, resolve=True),
             "loss": loss.name, "beta": loss.beta, "seed": cfg.seed, "start_model": self.model_path,
@@ -381,6 +385,7 @@ class _Run:
             "dev_references": self.data.dev.label if self.data.dev is not None else None,
             "provenance": self.provenance,
         }
+        results.update(callback_summaries(trainer, selection))
         if before is not None:
             say("evaluating the trained policy on held-out data")
             after = self._evaluate()
@@ -395,16 +400,18 @@ class _Run:
                                 if isinstance(v, (int, float)) and k != "pairs"}, step=trainer.global_step)
         if cfg.save_policy:
             results["policy_dir"] = str(self.save_policy(state))
+            if last_state is not None:
+                results["policy_last_dir"] = str(self.save_policy(last_state, "policy_last"))
         results["total_seconds"] = round(time.time() - self.t_start, 2)
         return self.folder.finish(results)  # results.json last: it means "finished"
 
-    def save_policy(self, state) -> Path:
+    def save_policy(self, state, name: str = "policy") -> Path:
         """``policy/`` via a temporary folder renamed into place, so a kill never leaves half a policy."""
         import shutil
         import tempfile
 
-        final = self.out_dir / "policy"
-        tmp = Path(tempfile.mkdtemp(prefix=".policy.", dir=self.out_dir))
+        final = self.out_dir / name
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.out_dir))
         try:
             sd = {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}
             save_pretrained_policy(self.module.policy, tmp, state_dict=sd)  # the trained adapter, not the reference
