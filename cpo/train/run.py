@@ -26,6 +26,7 @@ from cpo.train.guards import Diverged, DivergenceGuard, check_finite_weights
 from cpo.train.heldout import Evaluation, GenerationSettings, before_after_table, evaluate_policy, on_accelerator
 from cpo.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, current_umask
 from cpo.train.loggers import build_loggers, finish_wandb
+from cpo.train.model_card import check_hub_access, command, publish, render, write_card
 from cpo.train.losses import PreferenceLoss
 from cpo.train.models import LoraSettings, build_policy, build_reference, count_parameters, is_peft, load_tokenizer
 from cpo.train.models import save_policy as save_pretrained_policy
@@ -119,6 +120,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
 
     validate(cfg)
     check_numerics(cfg)
+    check_hub_access(cfg)  # push_to_hub: an upload that cannot happen is refused now, not after training
     plan = plan_batch(cfg)
     out_dir = Path(out_dir)
     folder = RunFolder(out_dir)
@@ -129,8 +131,12 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
             identity = run_identity(cfg, plan)
             shared = _decide(cfg, identity, folder) if owner else _follow(out_dir)
             if shared["skip"]:
-                return shared.get("results") or {}
-            return _Run(cfg, identity, out_dir, plan, folder, shared["ckpt_path"], shared["log_step"]).execute()
+                results = shared.get("results") or {}
+            else:
+                results = _Run(cfg, identity, out_dir, plan, folder, shared["ckpt_path"], shared["log_step"]).execute()
+            if owner:  # push_to_hub, after results.json: a failed upload never undoes the run
+                publish(cfg, out_dir, say)
+            return results
         finally:
             if owner:  # the decision is this run's only: the next run in this process decides again
                 os.environ.pop("CPO_RUN_DECISION", None)
@@ -383,9 +389,10 @@ class _Run:
             "val": {k: float(v) for k, v in metrics.items() if k.startswith("val/")},
             "train": {k: float(v) for k, v in metrics.items() if k.startswith("train/")},
             "dev_references": self.data.dev.label if self.data.dev is not None else None,
-            "provenance": self.provenance,
+            "provenance": self.provenance, "command": command(),
         }
         results.update(callback_summaries(trainer, selection))
+        table = None
         if before is not None:
             say("evaluating the trained policy on held-out data")
             after = self._evaluate()
@@ -399,14 +406,17 @@ class _Run:
                 lg.log_metrics({f"test/{k}": v for k, v in after.metrics.items()
                                 if isinstance(v, (int, float)) and k != "pairs"}, step=trainer.global_step)
         if cfg.save_policy:
-            results["policy_dir"] = str(self.save_policy(state))
-            if last_state is not None:
-                results["policy_last_dir"] = str(self.save_policy(last_state, "policy_last"))
+            langs = {x for t in (self.data.test, self.data.dev) if t is not None for x in (t.src_lang, t.tgt_lang)}
+            for name, st in (("policy", state), ("policy_last", last_state)):
+                if st is not None:  # each folder with its model card (README.md)
+                    card = render(results["config"], results, table, name, langs)
+                    results[f"{name}_dir"] = str(self.save_policy(st, name, card))
         results["total_seconds"] = round(time.time() - self.t_start, 2)
         return self.folder.finish(results)  # results.json last: it means "finished"
 
-    def save_policy(self, state, name: str = "policy") -> Path:
-        """``policy/`` via a temporary folder renamed into place, so a kill never leaves half a policy."""
+    def save_policy(self, state, name: str = "policy", card: str | None = None) -> Path:
+        """``policy/`` (and its model card) via a temporary folder renamed into place, so a kill never leaves half a
+        policy."""
         import shutil
         import tempfile
 
@@ -416,6 +426,8 @@ class _Run:
             sd = {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}
             save_pretrained_policy(self.module.policy, tmp, state_dict=sd)  # the trained adapter, not the reference
             self.tokenizer.save_pretrained(tmp)
+            if card is not None:
+                write_card(tmp, card)
             os.chmod(tmp, 0o777 & ~current_umask())
             if final.exists():
                 shutil.rmtree(final)
