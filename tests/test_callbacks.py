@@ -77,6 +77,8 @@ def test_policy_is_the_best_validation_and_the_last_is_kept_beside_it(tmp_path):
     assert sel["best"] == pytest.approx(float(best["val/logps/rejected"]), rel=1e-5)
     assert sel["best_step"] < 6, "this setting was chosen so that the best validation is not the last"
     assert Path(res["policy_dir"]).name == "policy" and Path(res["policy_last_dir"]).name == "policy_last"
+    assert f"best validation by `val/logps/rejected`" in (tmp_path / "policy" / "README.md").read_text()
+    assert "These are the last weights (step 6)" in (tmp_path / "policy_last" / "README.md").read_text()
 
     def adapter(folder):
         base = AutoModelForCausalLM.from_pretrained(res["start_model"])

@@ -88,7 +88,7 @@ def test_wandb_offline_run_holds_metrics_and_config(tmp_path):
     assert r["complete"], "the W&B run was not finished"
     keys = set().union(*r["history"])
     assert {"train/loss", "train/rewards/margins", "train/nll_loss", "val/rewards/accuracies"} <= keys
-    assert r["config"]["config"]["loss"]["name"] == "cpo" and r["config"]["trainable_parameters"] > 0
+    assert r["config"]["loss.name"] == "cpo" and r["config"]["trainable_parameters"] > 0  # flat: filterable
     assert r["job_type"] == "cpo"
 
 

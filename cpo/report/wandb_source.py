@@ -40,16 +40,31 @@ def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, v in flat.items():
+        *parents, last = str(key).split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {}) if isinstance(node.get(p, {}), dict) else node
+        node[last] = v
+    return out
+
+
 def wandb_run_to_job(run: Any, history: Iterable[Mapping[str, Any]] | None = None) -> JobResult:
     """A ``wandb.apis.public.Run`` (or any object with name, id, state, config, summary_metrics and
     scan_history()) -> JobResult, with results shaped like results.json.
 
-    train.py logs the resolved config under ``config``, final metrics as ``train/*`` and ``val/*``
+    train.py logs the resolved config as dotted top-level keys (``loss.name``; older runs: under ``config``), final metrics as ``train/*`` and ``val/*``
     and the held-out evaluation after training as ``test/*``; the run name is the sweep's varying
     overrides (``loss=cpo,seed=1``).
     """
     raw_config = dict(getattr(run, "config", None) or {})
-    cfg = dict(raw_config.get("config") if isinstance(raw_config.get("config"), Mapping) else raw_config)
+    if isinstance(raw_config.get("config"), Mapping):  # runs logged before the config was flat
+        cfg = dict(raw_config["config"])
+    else:  # dotted top-level keys (loss.name, optim.lr, ...) back into the resolved config's shape
+        cfg = _unflatten({k: v for k, v in raw_config.items()
+                          if k not in ("provenance", "trainable_parameters", "total_parameters")})
     summary = getattr(run, "summary_metrics", None)
     summary = dict(summary if summary is not None else (getattr(run, "summary", None) or {}))
     name = getattr(run, "name", None) or getattr(run, "id", "run")

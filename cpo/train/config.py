@@ -55,7 +55,8 @@ def validate(cfg: DictConfig) -> None:
     _need(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
     _need(cfg.optim.schedule in ("inverse_sqrt", "cosine", "linear", "constant"),
           f"optim.schedule={cfg.optim.schedule!r} is not one of inverse_sqrt, cosine, linear, constant")
-    _need(cfg.logger.name in ("wandb", "csv", "none"), f"logger={cfg.logger.name!r} is not one of wandb, csv, none")
+    _need(cfg.logger.name in ("wandb", "tensorboard", "csv", "none"),
+          f"logger={cfg.logger.name!r} is not one of wandb, tensorboard, csv, none")
     _need(cfg.logger.name != "wandb" or cfg.logger.get("mode") in ("offline", "online", "disabled"),
           f"logger.mode={cfg.logger.get('mode')!r} is not one of offline, online, disabled")
     # The data source checks its own keys (files exist, pairs are directions, ...) when it is built.

@@ -1,4 +1,4 @@
-"""Loggers of a training run: a CSV log always, W&B (offline unless told) with sweep-aware names."""
+"""Loggers of a training run: a CSV log always, W&B (offline unless told) with sweep-aware names, or TensorBoard."""
 from __future__ import annotations
 
 import os
@@ -8,8 +8,8 @@ from omegaconf import DictConfig
 
 
 def build_loggers(cfg: DictConfig, out_dir: Path, resume_step: int | None = None) -> list:
-    """CSV (always, unless logger=none) and W&B. A resumed run keeps the CSV rows up to its checkpoint's step
-    and continues the same W&B run (its id is derived from the run folder)."""
+    """CSV (always, unless logger=none) and W&B or TensorBoard. A resumed run keeps the CSV rows up to its
+    checkpoint's step and continues the same W&B run (its id is derived from the run folder)."""
     lg = cfg.logger
     if lg.name == "none":
         return []
@@ -19,6 +19,10 @@ def build_loggers(cfg: DictConfig, out_dir: Path, resume_step: int | None = None
     csv = ResumableCSVLogger(save_dir=str(out_dir), resume_step=resume_step)
     if lg.name == "csv":
         return [csv]
+    if lg.name == "tensorboard":  # <run>/tensorboard/: tensorboard --logdir multirun/<sweep> shows every job
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        return [TensorBoardLogger(save_dir=str(out_dir), name="tensorboard", version="", default_hp_metric=False), csv]
     wandb_dir = out_dir / "wandb_files"
     for var, sub in (("WANDB_DIR", ""), ("WANDB_CACHE_DIR", "cache"), ("WANDB_DATA_DIR", "data"),
                      ("WANDB_CONFIG_DIR", "config")):
@@ -83,3 +87,21 @@ def finish_wandb(loggers: list) -> None:
         import wandb
 
         wandb.finish()
+
+
+def hyperparameters(cfg: DictConfig, provenance: dict, trainable: int, total: int) -> dict:
+    """What the loggers record as the run's configuration: every resolved setting under its dotted key
+    (``loss.name``, ``optim.lr``, ``model.lora.r``: top-level keys that W&B filters and groups on), the
+    parameter counts, and the provenance (cpo.train.provenance) as one entry."""
+    from omegaconf import OmegaConf
+
+    def flat(node, prefix: str = "") -> dict:
+        if isinstance(node, dict) and node:
+            out: dict = {}
+            for k, v in node.items():
+                out.update(flat(v, f"{prefix}{k}."))
+            return out
+        return {prefix[:-1]: node}
+
+    return {**flat(OmegaConf.to_container(cfg, resolve=True)), "trainable_parameters": trainable,
+            "total_parameters": total, "provenance": provenance}

@@ -25,7 +25,7 @@ from cpo.data import LoadContext, PreferenceDataModule, RunData, build_source
 from cpo.train.guards import Diverged, DivergenceGuard, check_finite_weights
 from cpo.train.heldout import Evaluation, GenerationSettings, before_after_table, evaluate_policy, on_accelerator
 from cpo.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, current_umask
-from cpo.train.loggers import build_loggers, finish_wandb
+from cpo.train.loggers import build_loggers, finish_wandb, hyperparameters
 from cpo.train.model_card import check_hub_access, command, publish, render, write_card
 from cpo.train.losses import PreferenceLoss
 from cpo.train.models import LoraSettings, build_policy, build_reference, count_parameters, is_peft, load_tokenizer
@@ -288,8 +288,7 @@ class _Run:
         trainer = self.trainer()
         self.provenance = provenance(self.data.files, self.plan.as_dict())
         for lg in self.loggers:
-            lg.log_hyperparams({"config": OmegaConf.to_container(self.cfg, resolve=True), "provenance": self.provenance,
-                                "trainable_parameters": self.trainable, "total_parameters": self.total})
+            lg.log_hyperparams(hyperparameters(self.cfg, self.provenance, self.trainable, self.total))
         before = self.evaluate_before()
         t_fit = time.time()
         if self.ckpt_path:
@@ -330,6 +329,9 @@ class _Run:
         say("evaluating the starting policy on held-out data")
         before = self._evaluate().metrics
         atomic_write_json(saved, before)
+        for lg in self.loggers:  # beside test/* after training, so the change shows in W&B and TensorBoard
+            lg.log_metrics({f"before/{k}": v for k, v in before.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "pairs"}, step=0)
         return before
 
     def _evaluate(self) -> Evaluation:
