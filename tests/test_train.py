@@ -26,6 +26,10 @@ def test_every_loss_trains(loss, tmp_path):
     assert torch.isfinite(torch.tensor(m.get("train/nll_loss", 0.0)))
     if loss not in ("sft", "sft_ref"):
         assert {"train/rewards/margins", "train/rewards/accuracies", "train/logps/chosen"} <= set(m)
+    else:  # SFT logs the log-probs of the side it trains on, so its training curves can be drawn too
+        side = "chosen" if loss == "sft" else "reference"
+        assert {f"train/logps/{side}", f"train/logps/{side}_avg"} <= set(m) and "train/logps/margins" not in m
+        assert m[f"train/logps/{side}"] < m[f"train/logps/{side}_avg"] < 0  # a sum of token log-probs, and a mean
 
 
 def test_dpo_with_cached_reference_reuses_the_cache(tmp_path, capsys):

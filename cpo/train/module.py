@@ -135,6 +135,8 @@ class PreferenceModule(L.LightningModule):
                 logps_acc=(c.sum > r.sum).float().sum(),
                 logps_chosen_avg=c.mean.detach().sum(), logps_rejected_avg=r.mean.detach().sum(),
             )
+        else:  # SFT trains one side: its log-probs are logged too, so its training curves sit beside the others'
+            stats[f"logps_{nll_side}"], stats[f"logps_{nll_side}_avg"] = nll.sum.detach().sum(), nll.mean.detach().sum()
 
         # Lightning divides by accumulate_grad_batches and DDP averages over ranks; multiplying by
         # both and dividing by the window totals makes the gradient that of one large batch:
@@ -155,6 +157,8 @@ class PreferenceModule(L.LightningModule):
         ``nll_loss`` is the NLL term of the loss, so it is absent when ``alpha`` is 0 (TRL logs a
         constant 0 there). ``logps/chosen|rejected|margins|accuracies`` are summed log-probs for
         every loss; ``logps/*_avg`` are the mean token log-probs, TRL's ``logps/*`` for IPO, SimPO, ORPO.
+        SFT's training step sees one side: it logs that side's ``logps/chosen`` (``logps/reference`` for
+        SFT on the reference) and its ``_avg``.
         """
         n = s["pairs"].clamp(min=1)
         nll = s["nll_sum"] / s["nll_tokens"].clamp(min=1)
@@ -176,6 +180,8 @@ class PreferenceModule(L.LightningModule):
                 "logps/rejected_avg": s["logps_rejected_avg"] / n,
                 "logps/margins_avg": (s["logps_chosen_avg"] - s["logps_rejected_avg"]) / n,
             })
+        else:  # SFT's one side: logps/chosen, or logps/reference for SFT on the human reference
+            m.update({f"logps/{k[len('logps_'):]}": v / n for k, v in s.items() if k.startswith("logps_")})
         return m
 
     # ------------------------------------------------------------------ Lightning hooks
