@@ -165,13 +165,16 @@ def read_lines(path: str | os.PathLike, allow_empty: bool = True) -> list[str]:
     return out
 
 
-def read_aligned(paths: dict[str, str | os.PathLike], allow_empty: bool = False) -> dict[str, list[str]]:
-    """Read several line-aligned files; differing line counts stop with every file's count named."""
-    texts = {name: read_lines(p, allow_empty=allow_empty) for name, p in paths.items()}
+def read_aligned(paths: dict[str, str | os.PathLike], allow_empty: bool = False,
+                 limit: int | None = None) -> dict[str, list[str]]:
+    """Read several line-aligned files (with ``limit``, their first lines only); differing line counts stop with
+    every file's count named."""
+    texts = {name: read_lines(p, allow_empty=allow_empty)[:limit] for name, p in paths.items()}
     counts = {name: len(t) for name, t in texts.items()}
     if len(set(counts.values())) > 1:
         detail = ", ".join(f"{name}={paths[name]} ({n} lines)" for name, n in counts.items())
-        raise DataError(f"files are not aligned: {detail}")
+        within = f" within their first {limit} lines (max_sentences)" if limit is not None else ""
+        raise DataError(f"files are not aligned{within}: {detail}")
     return texts
 
 

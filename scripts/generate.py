@@ -23,7 +23,7 @@ import re
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import hydra
@@ -317,7 +317,8 @@ def check_outputs(tasks: list[Task], overwrite: bool, skip_existing: bool,
             except (OSError, ValueError):
                 earlier = None
             if earlier != made_by:  # another model or decoding: a system folder must not mix two of them
-                differ = sorted(k for k in (made_by or {}) if (earlier or {}).get(k) != made_by[k])
+                now, then = made_by or {}, earlier or {}
+                differ = sorted(k for k in {*now, *then} if then.get(k) != now.get(k)) if earlier else []
                 raise UsageError(f"{t.key}: {t.output} exists but was not written with these settings "
                                  f"({', '.join(differ) or 'no record of them'}), so skip_existing=true cannot keep it: "
                                  f"pass overwrite=true, or write to another output_dir")
@@ -349,12 +350,20 @@ def run(cfg: DictConfig) -> dict:
     if max_prompt_length is not None and max_prompt_length < 2:
         raise UsageError(f"max_prompt_length={max_prompt_length}: BOS and the cue alone need more (ALMA-R uses 256)")
     tasks = collect_tasks(cfg)
+    limit = _positive(cfg, "max_sentences", allow_none=True)
+    if limit is not None:  # a smoke test: the first N sources of each direction
+        for t in tasks:
+            log.info("%s: max_sentences=%d: translating the first %d of %d sources", t.direction, limit,
+                     min(limit, len(t.data)), len(t.data))
+            t.data = replace(t.data, sources=t.data.sources[:limit],
+                             references=t.data.references[:limit] if t.data.references is not None else None)
     skip_existing = bool(cfg.get("skip_existing", False))
     if not skip_existing:  # an output in the way is refused before the model is even looked for
         check_outputs(tasks, bool(cfg.overwrite), False)
     model_path, adapter = resolve_model_and_adapter(*model_settings(cfg))
     made_by = {"model": model_path, "adapter": adapter, "num_beams": settings["num_beams"],
-               "max_new_tokens": settings["max_new_tokens"], "max_prompt_length": max_prompt_length}
+               "max_new_tokens": settings["max_new_tokens"], "max_prompt_length": max_prompt_length,
+               **({"max_sentences": limit} if limit is not None else {})}  # a partial output is never kept as whole
     todo, skipped = check_outputs(tasks, bool(cfg.overwrite), skip_existing, made_by)
     for t in skipped:
         log.info("%s: %s exists, written with these settings: skipped (skip_existing=true)", t.direction, t.output)

@@ -325,3 +325,27 @@ def test_wmt22_bleu_averages_match_published(system):
     assert round(xx_en, 2) == pytest.approx(PUBLISHED[system][0], abs=0.01)
     assert round(en_xx, 2) == pytest.approx(PUBLISHED[system][1], abs=0.01)
     assert len(summary["xx->en"]["directions"]) == len(summary["en->xx"]["directions"]) == 5
+
+
+def test_max_sentences_and_a_progress_line_per_direction_and_metric(tmp_path):
+    """A smoke test of the first N sentences (a hypothesis file that generate.py max_sentences=N wrote), and one
+    line per direction and metric as each is done, so a long evaluation never looks like a hang."""
+    args = []
+    for direction, (s, r, h) in {"de-en": (SRC, REF, HYP), "en-de": (REF, SRC, SRC[:2])}.items():
+        for key, lines in (("src", s), ("ref", r), ("hyp", h)):
+            args.append(f"+directions.{direction}.{key}={_write(tmp_path / f'{direction}.{key}', lines)}")
+    common = [*args, "metrics=[bleu,chrf]", "scorers=[chrf]", "progress=false"]
+    proc = _run_app([*common, "max_sentences=2", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text(encoding="utf-8"))
+    de = metrics["directions"]["de-en"]
+    assert de["n"] == metrics["directions"]["en-de"]["n"] == 2
+    assert de["bleu"] == corpus_metrics(HYP[:2], REF[:2], "en", metrics=["bleu"])["bleu"]
+    log = proc.stdout + proc.stderr
+    for direction, i in (("de-en", 1), ("en-de", 2)):
+        for name in ("bleu", "chrf", "sentence_chrf", "health checks"):
+            assert sum(f"{direction} ({i}/2): {name} " in line for line in log.splitlines()) == 1, (direction, name)
+    assert "max_sentences=2: the first 2 sentences of each direction only" in log
+    # Without max_sentences the 2-line hypothesis file of a 3-line test set is refused, as before.
+    proc = _run_app([*common, f"hydra.run.dir={tmp_path / 'run2'}"], cwd=tmp_path)
+    assert proc.returncode == 2 and "files are not aligned" in proc.stderr and "en-de.hyp (2 lines)" in proc.stderr

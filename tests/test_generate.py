@@ -313,3 +313,27 @@ def test_generate_truncates_prompts_as_training_does(workdir, monkeypatch):
         app.run(_compose("model=model", "input=src.zb", "src_lang=zb", "tgt_lang=en", "output=out3/none.txt",
                          "max_prompt_length=3", *GEN))
     assert not (workdir / "out3" / "none.txt").exists()
+
+
+def test_generate_max_sentences_is_a_smoke_test(workdir, monkeypatch):
+    """max_sentences=N translates the first N sources; the partial output is never kept as a whole one."""
+    from cpo.cli import UsageError
+    from cpo.mt.generation import translate
+    from cpo.train.models import load_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    app = _load_script("generate.py")
+    w = workdir
+    monkeypatch.chdir(w)
+    args = ["model=model", "input=src.zb", "src_lang=zb", "tgt_lang=en", "output=out4/smoke.txt", *GEN]
+    out = app.run(_compose(*args, "max_sentences=3"))
+    assert out["n"] == 3 and len(_lines(w / "out4" / "smoke.txt")) == 3
+    tok = load_tokenizer(str(w / "model"))
+    plain = AutoModelForCausalLM.from_pretrained(w / "model")
+    expected = translate(plain, tok, _lines(w / "src.zb")[:3], "zb", "en", batch_size=4, num_beams=2, max_new_tokens=6)
+    assert _lines(w / "out4" / "smoke.txt") == expected
+    assert json.loads((w / "out4" / ".smoke.txt.generation.json").read_text())["max_sentences"] == 3
+    with pytest.raises(UsageError, match=r"exists but was not written with these settings \(max_sentences\)"):
+        app.run(_compose(*args, "skip_existing=true"))
+    with pytest.raises(UsageError, match="max_sentences=0 must be a positive integer"):
+        app.run(_compose(*args, "max_sentences=0", "overwrite=true"))

@@ -19,7 +19,8 @@ errors. The paper reports averages over xx->en and en->xx separately, which ``su
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,24 +115,38 @@ def corpus_metrics(
     src_lang: str | None = None,
     metrics: Sequence[str] = CORPUS_METRICS,
     health: bool = True,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The sacrebleu ``metrics`` with signatures, ``n``, each scorer's mean, and the health checks.
 
     References go to every scorer (a reference-free one drops them itself); ``sources`` are
     required as soon as a scorer is configured, since COMET-style models read them. The health
     checks (:mod:`cpo.mt.health`) run when ``sources`` are given and ``health`` is true; ``src_lang``
-    lets ``off_target_src`` tell output in the source language apart.
+    lets ``off_target_src`` tell output in the source language apart. ``progress`` receives one line
+    per metric, scorer and the health checks as each is done (its value and seconds).
     """
     hyps, refs = list(hypotheses), list(references)
     _check_segments(hyps, refs, sources)
     out: dict[str, Any] = {}
     signatures: dict[str, str] = {}
+    t0 = time.perf_counter()
+
+    def done(name: str, value: Any = None) -> None:
+        nonlocal t0
+        if progress is not None:
+            shown = f" {value:.4g}" if isinstance(value, (int, float)) else ""
+            progress(f"{name}{shown} ({time.perf_counter() - t0:.1f} s)")
+        t0 = time.perf_counter()
+
     for name in metrics:
         metric = sacrebleu_metric(name, tgt_lang)
         out[name] = metric.corpus_score(hyps, [refs]).score
         signatures[f"{name}_signature"] = str(metric.get_signature())
+        done(name, out[name])
     out.update(signatures, n=len(hyps))
     checks = health_checks(hyps, sources, refs, tgt_lang, src_lang) if sources is not None and health else {}
+    if checks:
+        done("health checks (" + ", ".join(checks) + ")")
     for scorer in scorers:
         if scorer.name in RESERVED_KEYS or scorer.name in out:
             raise ValueError(
@@ -141,6 +156,7 @@ def corpus_metrics(
         if sources is None:
             raise ValueError(f"scorer {scorer.name!r} needs the source sentences; pass sources=")
         out[scorer.name] = _mean(scorer.score(list(sources), hyps, refs, tgt_lang=tgt_lang))
+        done(scorer.name, out[scorer.name])
     out.update(checks)
     return out
 
@@ -154,14 +170,18 @@ def evaluate_files(
     scorers: Sequence[Scorer] = (),
     metrics: Sequence[str] = CORPUS_METRICS,
     health: bool = True,
+    progress: Callable[[str], None] | None = None,
+    max_sentences: int | None = None,
 ) -> dict[str, Any]:
     """``corpus_metrics`` of three line-aligned UTF-8 files.
 
     Misaligned files, invalid UTF-8, and empty lines in the source or reference file stop with
     the file (and line) named. Empty hypothesis lines are system output: scored as empty and
     counted (``empty``). A scorer's non-finite score names the hypothesis file and line.
+    ``max_sentences``: only the first N lines of each file (a smoke test, e.g. of a hypothesis file
+    that ``generate.py max_sentences=N`` wrote); they must then be aligned.
     """
-    texts = read_aligned({"src": src, "ref": ref, "hyp": hyp}, allow_empty=True)
+    texts = read_aligned({"src": src, "ref": ref, "hyp": hyp}, allow_empty=True, limit=max_sentences)
     if not texts["src"]:
         raise DataError(f"{src}: no lines; give the files of a test set that has segments")
     for key, path in (("src", src), ("ref", ref)):
@@ -172,7 +192,7 @@ def evaluate_files(
                             "be empty): fix the file or remove the segment from all three files")
     try:
         return corpus_metrics(texts["hyp"], texts["ref"], tgt_lang, sources=texts["src"], scorers=scorers,
-                              src_lang=src_lang, metrics=metrics, health=health)
+                              src_lang=src_lang, metrics=metrics, health=health, progress=progress)
     except ScoreError as e:
         raise e.located(where=f"{hyp}:{e.index + 1}") from None
 
@@ -182,16 +202,21 @@ def evaluate_directions(
     scorers: Sequence[Scorer] = (),
     metrics: Sequence[str] = CORPUS_METRICS,
     health: bool = True,
+    progress: Callable[[str], None] | None = None,
+    max_sentences: int | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """``evaluate_files`` for each ``direction -> {src, ref, hyp}``, in the given order."""
+    """``evaluate_files`` for each ``direction -> {src, ref, hyp}``, in the given order; ``progress`` gets one
+    line per direction and metric (``de-en (2/10): chrf 61.3 (1.2 s)``), so a long evaluation shows where it is."""
     results: dict[str, dict[str, Any]] = {}
-    for direction, files in directions.items():
+    for i, (direction, files) in enumerate(directions.items(), 1):
         src_lang, tgt_lang = parse_direction(direction)
         missing = [k for k in ("src", "ref", "hyp") if not files.get(k)]
         if missing:
             raise ValueError(f"direction {direction}: missing file path(s) {missing} (need src, ref, hyp)")
+        where = f"{direction} ({i}/{len(directions)})"
+        line = (lambda m, where=where: progress(f"{where}: {m}")) if progress is not None else None
         results[direction] = evaluate_files(files["src"], files["ref"], files["hyp"], src_lang, tgt_lang, scorers,
-                                            metrics, health)
+                                            metrics, health, line, max_sentences)
     return results
 
 
