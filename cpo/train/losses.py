@@ -203,6 +203,12 @@ class PreferenceLoss:
     def needs_rejected(self) -> bool:
         return self.kind != "none"
 
+    @property
+    def ignored_keys(self) -> tuple[str, ...]:
+        """Config keys that cannot change what this loss trains: SFT's beta only scales the logged rewards, so a
+        sweep runs SFT once, not once per beta (hydra.sweeper.ignored_keys, cpo.train.sweeps)."""
+        return ("beta", "loss.beta") if self.kind == "none" else ()
+
     def preference_terms(
         self,
         chosen_logps: Tensor,

@@ -383,7 +383,8 @@ class _Run:
         state, last_state, selection = select_policy(trainer, self.module, state)  # callbacks=best_policy
         results: dict[str, Any] = {
             "config": OmegaConf.to_container(cfg, resolve=True),
-            "loss": loss.name, "beta": loss.beta, "seed": cfg.seed, "start_model": self.model_path,
+            "loss": loss.name, "beta": loss.beta, "ignored_keys": list(loss.ignored_keys), "seed": cfg.seed,
+            "start_model": self.model_path,
             "trainable_parameters": self.trainable, "total_parameters": self.total,
             "train_pairs": len(self.dm.train_pairs), "val_pairs": len(self.dm.val_pairs),
             "tokenization": self.dm.drop_counts, "global_batch": self.plan.as_dict(),

@@ -44,6 +44,11 @@ class GridSweeperConf:
     params: Optional[Dict[str, Any]] = None
     # A list of blocks {key: values}; the sweep is the union of their Cartesian products.
     grid: Optional[List[Dict[str, Any]]] = None
+    # Keys a job's configuration ignores (beta under SFT) are left out of that job, and the jobs that then are the
+    # same run once: `ignored_keys` names a function (a job's composed config -> the keys it ignores), `ignorable`
+    # the keys it may name (only jobs that set one of them are composed to ask).
+    ignored_keys: Optional[str] = None
+    ignorable: Optional[List[str]] = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="cpo_grid", node=GridSweeperConf, provider="cpo")
@@ -141,15 +146,39 @@ def exits_line(exits: List[JobExit], n_jobs: int, batch_end: int) -> str:
     return f"sweep stopped: {heads}; {tail}; re-launch the same command to continue"
 
 
+def _ignored_line(gone: Sequence[str], originals: List[List[str]], jobs: List[List[str]], n_after: int) -> str:
+    """``loss=sft ignores beta: 4 jobs run as 2 (beta=0.05,0.1 left out)``: the jobs are named by the overrides
+    whose values only they have (what makes them ignore the keys), the values left out are listed."""
+    def values(group: List[List[str]]) -> Dict[str, List[str]]:
+        out: Dict[str, List[str]] = {}
+        for job in group:
+            for o in job:
+                key, _, value = o.partition("=")
+                out.setdefault(key.lstrip("+~"), [])
+                if value not in out[key.lstrip("+~")]:
+                    out[key.lstrip("+~")].append(value)
+        return out
+
+    mine = values(originals)
+    others = values([j for j in jobs if j not in originals])
+    who = " ".join(f"{k}={','.join(v)}" for k, v in mine.items()
+                   if k not in gone and others.get(k) is not None and not set(v) & set(others[k]))
+    left = " ".join(f"{k}={','.join(mine[k])}" for k in gone if k in mine)
+    return (f"{who or 'some jobs'} ignore{'s' if who else ''} {', '.join(gone)}: {len(originals)} jobs run as "
+            f"{n_after} ({left} left out)")
+
+
 class GridSweeper(Sweeper):
     """The basic sweeper's behaviour over :func:`expand_jobs`' job list."""
 
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, Any]] = None,
-                 grid: Optional[List[Dict[str, Any]]] = None) -> None:
+                 grid: Optional[List[Dict[str, Any]]] = None, ignored_keys: Optional[str] = None,
+                 ignorable: Optional[List[str]] = None) -> None:
         super().__init__()
         self.max_batch_size = max_batch_size
         self.params = params or {}
         self.grid = grid or []
+        self.ignored_keys, self.ignorable = ignored_keys, list(ignorable or [])
         self.hydra_context: Optional[HydraContext] = None
         self.config: Optional[DictConfig] = None
         self.launcher: Optional[Launcher] = None
@@ -184,10 +213,44 @@ class GridSweeper(Sweeper):
                 seen.setdefault(key, set()).add(value)
         return [o for o in overrides if len(seen.get(o.partition("=")[0], ())) > 1] or overrides
 
+    def drop_ignored(self, jobs: List[List[str]]) -> List[List[str]]:
+        """Each job without the keys its configuration ignores (``ignored_keys``); the jobs that then coincide run
+        once, and one line per group says so (``loss=sft ignores beta: 4 jobs run as 2 ...``)."""
+        if not self.ignored_keys or not self.ignorable:
+            return jobs
+        from hydra.utils import get_method
+
+        assert self.hydra_context is not None and self.config is not None
+        ask, ignorable = get_method(self.ignored_keys), set(self.ignorable)
+        answers: Dict[tuple, set] = {}
+        out: List[List[str]] = []
+        seen: Dict[tuple, int] = {}
+        dropped: Dict[tuple, List[List[str]]] = {}  # ignored keys -> the original jobs that lost them
+        for job in jobs:
+            keys = [o.partition("=")[0].lstrip("+~") for o in job]
+            if ignorable.isdisjoint(keys):
+                reduced = job
+            else:
+                base = tuple(o for o, k in zip(job, keys) if k not in ignorable)  # the answer cannot depend on them
+                if base not in answers:
+                    cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(base))
+                    answers[base] = set(ask(cfg)) & ignorable
+                reduced = [o for o, k in zip(job, keys) if k not in answers[base]]
+                if len(reduced) < len(job):
+                    dropped.setdefault(tuple(sorted(set(keys) & answers[base])), []).append(job)
+            if tuple(reduced) not in seen:
+                seen[tuple(reduced)] = len(out)
+                out.append(reduced)
+        for gone, originals in dropped.items():
+            log.info(_ignored_line(gone, originals, jobs, len({tuple(o for o in j if o.partition("=")[0].lstrip("+~")
+                                                                      not in gone) for j in originals})))
+        return out
+
     def sweep(self, arguments: List[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         try:
-            self.jobs = expand_jobs(self.grid, self.params, arguments, self.hydra_context.config_loader)
+            self.jobs = self.drop_ignored(expand_jobs(self.grid, self.params, arguments,
+                                                      self.hydra_context.config_loader))
             batches = self.batches(self.jobs)
         except GridError as e:
             print(f"error: {e}", file=sys.stderr)
