@@ -99,7 +99,7 @@ def test_methods_have_one_name_and_colour(analysis):
     # A method that is not the loss alone: named by the loss and the key that tells it apart, with its own colour.
     from cpo.report.selection import display_name
 
-    assert display_name({"data.negatives": "noised"}, "cpo") == "CPO (data.negatives=noised)"
+    assert display_name({"data.negatives": "noised"}, "cpo") == "CPO (negatives noised)"
     assert display_name({"loss": "sft_ref"}, None) == "SFT (reference)"
 
 
@@ -109,7 +109,7 @@ def test_a_factor_that_is_not_tuned_makes_the_methods(tmp_path):
 
     s = make_protocol_sweep(tmp_path / "beta", {"cpo": PROTOCOL["cpo"]}, failed=False)
     a = report.analyze(report.load_sweep(s), tune_keys=["optim.lr"], baseline="0.1", bootstrap_samples=10)
-    assert {k: m.display for k, m in a.methods.items()} == {"beta=0.1": "CPO (beta=0.1)", "beta=0.5": "CPO (beta=0.5)"}
+    assert {k: m.display for k, m in a.methods.items()} == {"beta=0.1": "CPO (beta 0.1)", "beta=0.5": "CPO (beta 0.5)"}
     assert a.baseline == "beta=0.1" and len({m.color for m in a.methods.values()}) == 2
     assert dict(zip(a.selected["method"], a.selected["config"])) == {"beta=0.1": "optim.lr=0.0001,beta=0.1",
                                                                     "beta=0.5": "optim.lr=0.0001,beta=0.5"}
@@ -126,8 +126,8 @@ def test_selection_is_the_best_validation_mean_per_method(analysis):
     assert dict(zip(analysis.selected["method"], analysis.selected["config"])) == {
         "loss=sft": "loss=sft,optim.lr=0.001", "loss=cpo": "loss=cpo,optim.lr=0.0001,beta=0.1",
         "loss=dpo": "loss=dpo,optim.lr=0.0001,beta=0.1"}
-    assert analysis.notes["loss=cpo"] == ("optim.lr=0.0001 is the smallest value tried; "
-                                          "beta=0.1 is the smallest value tried; "
+    assert analysis.notes["loss=cpo"] == ("learning rate 0.0001 is the smallest value tried; "
+                                          "beta 0.1 is the smallest value tried; "
                                           "the optimum may lie outside the grid; "
                                           "not considered, a seed failed: loss=cpo,optim.lr=0.001,beta=0.5")
     assert analysis.notes["loss=dpo"] == "its only grid point"
@@ -330,11 +330,11 @@ def test_health_metrics_are_shown_and_not_tested(tmp_path):
 def test_write_report_files(sweep, written):
     m = written
     md = (sweep / "report.md").read_text()
-    assert "## Selected configurations, test split" in md and "| CPO | optim.lr=0.0001, beta=0.1 | 3 |" in md
+    assert "## Selected configurations, test split" in md and "| CPO | learning rate 0.0001, beta 0.1 | 3 |" in md
     cpo_row = next(ln for ln in md.splitlines() if ln.startswith("| CPO |"))
     assert cpo_row.count("▲") == 3 and "**0.900 ± 0.010**" in cpo_row            # significant and the best mean
     grid = md.split("## Every grid point")[1].split("## Figures")[0]
-    assert "| CPO ★ | optim.lr=0.0001, beta=0.1 |" in grid and "**" not in grid   # no best marks on the grid
+    assert "| CPO ★ | learning rate 0.0001, beta 0.1 |" in grid and "**" not in grid   # no best marks on the grid
     assert "val/rewards" not in md.split("## Every grid point")[0]                   # no loss-specific columns compared
     assert "Verdicts: 3 better, 3 no significant difference." in md
     csv = pd.read_csv(sweep / "report.csv")
@@ -353,7 +353,7 @@ def test_write_report_files(sweep, written):
     ]
     assert all(_is_png(sweep / p) for p in m["plots"].values()) and "metrics vs beta" in m["skipped_plots"]
     tex = (sweep / "report.tex").read_text()
-    assert tex.count("\\toprule") == 2 and "\\bottomrule" in tex and "optim.lr=0.0001" in tex
+    assert tex.count("\\toprule") == 2 and "\\bottomrule" in tex and "learning rate 0.0001" in tex and "optim.lr" not in tex
     assert "SFT (preferred) (baseline)" in tex and "$^{\\blacktriangle}$" in tex and "\\textbf{" in tex
     ncols = None
     for line in tex.splitlines():   # every row of a table has its tabular's columns, and nothing unescaped

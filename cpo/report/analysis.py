@@ -42,6 +42,22 @@ class Analysis:
         m = self.methods.get(method)
         return m.display if m else method
 
+    def few_seeds(self) -> dict[str, int]:
+        """Selected methods with fewer than 3 seeds (display name -> seeds): their t-interval is not meaningful."""
+        if not len(self.selected):
+            return {}
+        return {self.display(m): int(n) for m, n in zip(self.selected["method"], self.selected["runs"]) if 0 < n < 3}
+
+    def few_seeds_text(self) -> str:
+        """One sentence on the seeds, or "" when every selected method has at least 3."""
+        few = self.few_seeds()
+        if not few:
+            return ""
+        listed = ", ".join(f"{m} ({n})" for m, n in few.items())
+        return (f"Fewer than 3 seeds: {listed}. Their t-interval is not meaningful (with 2 seeds it rests on one "
+                f"degree of freedom, t = 12.7 at 95%; with 1 there is none), and Welch's test has little power: "
+                f"run more seeds before reading the intervals.")
+
 
 def find_baseline(baseline: str, methods: dict[str, Method]) -> str | None:
     """The method a ``baseline=`` names: its label (``loss=sft``), a value of it (``sft``) or its display name."""

@@ -64,10 +64,12 @@ def render_markdown(a: Analysis, source: str, made: dict[str, str], skipped: dic
         lines += ["No completed jobs with metrics: nothing to compare.", ""]
     else:
         lines += ["## Selected configurations, test split", "", selected_table(a).markdown(), "",
-                  f"Cells: mean ± std over seeds [{a.level:.0%} t-interval of the mean]; *seeds* counts completed "
-                  "jobs. "
+                  f"Cells: mean ± std over seeds [{a.level:.0%} t-interval of the mean, clipped to the metric's range: "
+                  "BLEU and chrF in [0, 100], rates in [0, 1]]; *seeds* counts completed jobs. "
                   f"{BETTER}/{WORSE}: significantly better/worse than the baseline (next section). Bold: best mean "
                   "among the selected configurations. ↑ higher is better, ↓ lower is better."]
+        if a.few_seeds():
+            lines += ["", f"**{a.few_seeds_text()}**"]
         notes = [f"- {a.display(m)}: {n}" for m, n in a.notes.items()]
         if notes:
             lines += ["", "Selection notes:", *notes]
@@ -94,7 +96,7 @@ def render_markdown(a: Analysis, source: str, made: dict[str, str], skipped: dic
     lines += ["", "## Figures", ""]
     for name, p in made.items():
         rel = os.path.relpath(p, out_dir)
-        lines += [f"- {name}: `{rel}`  ", f"  ![{name}]({rel})"]
+        lines += [f"- {name}: `{rel}` (vector: `{Path(rel).with_suffix('.pdf')}`)  ", f"  ![{name}]({rel})"]
     lines += [f"- {name}: not drawn: {why}" for name, why in skipped.items()]
     no_tr = [j for j in jobs if j.ok and j.translations is None]
     if no_tr:
@@ -166,6 +168,8 @@ def write_report(a: Analysis, out_dir: str | os.PathLike, source: str | None = N
         "no_translations": [{"job": j.name, "why": j.translations_note}
                             for j in a.jobs if j.ok and j.translations is None],
         "plots": {k: os.path.relpath(v, out_dir) for k, v in made.items()},
+        "plots_pdf": {k: os.path.relpath(Path(v).with_suffix(".pdf"), out_dir) for k, v in made.items()},
+        "few_seeds": a.few_seeds(),
         "skipped_plots": skipped,
     }
     atomic_write_json(out_dir / "report.json", _clean(manifest))

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cpo.report.loading import JobResult
-from cpo.report.metrics import HEALTH, SACREBLEU_METRICS, is_better, number
+from cpo.report.metrics import HEALTH, SACREBLEU_METRICS, clip_interval, is_better, number
 from cpo.report.stats import (DEFAULT_SAMPLES, DEFAULT_SEED, corpus_score, directions_of, first_mismatch,
                               paired_bootstrap, summarize, welch)
 
@@ -156,7 +156,8 @@ def per_direction(jobs: Sequence[JobResult], selected: pd.DataFrame, level: floa
         for key, xs in per_seed.items():
             d, m = key.split("|")
             s = summarize(xs, level)
-            rows.append(dict(method=method, direction=d, metric=m, n=s.n, mean=s.mean, std=s.std, lo=s.lo, hi=s.hi))
+            lo, hi = clip_interval(m, s.lo, s.hi)
+            rows.append(dict(method=method, direction=d, metric=m, n=s.n, mean=s.mean, std=s.std, lo=lo, hi=hi))
     df = pd.DataFrame(rows)
     if df.empty or df.loc[~df["direction"].str.startswith("avg "), "direction"].nunique() < 2:
         return None

@@ -1,7 +1,11 @@
 """Figures for a paper: one colour and display name per method (metrics.METHODS), points with
-confidence intervals (never bars on a cut axis), seed counts shown, and training curves of
-loss-independent quantities (log-probs, NLL, validation scores) instead of loss values of
-different objectives on one axis."""
+confidence intervals clipped to each metric's range (never bars on a cut axis), seed counts shown, and
+training curves of loss-independent quantities (log-probs, validation scores) instead of loss values of
+different objectives on one axis. Every figure is written as PNG and, beside it, as PDF for a paper.
+
+In curves the baseline is drawn first, wide and pale, and every other method on top of it with a marker
+of its own, so a method that coincides with the baseline stays visible; a series with one point is a
+marker, not a line; a panel where every method is the same constant is left out and named in the title."""
 from __future__ import annotations
 
 import io
@@ -16,19 +20,29 @@ import pandas as pd
 from cpo.io import atomic_write_bytes
 from cpo.report.analysis import Analysis, finite
 from cpo.report.comparison import selected_jobs
-from cpo.report.metrics import arrow, metric_label
+from cpo.report.metrics import arrow, key_label, metric_label, metric_range
 
 # Log-probs of the chosen and rejected translations are the same quantities under every loss; loss
-# values, rewards (beta-scaled) and nll_loss (its target is the reference for sft_ref) are not.
-TRAIN_CURVES = ("train/logps/accuracies", "train/logps/margins", "train/logps/chosen")
+# values, rewards (beta-scaled) and nll_loss (its target is the reference for sft_ref) are not. SFT logs the
+# log-probs of the one side it trains on: logps/chosen, or logps/reference for SFT on the references.
+TRAIN_CURVES = ("train/logps/accuracies", "train/logps/margins", "train/logps/chosen", "train/logps/reference")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
 VAL_CURVES = ("val/logps/accuracies", "val/logps/margins", "val/logps/chosen", "val/chrf", "val/bleu")
 HEALTH_CURVES = ("val/off_target", "val/copy_rate", "val/repetition", "val/length_ratio")
 
 
 def save(fig, path: Path) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
-    return str(atomic_write_bytes(path, buf.getvalue()))
+    """``path`` (PNG) and the same figure as PDF beside it; returns the PNG's path."""
+    for fmt, target in (("pdf", path.with_suffix(".pdf")), ("png", path)):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=150, bbox_inches="tight")
+        atomic_write_bytes(target, buf.getvalue())
+    return str(path)
+
+
+def _few_seeds(a: Analysis) -> str:
+    few = a.few_seeds()
+    return f"\nfewer than 3 seeds ({', '.join(few)}): their intervals are not meaningful" if few else ""
 
 
 def _figure(n_panels: int, width: float = 4.2, height: float = 3.3, ncols: int | None = None):
@@ -106,7 +120,8 @@ def scores_figure(a: Analysis):
         ax.grid(alpha=0.3, axis="y")
     base = f"; dashed: the baseline {a.display(a.baseline)}" if a.baseline else ""
     sel = " — SELECTED ON TEST (biased)" if a.test_selected else ""
-    _title(fig, f"Test split, each method's selected configuration: mean over seeds, {a.level:.0%} CI{base}{sel}")
+    _title(fig, f"Test split, each method's selected configuration: mean over seeds, {a.level:.0%} CI{base}{sel}"
+           + _few_seeds(a))
     return fig
 
 
@@ -146,7 +161,7 @@ def grid_figure(a: Analysis):
             x = x * (1 + shift) if xs is not None and np.all(xs > 0) else x + shift
             y, lo, hi = (g[f"{m}_{s}"].to_numpy(dtype=float) for s in ("mean", "lo", "hi"))
             err = np.vstack([np.where(np.isfinite(lo), y - lo, 0), np.where(np.isfinite(hi), hi - y, 0)])
-            name = ", ".join(f"{k}={v}" for k, v in zip(others, fam)) or meth.display
+            name = ", ".join(f"{key_label(k)} {v}" for k, v in zip(others, fam)) or meth.display
             ax.errorbar(x, y, yerr=err, color=meth.color, ls=styles[n % 4], marker="o", ms=4, capsize=3, label=name)
             for xi, yi, c, k in zip(x, y, g["config"], g[f"{m}_n"]):
                 if c in chosen:
@@ -161,12 +176,13 @@ def grid_figure(a: Analysis):
         else:
             ax.set_xticks(range(len(rows[xkey].unique())), list(rows[xkey].unique()))
         ax.margins(x=0.08)
-        ax.set_xlabel(xkey)
+        ax.set_xlabel(key_label(xkey))
         ax.set_title(meth.display, fontsize="medium", color=meth.color)
         ax.grid(alpha=0.3)
         if others:
             ax.legend(fontsize="x-small")
-    _title(fig, f"{m} {arrow(m)} over each method's grid (mean over seeds, {a.level:.0%} CI; ★ selected)")
+    _title(fig, f"{metric_label(m)} {arrow(m)} over each method's grid (mean over seeds, {a.level:.0%} CI; ★ selected)"
+           + _few_seeds(a))
     return fig
 
 
@@ -194,26 +210,44 @@ def seed_band(curves: Sequence[pd.DataFrame], metric: str, level: float = 0.95):
     if len(series) < 2:
         return grid, mean, np.full(grid.shape, np.nan), np.full(grid.shape, np.nan), 1
     half = stats.t.ppf(0.5 + level / 2, len(series) - 1) * ys.std(axis=0, ddof=1) / math.sqrt(len(series))
-    return grid, mean, mean - half, mean + half, len(series)
+    lo, hi = metric_range(metric)  # the band stays inside the metric's range (a rate near 0 never goes below 0)
+    return grid, mean, np.clip(mean - half, lo, hi), np.clip(mean + half, lo, hi), len(series)
+
+
+def _constant(bands: dict) -> float | None:
+    """The one value every method's curve takes at every step, with no spread; None otherwise."""
+    values = set()
+    for band in bands.values():
+        if band is not None:
+            _, mean, lo, hi, _ = band
+            values |= set(np.round(mean, 12)) | {v for v in np.round(np.concatenate([lo, hi]), 12) if np.isfinite(v)}
+    return values.pop() if len(values) == 1 else None
 
 
 def curves_figure(a: Analysis, metrics: Sequence[str], title: str):
     """Mean over seeds with its CI band per selected method, for each metric vs step."""
     curves = {r["method"]: [j.curve for j in selected_jobs(a.jobs, r["config"]) if j.curve is not None]
               for _, r in a.selected.iterrows()}
-    data = {m: {meth: seed_band(cs, m, a.level) for meth, cs in curves.items()} for m in metrics}
+    # The baseline first (underneath), the others drawn over it: a curve equal to the baseline's stays visible.
+    order = sorted(curves, key=lambda meth: meth != a.baseline)
+    data = {m: {meth: seed_band(curves[meth], m, a.level) for meth in order} for m in metrics}
     metrics = [m for m in metrics if any(v is not None for v in data[m].values())]
+    flat = {m: c for m in metrics if (c := _constant(data[m])) is not None and len(a.selected) > 1}
+    metrics = [m for m in metrics if m not in flat]
     if not metrics:
         return None
     fig, axes = _figure(len(metrics))
     for ax, m in zip(axes, metrics):
-        for meth, band in data[m].items():
+        for k, (meth, band) in enumerate(data[m].items()):
             if band is None:
                 continue
             x, mean, lo, hi, n = band
             style = a.methods[meth]
-            ax.plot(x, mean, color=style.color, label=f"{style.display} (n={n})", marker="o" if len(x) <= 12 else None,
-                    ms=3)
+            base = meth == a.baseline
+            label = f"{style.display} (n={n}" + (", one point)" if len(x) == 1 else ")")
+            ax.plot(x, mean, color=style.color, label=label, marker=MARKERS[k % len(MARKERS)],
+                    ms=7 if base else 4, markevery=max(1, len(x) // 12), ls="none" if len(x) == 1 else "-",
+                    lw=4 if base else 1.5, alpha=0.45 if base else 1.0, zorder=2 if base else 3 + k)
             if n > 1:
                 ax.fill_between(x, lo, hi, color=style.color, alpha=0.18, linewidth=0)
         missing = [a.display(k) for k, v in data[m].items() if v is None]
@@ -223,7 +257,9 @@ def curves_figure(a: Analysis, metrics: Sequence[str], title: str):
         ax.set_title(f"{m} {arrow(m)}", fontsize="medium")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    _title(fig, f"{title}, each method's selected configuration (mean over seeds, {a.level:.0%} CI band)")
+    same = "; ".join(f"{m} = {v:g} for every method at every step (not drawn)" for m, v in flat.items())
+    _title(fig, f"{title}, each method's selected configuration (mean over seeds, {a.level:.0%} CI band)"
+           + (f"\n{same}" if same else ""))
     _legend(fig, axes)
     return fig
 
@@ -251,7 +287,7 @@ def beta_figure(a: Analysis):
             ax.set_xscale("log")
             ax.set_xticks(list(df["_x"]), [f"{v:g}" for v in df["_x"]])
             ax.minorticks_off()
-        ax.set_xlabel(key)
+        ax.set_xlabel(key_label(key))
         ax.set_title(f"{metric_label(m)} {arrow(m)}", fontsize="medium")
         ax.grid(alpha=0.3)
     _title(fig, f"Metrics vs {key}, each at its selected setting (mean over seeds, {a.level:.0%} CI)")
@@ -259,7 +295,7 @@ def beta_figure(a: Analysis):
 
 
 def make_figures(a: Analysis, plot_dir: str | os.PathLike) -> tuple[dict[str, str], dict[str, str]]:
-    """Write the PNGs; returns ({figure: file}, {figure: why it was not drawn}). A figure not drawn this
+    """Write the figures (PNG, and PDF beside each); returns ({figure: file}, {figure: why it was not drawn}). A figure not drawn this
     time leaves no file of an earlier report behind."""
     plot_dir = Path(plot_dir)
     val_curves = list(dict.fromkeys([m for m in (a.select_by,) if m.startswith("val/")] + list(VAL_CURVES)))
@@ -269,7 +305,7 @@ def make_figures(a: Analysis, plot_dir: str | os.PathLike) -> tuple[dict[str, st
         "validation grid": ("grid.png", lambda: grid_figure(a),
                             "no method has several grid points with the selection metric"),
         "training curves": ("curves_train.png", lambda: curves_figure(a, TRAIN_CURVES, "Training curves"),
-                            "no train/logps/* in the jobs' csv/metrics.csv (SFT logs none; logger=none?)"),
+                            "no train/logps/* in the jobs' csv/metrics.csv (logger=none?)"),
         "validation curves": ("curves_val.png", lambda: curves_figure(a, val_curves, "Validation curves"),
                               "no val/* metrics in the jobs' csv/metrics.csv"),
         "health curves": ("curves_health.png", lambda: curves_figure(a, HEALTH_CURVES, "Health at validation"),
@@ -282,6 +318,7 @@ def make_figures(a: Analysis, plot_dir: str | os.PathLike) -> tuple[dict[str, st
         if fig is None:
             skipped[name] = why if len(a.selected) else "no completed jobs"
             (plot_dir / file).unlink(missing_ok=True)
+            (plot_dir / file).with_suffix(".pdf").unlink(missing_ok=True)
         else:
             made[name] = save(fig, plot_dir / file)
     return made, skipped

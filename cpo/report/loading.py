@@ -25,7 +25,7 @@ from cpo.report.metrics import number
 IGNORED_KEYS: tuple[str, ...] = (
     "seed", "trainer.val_check_interval", "trainer.limit_val_batches", "trainer.enable_progress_bar",
     "evaluate", "logger", "cache_dir", "hydra", "save_policy", "experiment_name", "resume", "rerun", "ckpt_path",
-    "launcher",
+    "launcher", "push_to_hub", "push_private",
 )
 TRANSLATIONS_FILE = "test_translations.jsonl"
 

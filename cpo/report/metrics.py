@@ -100,6 +100,55 @@ def metric_label(metric: str) -> str:
     return metric
 
 
+# Readable names of configuration keys in tables and figures (report.csv keeps the keys themselves).
+KEY_NAMES = {"optim.lr": "learning rate", "beta": "beta", "loss.beta": "beta", "loss.gamma": "gamma",
+             "loss.alpha": "alpha", "loss.label_smoothing": "label smoothing", "optim.weight_decay": "weight decay",
+             "optim.warmup_ratio": "warm-up ratio", "optim.schedule": "schedule", "data.negatives": "negatives",
+             "data.candidates": "candidates", "data.strong_habits": "strong system's habits", "loss.reference":
+             "reference", "trainer.max_steps": "steps", "trainer.max_epochs": "epochs", "data.batch_size": "batch size",
+             "global_batch_size": "global batch", "model.lora.r": "LoRA rank"}
+
+
+def key_label(key: str) -> str:
+    """"optim.lr" -> "learning rate"; a key without a readable name as it is."""
+    return KEY_NAMES.get(key.lstrip("+~"), key)
+
+
+def setting_label(key: str, value: Any) -> str:
+    """"optim.lr", "0.001" -> "learning rate 0.001"."""
+    return f"{key_label(key)} {value}"
+
+
+_UNIT = (0.0, 1.0)
+_RANGES = {"bleu": (0.0, 100.0), "chrf": (0.0, 100.0), "chrfpp": (0.0, 100.0), "ter": (0.0, math.inf),
+           "demo_qe": _UNIT, "xcomet_xxl": _UNIT, "pref_accuracy": _UNIT, "length_ratio": (0.0, math.inf),
+           "empty": (0.0, math.inf), "nll_loss": (0.0, math.inf), "off_target": _UNIT, "off_target_src": _UNIT,
+           "copy_rate": _UNIT, "repetition": _UNIT}
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    """The values a metric can take: BLEU and chrF in [0, 100], rates and accuracies in [0, 1], log-probs <= 0,
+    TER and the length ratio >= 0; (-inf, inf) for what is not known (COMET-style scorers, margins, deltas)."""
+    if metric.startswith("delta/"):
+        return -math.inf, math.inf
+    name = base_name(metric)
+    leaf = name.split("/")[-1]
+    if name in _RANGES:
+        return _RANGES[name]
+    if leaf == "accuracies":
+        return _UNIT
+    if name.startswith("logps/") and not leaf.startswith("margins"):
+        return -math.inf, 0.0
+    return -math.inf, math.inf
+
+
+def clip_interval(metric: str, lo: float, hi: float) -> tuple[float, float]:
+    """A confidence interval clipped to the metric's range (a t-interval of a rate near 0 reaches below 0)."""
+    a, b = metric_range(metric)
+    clip = (lambda x: x if x != x else min(max(x, a), b))  # NaN (no interval) stays NaN
+    return clip(lo), clip(hi)
+
+
 def number(v: Any) -> float | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)):
         return None

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from cpo.report.loading import JobResult, varying_keys
-from cpo.report.metrics import METHODS, OTHER_COLORS, after_metric_names, direction, number, val_scorers
+from cpo.report.metrics import (METHODS, OTHER_COLORS, after_metric_names, clip_interval, direction, key_label,
+                                number, setting_label, val_scorers)
 from cpo.report.stats import summarize
 
 # Keys that are settings to tune per method, not what the ablation compares.
@@ -37,6 +38,7 @@ class Method:
     loss: str | None
     configs: list[str] = field(default_factory=list)   # its grid points (configuration labels), in sweep order
     parts: dict[str, str] = field(default_factory=dict)  # the overrides that tell it apart ({"loss": "cpo"})
+    ignored: set[str] = field(default_factory=set)     # keys its loss ignores (beta under SFT), never a grid edge
 
 
 def job_metrics(job: JobResult, test_names: Sequence[str]) -> dict[str, float]:
@@ -52,6 +54,16 @@ def job_metrics(job: JobResult, test_names: Sequence[str]) -> dict[str, float]:
         if a is not None and b is not None:
             out[f"delta/{name}"] = a - b
     return out
+
+
+def ignored_keys(job: JobResult) -> set[str]:
+    """Keys the job's loss ignores: results.json says so (``ignored_keys``); older results by the loss's kind
+    (kind ``none``, SFT: beta only scales its logged rewards)."""
+    r = job.results or {}
+    if isinstance(r.get("ignored_keys"), list):
+        return {str(k) for k in r["ignored_keys"]}
+    loss = (r.get("config") or {}).get("loss")
+    return {"beta", "loss.beta"} if isinstance(loss, dict) and loss.get("kind") == "none" else set()
 
 
 def metric_names(df: pd.DataFrame) -> list[str]:
@@ -73,7 +85,7 @@ def display_name(parts: dict[str, str], loss: str | None) -> str:
     parts = dict(parts)
     loss = parts.pop("loss", loss)
     name = METHODS[loss][0] if loss in METHODS else loss
-    rest = ", ".join(f"{k}={v}" for k, v in parts.items())
+    rest = ", ".join(setting_label(k, v) for k, v in parts.items())
     if name:
         return f"{name} ({rest})" if rest else name
     return rest or "default"
@@ -93,6 +105,7 @@ def methods_of(jobs: Sequence[JobResult], tune_keys: Sequence[str] = TUNE_KEYS) 
             out[label] = Method(label, display_name(parts, j.loss), color, j.loss, parts=parts)
         if j.label not in out[label].configs:
             out[label].configs.append(j.label)
+        out[label].ignored |= ignored_keys(j)
     return out
 
 
@@ -116,7 +129,8 @@ def aggregate(jobs: Sequence[JobResult], tune_keys: Sequence[str] = TUNE_KEYS, l
         row.update(runs=len(done), failed=len(members) - len(done), seeds=",".join(str(j.seed) for j in done))
         for m in order:
             s = summarize([per_job[id(j)][m] for j in done if m in per_job[id(j)]], level)
-            row.update({f"{m}_mean": s.mean, f"{m}_std": s.std, f"{m}_n": s.n, f"{m}_lo": s.lo, f"{m}_hi": s.hi})
+            lo, hi = clip_interval(m, s.lo, s.hi)  # e.g. an off-target rate's interval stays in [0, 1]
+            row.update({f"{m}_mean": s.mean, f"{m}_std": s.std, f"{m}_n": s.n, f"{m}_lo": lo, f"{m}_hi": hi})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -185,23 +199,36 @@ def select(grid: pd.DataFrame, metric: str, methods: dict[str, Method], tune_key
         order = sorted(range(len(rows)), key=lambda i: (key.iloc[i], -rows["runs"].iloc[i], i))
         best = rows.index[order[0]]
         chosen.append(best)
-        note = "its only grid point" if len(rows) == 1 else _edge_note(grid, best, label, tune_keys)
-        notes[label] = "; ".join(n for n in (note, skipped) if n)
+        ignored = methods[label].ignored
+        note = "its only grid point" if len(rows) == 1 else _edge_note(grid, best, label, tune_keys, ignored)
+        notes[label] = "; ".join(n for n in (note, skipped, _repeat_note(grid, label, ignored)) if n)
     return grid.loc[chosen].reset_index(drop=True), {k: v for k, v in notes.items() if v}
 
 
-def _edge_note(grid: pd.DataFrame, best: Any, label: str, tune_keys: Sequence[str]) -> str:
-    """"optim.lr=0.001 is the largest value tried" when the selected value of a tuned key is at the edge."""
+def _repeat_note(grid: pd.DataFrame, label: str, ignored: set[str]) -> str:
+    """Grid points of a method that differ only in keys its loss ignores are repeats of one training (a sweep
+    written before the sweeper ran such jobs once)."""
+    rows = grid[grid["method"] == label]
+    keys = [k for k in ignored if k in rows.columns and rows[k].nunique(dropna=True) > 1]
+    if not keys:
+        return ""
+    names = ", ".join(dict.fromkeys(key_label(k) for k in keys))
+    return f"its grid points differ in {names}, which its loss ignores: they repeat one training"
+
+
+def _edge_note(grid: pd.DataFrame, best: Any, label: str, tune_keys: Sequence[str], ignored=frozenset()) -> str:
+    """"learning rate 0.001 is the largest value tried" when the selected value of a tuned key is at the edge (never
+    for a key the method's loss ignores, such as SFT's beta)."""
     rows = grid[grid["method"] == label]
     notes = []
     for k in tune_keys:
-        if k not in grid.columns:
+        if k not in grid.columns or k in ignored:
             continue
         vals = pd.to_numeric(rows[k], errors="coerce").dropna().unique()
         x = pd.to_numeric(pd.Series([grid.loc[best, k]]), errors="coerce").iloc[0]
         if len(vals) >= 2 and np.isfinite(x):
             if x == vals.max():
-                notes.append(f"{k}={grid.loc[best, k]} is the largest value tried")
+                notes.append(f"{setting_label(k, grid.loc[best, k])} is the largest value tried")
             elif x == vals.min():
-                notes.append(f"{k}={grid.loc[best, k]} is the smallest value tried")
+                notes.append(f"{setting_label(k, grid.loc[best, k])} is the smallest value tried")
     return "; ".join(notes) + ("; the optimum may lie outside the grid" if notes else "")

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from cpo.report.analysis import Analysis, finite, verdict_of
-from cpo.report.metrics import VAL_TABLE, arrow, comparable_across_losses, direction, fmt, fmt_p, metric_label
+from cpo.report.metrics import (VAL_TABLE, arrow, comparable_across_losses, direction, fmt, fmt_p, metric_label,
+                                setting_label)
 
 BETTER, WORSE, SELECTED = "▲", "▼", "★"
 
@@ -84,8 +85,9 @@ def _best_rows(df: pd.DataFrame, metric: str) -> set[int]:
 
 
 def _grid_point(a: Analysis, row: pd.Series) -> str:
+    """"learning rate 0.0001, beta 0.1": the tuned settings under readable names."""
     keys = [k for k in a.tune_keys if k in row.index and isinstance(row[k], str)]
-    return ", ".join(f"{k}={row[k]}" for k in keys) or "–"
+    return ", ".join(setting_label(k, row[k]) for k in keys) or "–"
 
 
 def _seeds(row: pd.Series) -> str:
@@ -185,9 +187,10 @@ def latex_document(a: Analysis, source: str) -> str:
     base = (f"; ▲/▼: significantly better/worse than {a.display(a.baseline)} at α = {a.alpha:g} (seeds and test "
             "sentences)" if a.baseline else "")
     parts = [f"% Tables of the sweep report for {source}. Needs \\usepackage{{booktabs,amssymb,graphicx}}.", ""]
+    few = f" {a.few_seeds_text()}" if a.few_seeds() else ""
     parts.append(selected_table(a).latex(
-        f"Test-set results of each method's configuration, {how}. Mean ± std over seeds [{a.level:.0%} CI of the mean]"
-        f"{base}; bold: best mean.{mark}", "tab:selected"))
+        f"Test-set results of each method's configuration, {how}. Mean ± std over seeds [{a.level:.0%} CI of the mean, "
+        f"clipped to the metric's range]{base}; bold: best mean.{mark}{few}", "tab:selected"))
     caption = f"Every grid point: mean ± std over seeds; ★: the selected configuration of each method.{mark}"
     parts += ["", grid_table(a).latex(caption, "tab:grid")]
     return "\n".join(parts) + "\n"
