@@ -82,7 +82,8 @@ def test_policy_is_the_best_validation_and_the_last_is_kept_beside_it(tmp_path):
 
     def adapter(folder):
         base = AutoModelForCausalLM.from_pretrained(res["start_model"])
-        return {k: v for k, v in PeftModel.from_pretrained(base, tmp_path / folder).state_dict().items() if "lora_" in k}
+        model = PeftModel.from_pretrained(base, tmp_path / folder)
+        return {k: v for k, v in model.state_dict().items() if "lora_" in k}
 
     best_w, last_w = adapter("policy"), adapter("policy_last")
     assert best_w.keys() == last_w.keys() and any(not torch.equal(best_w[k], last_w[k]) for k in best_w)
@@ -136,12 +137,14 @@ def test_best_policy_is_refused_under_a_sharded_strategy():
         build_selection_callbacks(cfg, SimpleNamespace(dev=None), [], val_pairs=10)
 
 
-def test_results_record_the_selection(tmp_path):
-    """results.json is what compare.py and a colleague read: it says which step policy/ is."""
+def test_both_on_the_demos_translation_metric_and_results_record_them(tmp_path):
+    """monitor=auto on the demo is val/demo_qe, scored on translations at each validation; results.json (what
+    compare.py and a colleague read) says which step policy/ is."""
     from cpo.train.run import run
 
-    run(compose(WATCHED + ["callbacks=[early_stopping,best_policy]", "trainer.max_steps=4", "save_policy=false"]),
-        tmp_path)
+    run(compose(WATCHED + ["callbacks=[early_stopping,best_policy]", "trainer.max_steps=4", "save_policy=false",
+                           "evaluate.during_training.enabled=true"]), tmp_path)
     r = json.loads((tmp_path / "results.json").read_text())
-    assert r["policy_selection"]["monitor"] == r["early_stopping"]["monitor"] == "val/loss"
+    assert r["policy_selection"]["monitor"] == r["early_stopping"]["monitor"] == "val/demo_qe"
+    assert r["policy_selection"]["mode"] == "max" and r["policy_selection"]["best_step"] in (2, 4)
     assert r["config"]["callbacks"]["best_policy"]["_target_"].endswith("BestPolicy")

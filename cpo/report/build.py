@@ -64,8 +64,8 @@ def render_markdown(a: Analysis, source: str, made: dict[str, str], skipped: dic
         lines += ["No completed jobs with metrics: nothing to compare.", ""]
     else:
         lines += ["## Selected configurations, test split", "", selected_table(a).markdown(), "",
-                  f"Cells: mean ± std over seeds [{a.level:.0%} t-interval of the mean, clipped to the metric's range: "
-                  "BLEU and chrF in [0, 100], rates in [0, 1]]; *seeds* counts completed jobs. "
+                  f"Cells: mean ± std over seeds [{a.level:.0%} t-interval of the mean, clipped to the metric's "
+                  "range: BLEU and chrF in [0, 100], rates in [0, 1]]; *seeds* counts completed jobs. "
                   f"{BETTER}/{WORSE}: significantly better/worse than the baseline (next section). Bold: best mean "
                   "among the selected configurations. ↑ higher is better, ↓ lower is better."]
         if a.few_seeds():

@@ -181,8 +181,8 @@ def grid_figure(a: Analysis):
         ax.grid(alpha=0.3)
         if others:
             ax.legend(fontsize="x-small")
-    _title(fig, f"{metric_label(m)} {arrow(m)} over each method's grid (mean over seeds, {a.level:.0%} CI; ★ selected)"
-           + _few_seeds(a))
+    _title(fig, f"{metric_label(m)} {arrow(m)} over each method's grid (mean over seeds, {a.level:.0%} CI; "
+                f"★ selected){_few_seeds(a)}")
     return fig
 
 
@@ -295,7 +295,8 @@ def beta_figure(a: Analysis):
 
 
 def make_figures(a: Analysis, plot_dir: str | os.PathLike) -> tuple[dict[str, str], dict[str, str]]:
-    """Write the figures (PNG, and PDF beside each); returns ({figure: file}, {figure: why it was not drawn}). A figure not drawn this
+    """Write the figures (PNG, and PDF beside each); returns ({figure: PNG file}, {figure: why it was not drawn}).
+    A figure not drawn this
     time leaves no file of an earlier report behind."""
     plot_dir = Path(plot_dir)
     val_curves = list(dict.fromkeys([m for m in (a.select_by,) if m.startswith("val/")] + list(VAL_CURVES)))

@@ -189,8 +189,8 @@ def latex_document(a: Analysis, source: str) -> str:
     parts = [f"% Tables of the sweep report for {source}. Needs \\usepackage{{booktabs,amssymb,graphicx}}.", ""]
     few = f" {a.few_seeds_text()}" if a.few_seeds() else ""
     parts.append(selected_table(a).latex(
-        f"Test-set results of each method's configuration, {how}. Mean ± std over seeds [{a.level:.0%} CI of the mean, "
-        f"clipped to the metric's range]{base}; bold: best mean.{mark}{few}", "tab:selected"))
+        f"Test-set results of each method's configuration, {how}. Mean ± std over seeds [{a.level:.0%} CI of the "
+        f"mean, clipped to the metric's range]{base}; bold: best mean.{mark}{few}", "tab:selected"))
     caption = f"Every grid point: mean ± std over seeds; ★: the selected configuration of each method.{mark}"
     parts += ["", grid_table(a).latex(caption, "tab:grid")]
     return "\n".join(parts) + "\n"

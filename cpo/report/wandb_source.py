@@ -55,7 +55,8 @@ def wandb_run_to_job(run: Any, history: Iterable[Mapping[str, Any]] | None = Non
     """A ``wandb.apis.public.Run`` (or any object with name, id, state, config, summary_metrics and
     scan_history()) -> JobResult, with results shaped like results.json.
 
-    train.py logs the resolved config as dotted top-level keys (``loss.name``; older runs: under ``config``), final metrics as ``train/*`` and ``val/*``
+    train.py logs the resolved config as dotted top-level keys (``loss.name``; older runs: under ``config``),
+    final metrics as ``train/*`` and ``val/*``
     and the held-out evaluation after training as ``test/*``; the run name is the sweep's varying
     overrides (``loss=cpo,seed=1``).
     """

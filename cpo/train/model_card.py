@@ -79,16 +79,18 @@ def render(config: Mapping[str, Any], results: Mapping[str, Any], table: str | N
                   "- load: `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), this_folder)`"]
     else:
         lines += ["- full fine-tuning: `AutoModelForCausalLM.from_pretrained(this_folder)`"]
-    lines += [f"- base model: `{base}`, dtype {model.get('dtype')}, precision {(config.get('trainer') or {}).get('precision')}",
-              f"- trainable parameters: {results.get('trainable_parameters', 0):,} of {results.get('total_parameters', 0):,}",
+    precision = (config.get("trainer") or {}).get("precision")
+    trainable, total = results.get("trainable_parameters", 0), results.get("total_parameters", 0)
+    lines += [f"- base model: `{base}`, dtype {model.get('dtype')}, precision {precision}",
+              f"- trainable parameters: {trainable:,} of {total:,}",
               "", "## Training", ""]
     settings = ", ".join(f"{k} {loss[k]}" for k in LOSS_KEYS if k in loss)
     batch = results.get("global_batch") or {}
     lines += [f"- loss `{loss.get('name')}`: {settings}",
               "- optimiser AdamW: " + ", ".join(f"{k} {optim[k]}" for k in ("lr", "weight_decay", "schedule",
                                                                                 "warmup_ratio") if k in optim),
-              f"- global batch {batch.get('global_batch')} pairs per step, {results.get('global_steps')} optimizer steps, "
-              f"seed {results.get('seed')}",
+              f"- global batch {batch.get('global_batch')} pairs per step, {results.get('global_steps')} optimizer "
+              f"steps, seed {results.get('seed')}",
               f"- training pairs {results.get('train_pairs')}, validation pairs {results.get('val_pairs')}"]
     stop = results.get("early_stopping")
     if stop and stop.get("stopped_step") is not None:

@@ -30,7 +30,7 @@ class LoraSettings:
     target_modules: Sequence[str] = ("down_proj",)
     adapter: str | None = None  # an existing adapter to keep training (ALMA's LoRA), by path or hub name
     # peft's variants of a fresh adapter (a continued adapter brings its own, stored in its adapter_config.json):
-    use_dora: bool = False      # DoRA (Liu et al. 2024): a trained magnitude per output feature beside the LoRA direction
+    use_dora: bool = False      # DoRA (Liu et al. 2024): a trained magnitude per output feature beside the direction
     use_rslora: bool = False    # rank-stabilised scaling alpha / sqrt(r) instead of alpha / r (Kalajdzievski 2023)
     modules_to_save: Sequence[str] | None = None  # modules trained in full and saved with the adapter, e.g. [lm_head]
     # QLoRA (Dettmers et al. 2023): the frozen base loaded in 4-bit NF4 by bitsandbytes (a CUDA GPU and the

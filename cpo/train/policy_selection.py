@@ -185,13 +185,14 @@ def build_selection_callbacks(cfg: DictConfig, data, scorers: Sequence, val_pair
                 spec["mode"] = metric_mode(spec["monitor"], f"callbacks.{name}.monitor")
         if spec["_target_"].endswith(".BestPolicy") and cfg.get("build_in_configure_model", False):
             raise ConfigError(f"callbacks.{name}: the best policy is not kept under a sharded strategy (FSDP, "
-                              "DeepSpeed ZeRO-3); use strategy=deepspeed_zero2 or ddp, or leave callbacks.best_policy out")
+                              "DeepSpeed ZeRO-3); use strategy=deepspeed_zero2 or ddp, or leave it out")
         callback = instantiate(spec)
         if "monitor" in spec:
             say(f"callbacks.{name}: {type(callback).__name__} on {spec['monitor']} ({spec['mode']})")
         out.append(callback)
     t = cfg.trainer
-    if out and t.get("max_epochs") == 1 and t.get("val_check_interval") in (1, 1.0) and chosen:
+    once = isinstance(t.get("val_check_interval"), float) and t.val_check_interval == 1.0  # (an int counts batches)
+    if out and once and t.get("max_epochs") == 1 and t.get("max_steps", -1) == -1:
         say("note: the run validates once (trainer.val_check_interval=1.0, one epoch), so callbacks that watch a "
             "validation metric see one value; validate more often, e.g. trainer.val_check_interval=0.25")
     return out
