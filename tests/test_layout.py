@@ -179,16 +179,17 @@ def test_a_checkpoint_written_before_the_move_resumes(tmp_path, capsys):
 def test_a_record_naming_a_moved_callable_is_the_same_run():
     """An FSDP run recorded before the strategies moved (``cpo.strategies.fsdp``) is the run that names
     ``cpo.train.strategies.fsdp`` now; any other change is still another run, and a forged record is refused."""
-    from cpo.runs.fingerprint import config_diff, fingerprint, same_configuration
+    from cpo.runs.fingerprint import config_diff, fingerprint, same_configuration, upgraded
 
-    def cfg(target, lr=1e-4):
-        return {"optim": {"lr": lr}, "trainer": {"strategy": {"_target_": target, "sharding_strategy": "FULL_SHARD"}}}
+    def cfg(target, lr=1e-4, today=True):  # today's configs hold every key added since (ADDED_KEYS, old behaviour)
+        c = {"optim": {"lr": lr}, "trainer": {"strategy": {"_target_": target, "sharding_strategy": "FULL_SHARD"}}}
+        return upgraded(c) if today else c
 
-    old = cfg("cpo.strategies.fsdp")
+    old = cfg("cpo.strategies.fsdp", today=False)
     stored = fingerprint(old, rename=False)  # what the flat layout wrote
     now = fingerprint(cfg("cpo.train.strategies.fsdp"))
     assert stored != now and same_configuration(stored, old, now)
     assert config_diff(old, cfg("cpo.train.strategies.fsdp")) == []
     assert not same_configuration(stored, old, fingerprint(cfg("cpo.train.strategies.fsdp", lr=3e-4)))
     assert not same_configuration("0" * 64, old, now)  # the config does not hash to the stored fingerprint
-    assert not same_configuration(stored, cfg("cpo.strategies.deepspeed"), now)
+    assert not same_configuration(stored, cfg("cpo.strategies.deepspeed", today=False), now)

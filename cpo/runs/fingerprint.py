@@ -45,7 +45,9 @@ NEUTRAL_KEYS: dict[str, str] = {
 MOVED_PATHS: dict[str, str] = {"cpo.strategies.": "cpo.train.strategies."}  # issue 15: stage packages
 # - keys added since, with the value that reproduces the behaviour from before they existed (dotted key ->
 #   value). Every new result-changing key is listed here, or every older run would look like another run.
-ADDED_KEYS: dict[str, Any] = {}
+ADDED_KEYS: dict[str, Any] = {
+    "prompt": {"_target_": "cpo.mt.prompt.AlmaPrompt"},  # issue 16: conf/prompt, ALMA's prompt before it existed
+}
 
 
 def _renamed(node: Any) -> Any:
