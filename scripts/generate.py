@@ -148,15 +148,21 @@ def load_for_generation(model: str, adapter: str | None, dtype: str, device: str
 
     from cpo.io import Unavailable
 
+    def unavailable(e: Exception) -> Exception:
+        if isinstance(e, (Unavailable, FileNotFoundError)):
+            return e
+        return Unavailable(f"model={model}: cannot load it ({type(e).__name__}: {_short(e)})")
+
     try:
         tokenizer = load_tokenizer(adapter if adapter and _has_tokenizer(adapter) else model)
-        if check_tokenizer is not None:
-            check_tokenizer(tokenizer)
+    except (OSError, ValueError) as e:
+        raise unavailable(e) from None
+    if check_tokenizer is not None:
+        check_tokenizer(tokenizer)
+    try:
         lm = load_causal_lm(model, dtype)
     except (OSError, ValueError) as e:
-        if isinstance(e, (Unavailable, FileNotFoundError)):
-            raise
-        raise Unavailable(f"model={model}: cannot load it ({type(e).__name__}: {_short(e)})") from None
+        raise unavailable(e) from None
     if adapter:
         from peft import PeftModel
 

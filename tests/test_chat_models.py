@@ -18,7 +18,18 @@ import torch
 from conftest import REPO, compose
 from helpers.chat_tokenizers import FAMILIES, chain_model, chat_tokenizer, end_of_turn
 
-SOURCES = [f"der {a} sieht {b} Hunde am Fluss {i}" for i, (a, b) in enumerate([("Mann", "zwei"), ("Frau", "fünf")] * 6)]
+SOURCES = [f"der {a} sieht {b} Hunde am Fluss {i}"
+           for i, (a, b) in enumerate([("Mann", "zwei"), ("Frau", "fünf")] * 6)]
+
+
+def _generate_app(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"_gen_{name}", REPO / "scripts" / "generate.py")
+    app = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = app
+    spec.loader.exec_module(app)
+    return app
 
 
 def _rows(n: int) -> list[dict]:
@@ -92,14 +103,9 @@ def test_the_policy_reloads_with_plain_transformers_and_peft(trained):
 
 def test_generate_translates_with_the_recorded_format_and_stops_at_the_end_of_turn(trained, monkeypatch, caplog):
     family, tok, root, res = trained
-    import importlib.util
-
     import transformers
 
-    spec = importlib.util.spec_from_file_location(f"_gen_{family}", REPO / "scripts" / "generate.py")
-    app = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = app
-    spec.loader.exec_module(app)
+    app = _generate_app(family)
     (root / "src.de").write_text("".join(s + "\n" for s in SOURCES[:5]))
     generated = []
     original = transformers.GenerationMixin.generate
@@ -133,7 +139,8 @@ def test_generate_translates_with_the_recorded_format_and_stops_at_the_end_of_tu
     assert "translating with AlmaPrompt as the command line says" in warning
 
 
-def test_a_chat_run_refuses_a_tokenizer_without_a_template_before_loading_the_model(tmp_path, monkeypatch):
+def test_a_tokenizer_without_a_template_is_refused_before_the_model_is_loaded(tmp_path, monkeypatch):
+    """train.py and generate.py with prompt=chat on a base model: one sentence naming the remedy, no model load."""
     from cpo.errors import ConfigError
     from cpo.train.run import run
     from cpo.train.tiny import build_tiny_llama, save_model_and_tokenizer, train_bpe_tokenizer
@@ -147,6 +154,14 @@ def test_a_chat_run_refuses_a_tokenizer_without_a_template_before_loading_the_mo
                      f"model.name_or_path={tmp_path / 'base'}", "model.dtype=float32", "logger=csv"]),
             tmp_path / "run")
     assert not (tmp_path / "run" / "results.json").exists()
+    app = _generate_app("no_template")
+    (tmp_path / "src.de").write_text(SOURCES[0] + "\n")
+    monkeypatch.setattr("cpo.train.models.load_causal_lm", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(ConfigError, match="has none: use prompt=alma or prompt=template for a base model"):
+        app.run(compose(app.rewrite_model_argument([f"model={tmp_path / 'base'}", f"input={tmp_path / 'src.de'}",
+                                                    "src_lang=de", "tgt_lang=en", f"output={tmp_path / 'hyp.en'}",
+                                                    "prompt=chat"]), config_name="generate"))
+    assert not (tmp_path / "hyp.en").exists()
 
 
 def test_the_demo_default_is_alma(tmp_path):

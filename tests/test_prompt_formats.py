@@ -10,7 +10,8 @@ from cpo.data import PairEncoder, PreferenceDataModule, PreferenceExample, read_
 from cpo.errors import ConfigError
 from cpo.io import DataError
 from cpo.mt.chat import TOWER_INSTRUCTION, ChatPrompt
-from cpo.mt.prompt import (AlmaPrompt, PromptTooShort, TemplatePrompt, build_prompt_format, format_prompt,
+from cpo.mt.template import TemplatePrompt
+from cpo.mt.prompt import (AlmaPrompt, PromptTooShort, build_prompt_format, format_prompt,
                            read_prompt_record, write_prompt_record)
 from helpers.chat_tokenizers import FAMILIES, chat_tokenizer, end_of_turn
 from helpers.sp_tokenizer import llama_tokenizer
@@ -121,7 +122,8 @@ def test_chat_prompt_and_completion_are_the_templates_tokens(family, system):
     name, tok = family
     fmt = ChatPrompt(system=system)
     if name == "gemma" and system:
-        with pytest.raises(ConfigError, match=r"refuses the conversation.*System role not supported.*prompt.system=null"):
+        with pytest.raises(ConfigError,
+                           match=r"refuses the conversation.*System role not supported.*prompt.system=null"):
             fmt.bind(tok, 256)
         return
     enc = PairEncoder(tok, 256, 400, prompt_format=fmt)
@@ -165,22 +167,26 @@ def test_a_template_without_bos_gets_the_tokenizers_own_once(tmp_path):
     assert tok.bos_token_id not in no_bos.ids
 
 
-def test_chat_truncation_cuts_the_source_only(family):
-    """An over-long source loses its beginning; the system turn, the instruction, the role markers and the
-    generation prompt stay; a budget too small for the template alone is one sentence; reject drops the row."""
+@pytest.mark.parametrize("instruction", ["chat", "tower"])
+def test_chat_truncation_cuts_the_source_only(family, instruction):
+    """An over-long source loses its beginning; the system turn, the instruction (also its text after the
+    source), the role markers and the generation prompt stay; a budget too small for the template alone is one
+    sentence; reject drops the row."""
     name, tok = family
-    fmt = ChatPrompt()
+    fmt = build_prompt_format(_compose_prompt(instruction))
     full = fmt.bind(tok).encode(LONG, "de", "en")
     budget = len(full.ids) - 25
     cut = fmt.bind(tok, budget).encode(LONG, "de", "en")
-    assert cut.truncated and len(cut.ids) <= budget and cut.full_ids == full.ids
+    assert cut.truncated and budget - 8 <= len(cut.ids) <= budget and cut.full_ids == full.ids
     text, whole = tok.decode(cut.ids), tok.decode(full.ids)
     head, tail = whole.split("der Mann", 1)[0], whole.rsplit("Fluss", 1)[1]
     assert text.startswith(head) and text.endswith("Fluss" + tail) and len(text) < len(whole)
-    assert "Reply with the translation only." in text
-    template_alone = len(fmt.bind(tok).encode("x", "de", "en").ids) - 1
-    with pytest.raises(PromptTooShort, match=rf"budget of {template_alone} tokens keeps none of the source"):
-        fmt.bind(tok, template_alone).encode(LONG, "de", "en")
+    kept = text[len(head):len(text) - len(tail)]
+    assert LONG.endswith(" " + kept) and text.count("English") == whole.count("English")
+    template_alone = len(fmt.bind(tok).encode("", "de", "en").ids)
+    with pytest.raises(PromptTooShort, match=rf"budget of {template_alone - 1} tokens keeps none of the source: "
+                                             rf"the template alone takes {template_alone} tokens; raise it"):
+        fmt.bind(tok, template_alone - 1).encode(LONG, "de", "en")
     assert fmt.bind(tok, budget, "reject").encode(LONG, "de", "en") is None
     # training cuts the same way and counts it; completions do not depend on the cut
     a = PairEncoder(tok, budget, budget + 40, prompt_format=fmt).encode(0, PreferenceExample(LONG, "the man", "x",

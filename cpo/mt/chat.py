@@ -32,7 +32,8 @@ from cpo.mt.prompt import (BoundPrompt, EncodedPrompt, PromptFormat, check_place
                            too_short)
 
 #: The default instruction of ``prompt=chat``; ``{src_lang}``/``{tgt_lang}`` are language names (German).
-CHAT_INSTRUCTION = "Translate the following {src_lang} text into {tgt_lang}. Reply with the translation only.\n\n{source}"
+CHAT_INSTRUCTION = ("Translate the following {src_lang} text into {tgt_lang}. Reply with the translation only."
+                    "\n\n{source}")
 #: TowerInstruct's documented instruction (the Unbabel/TowerInstruct-7B-v0.2 model card), as its user turn.
 TOWER_INSTRUCTION = "Translate the following text from {src_lang} into {tgt_lang}.\n{src_lang}: {source}\n{tgt_lang}:"
 #: Stands for an assistant message's text while the template is probed for what surrounds it.
@@ -81,9 +82,10 @@ class ChatPrompt(PromptFormat):
 
 
 def _special_tokens(tok) -> list[str]:
-    """Every special token string of ``tok``, longest first (for matching the start of a text)."""
+    """Every special or added token string of ``tok`` (a turn marker may be added without the special flag),
+    longest first (for matching the start of a text)."""
     names = set(tok.all_special_tokens)
-    names |= {t.content for t in getattr(tok, "added_tokens_decoder", {}).values() if getattr(t, "special", False)}
+    names |= {t.content for t in getattr(tok, "added_tokens_decoder", {}).values()}
     return sorted((n for n in names if n), key=len, reverse=True)
 
 
@@ -108,8 +110,9 @@ class ChatEncoder(BoundPrompt):
     # ------------------------------------------------------------------ the template
     def render(self, messages: list[dict], generation_prompt: bool) -> str:
         try:
+            # chat_template=None: the tokenizer's own (which may be a dict of named templates)
             return self.tok.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt,
-                                                chat_template=self.template, **self.fmt.template_kwargs)
+                                                chat_template=self.fmt.chat_template, **self.fmt.template_kwargs)
         except Exception as e:  # jinja2's TemplateError (raise_exception), or a template reading a missing field
             hint = " (set prompt.system=null if it takes no system message)" if self.fmt.system else ""
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -168,14 +171,13 @@ class ChatEncoder(BoundPrompt):
         return self._stop_ids
 
     # ------------------------------------------------------------------ encoding
-    def _encoded(self, messages: list[dict], render_cut) -> EncodedPrompt | None:
-        """The prompt of ``messages``; ``render_cut(kept)`` gives the messages whose source is cut to ``kept``."""
+    def _encoded(self, messages: list[dict], source: str, render_cut) -> EncodedPrompt | None:
+        """The prompt of ``messages``; ``render_cut(kept)`` gives the messages with ``source`` cut to ``kept``."""
         text = self.render(messages, True)
         full = self._bos + self._ids(text)
         head = len(self._bos)
         if self.max_length is None or len(full) <= self.max_length:
             return EncodedPrompt(text, full, full, False, head, "", tuple(messages))
-        source = next(m["content"] for m in reversed(messages) if m["role"] == "user")
 
         def render(kept: str) -> list[int]:
             return self._bos + self._ids(self.render(render_cut(kept), True))
@@ -192,7 +194,7 @@ class ChatEncoder(BoundPrompt):
             return self.fmt.messages(kept, src_lang, tgt_lang)
 
         # A cut source is put back into the instruction: the user turn is rebuilt around the kept text.
-        return self._encoded(self.fmt.messages(source, src_lang, tgt_lang), cut)
+        return self._encoded(self.fmt.messages(source, src_lang, tgt_lang), source, cut)
 
     def encode_messages(self, messages, where: str | None = None) -> EncodedPrompt | None:
         """A conversational row's prompt: its own messages; an over-long one loses the beginning of its last user
@@ -203,7 +205,7 @@ class ChatEncoder(BoundPrompt):
         def cut(kept: str) -> list[dict]:
             return msgs[:last] + [{**msgs[last], "content": kept}] + msgs[last + 1:]
 
-        return self._encoded(msgs, cut)
+        return self._encoded(msgs, msgs[last]["content"], cut)
 
     def completion_ids(self, prompt: EncodedPrompt, completion: str) -> tuple[list[int], bool]:
         """The assistant turn as the template renders it after the (untruncated) prompt, end of turn included,

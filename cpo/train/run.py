@@ -101,7 +101,8 @@ def default_scorers(cfg: DictConfig, data: RunData) -> list:
     return [build_scorer(n) for n in names]
 
 
-def generation_settings(cfg: DictConfig, data: RunData, prompt_format: PromptFormat | None = None) -> GenerationSettings:
+def generation_settings(cfg: DictConfig, data: RunData,
+                        prompt_format: PromptFormat | None = None) -> GenerationSettings:
     e = cfg.evaluate
     return GenerationSettings(
         num_beams=int(e.num_beams if e.num_beams is not None else data.generation["num_beams"]),

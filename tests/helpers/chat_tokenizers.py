@@ -69,7 +69,8 @@ FAMILIES = {
 
 TEXTS = [f"the {a} sees {b} dogs near the river {i}" for i, (a, b) in enumerate(
     [("man", "two"), ("woman", "five"), ("child", "nine")] * 40)]
-TEXTS += [f"der {a} sieht {b} Hunde am Fluss {i}" for i, (a, b) in enumerate([("Mann", "zwei"), ("Frau", "fünf")] * 40)]
+TEXTS += [f"der {a} sieht {b} Hunde am Fluss {i}"
+          for i, (a, b) in enumerate([("Mann", "zwei"), ("Frau", "fünf")] * 40)]
 TEXTS += ["Translate the following German text into English. Reply with the translation only.",
           "system user assistant model Cutting Knowledge Date: December 2023 Today Date: 26 Jul 2024",
           "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
