@@ -13,7 +13,9 @@ that ``scripts/evaluate.py wmt22.system=<output_dir>`` reads. Input formats are 
 ``cpo.mt.parallel``. Each output has one hypothesis per input line, aligned, written atomically; every
 output is checked (a file path in a folder that can be written, not there yet unless
 ``overwrite=true``) before the model is loaded. Prompts are built and cut as in training
-(``max_prompt_length``), and outputs cleaned as ALMA's evaluation cleans them (``cpo.mt.generation``).
+(``max_prompt_length``) by the prompt format (``prompt=``, conf/prompt; by default the one a trained policy
+recorded in its ``cpo_prompt.json``, else ALMA's), generation stops at its stop ids and outputs are cleaned
+by its rule (``cpo.mt.generation``).
 """
 from __future__ import annotations
 
@@ -138,19 +140,29 @@ def _short(e: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + " ..."
 
 
-def load_for_generation(model: str, adapter: str | None, dtype: str, device: str, merge_adapter: bool = True):
-    """(model on ``device`` in eval mode, tokenizer); the tokenizer comes from the adapter folder when it has one."""
+def load_for_generation(model: str, adapter: str | None, dtype: str, device: str, merge_adapter: bool = True,
+                        check_tokenizer=None):
+    """(model on ``device`` in eval mode, tokenizer); the tokenizer comes from the adapter folder when it has one.
+    ``check_tokenizer(tokenizer)`` runs before the model is loaded (a prompt format refusing the tokenizer)."""
     from cpo.train.models import load_causal_lm, load_tokenizer
 
     from cpo.io import Unavailable
 
+    def unavailable(e: Exception) -> Exception:
+        if isinstance(e, (Unavailable, FileNotFoundError)):
+            return e
+        return Unavailable(f"model={model}: cannot load it ({type(e).__name__}: {_short(e)})")
+
     try:
         tokenizer = load_tokenizer(adapter if adapter and _has_tokenizer(adapter) else model)
+    except (OSError, ValueError) as e:
+        raise unavailable(e) from None
+    if check_tokenizer is not None:
+        check_tokenizer(tokenizer)
+    try:
         lm = load_causal_lm(model, dtype)
     except (OSError, ValueError) as e:
-        if isinstance(e, (Unavailable, FileNotFoundError)):
-            raise
-        raise Unavailable(f"model={model}: cannot load it ({type(e).__name__}: {_short(e)})") from None
+        raise unavailable(e) from None
     if adapter:
         from peft import PeftModel
 
@@ -205,6 +217,31 @@ def model_settings(cfg: DictConfig) -> tuple[str | None, str | None]:
     if cfg.get("adapter"):
         adapter = str(cfg.adapter)
     return (str(name) if name else None), adapter
+
+
+def choose_prompt_format(node, model_path: str, adapter: str | None):
+    """The prompt format to translate with: ``prompt=`` when the command line gives one, else the one the policy
+    recorded (``cpo_prompt.json`` in the adapter or model folder), else ALMA's. A format given that differs from
+    the recorded one is used, with a warning naming both."""
+    from cpo.mt.prompt import build_prompt_format, read_prompt_record, short_description
+
+    recorded = None
+    for folder in (adapter, model_path):
+        if folder and Path(folder).is_dir():
+            recorded = read_prompt_record(folder)
+            if recorded is not None:
+                break
+    if node is None:
+        if recorded is not None:
+            log.info("prompt format %s, as recorded in %s", short_description(recorded[0].describe()), recorded[1])
+            return recorded[0]
+        return build_prompt_format(None)
+    given = build_prompt_format(node)
+    if recorded is not None and recorded[0] != given:
+        log.warning("%s records the prompt format the policy was trained with, %s; translating with %s as the "
+                    "command line says (leave prompt= out to use the recorded one)", recorded[1],
+                    short_description(recorded[0].describe()), short_description(given.describe()))
+    return given
 
 
 # --------------------------------------------------------------------------- inputs and outputs
@@ -300,6 +337,15 @@ def _made_by(output: Path) -> Path:
     return output.parent / f".{output.name}.generation.json"
 
 
+def _as_written(earlier: dict | None) -> dict | None:
+    """A record written before generate.py recorded the prompt format: it was ALMA's."""
+    if isinstance(earlier, dict) and "prompt" not in earlier:
+        from cpo.mt.prompt import AlmaPrompt
+
+        return {**earlier, "prompt": AlmaPrompt().describe()}
+    return earlier
+
+
 def check_outputs(tasks: list[Task], overwrite: bool, skip_existing: bool,
                   made_by: dict | None = None) -> tuple[list[Task], list[Task]]:
     """(tasks to run, tasks skipped because their output exists, written with the same ``made_by``);
@@ -313,7 +359,7 @@ def check_outputs(tasks: list[Task], overwrite: bool, skip_existing: bool,
     for t in tasks:
         if skip_existing and t.output.is_file():
             try:
-                earlier = json.loads(_made_by(t.output).read_text(encoding="utf-8"))
+                earlier = _as_written(json.loads(_made_by(t.output).read_text(encoding="utf-8")))
             except (OSError, ValueError):
                 earlier = None
             if earlier != made_by:  # another model or decoding: a system folder must not mix two of them
@@ -342,7 +388,7 @@ def _positive(cfg: DictConfig, key: str, allow_none: bool = False) -> int | None
 def run(cfg: DictConfig) -> dict:
     """The whole job; returns a summary (per direction: output, count, empties, cleaning; timings)."""
     from cpo.mt.generation import translate
-    from cpo.mt.prompt import PromptEncoder, PromptTooShort
+    from cpo.mt.prompt import PromptTooShort
 
     t0 = time.time()
     settings = {k: _positive(cfg, k) for k in ("batch_size", "num_beams", "max_new_tokens")}
@@ -361,20 +407,23 @@ def run(cfg: DictConfig) -> dict:
     if not skip_existing:  # an output in the way is refused before the model is even looked for
         check_outputs(tasks, bool(cfg.overwrite), False)
     model_path, adapter = resolve_model_and_adapter(*model_settings(cfg))
+    prompt_format = choose_prompt_format(cfg.get("prompt"), model_path, adapter)
     made_by = {"model": model_path, "adapter": adapter, "num_beams": settings["num_beams"],
                "max_new_tokens": settings["max_new_tokens"], "max_prompt_length": max_prompt_length,
+               "prompt": prompt_format.describe(),
                **({"max_sentences": limit} if limit is not None else {})}  # a partial output is never kept as whole
     todo, skipped = check_outputs(tasks, bool(cfg.overwrite), skip_existing, made_by)
     for t in skipped:
         log.info("%s: %s exists, written with these settings: skipped (skip_existing=true)", t.direction, t.output)
     device = pick_device(str(cfg.device))
     dtype = pick_dtype(str(cfg.dtype), device)
-    summary: dict = {"model": model_path, "adapter": adapter, "directions": [],
+    summary: dict = {"model": model_path, "adapter": adapter, "prompt": prompt_format.describe(), "directions": [],
                      "skipped": [str(t.output) for t in skipped]}
     if todo:
         log.info("model %s%s, %s on %s", model_path, f" + adapter {adapter}" if adapter else "", dtype, device)
-        lm, tokenizer = load_for_generation(model_path, adapter, dtype, device, bool(cfg.merge_adapter))
-        prompts = PromptEncoder(tokenizer, max_prompt_length, "left")
+        lm, tokenizer = load_for_generation(model_path, adapter, dtype, device, bool(cfg.merge_adapter),
+                                            check_tokenizer=prompt_format.check)
+        prompts = prompt_format.bind(tokenizer, max_prompt_length, "left")
         try:  # a budget that keeps none of a source fails here, before any generation time is spent
             for t in todo:
                 for source in t.data.sources:
@@ -385,7 +434,8 @@ def run(cfg: DictConfig) -> dict:
         t_gen = time.time()
         cleaning: Counter = Counter()
         hyps = translate(lm, tokenizer, t.data.sources, t.data.src_lang, t.data.tgt_lang, progress=bool(cfg.progress),
-                         max_prompt_length=max_prompt_length, cleaning=cleaning, **settings)
+                         max_prompt_length=max_prompt_length, cleaning=cleaning, prompt_format=prompt_format,
+                         **settings)
         gen_s = time.time() - t_gen
         hyps = [one_line(h) for h in hyps]
         check_writable(t.output, bool(cfg.overwrite), t.key)  # another run may have written it meanwhile

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from conftest import REPO, compose
 from cpo.train.config import ConfigError, validate
 
-GROUPS = ["model", "loss", "data", "strategy", "logger", "callbacks"]
+GROUPS = ["model", "loss", "data", "strategy", "logger", "prompt", "callbacks"]
 
 
 def options(group):

@@ -263,6 +263,14 @@ def test_generate_wmt22_layout_many_directions_one_load(workdir, tmp_path, monke
 
     with pytest.raises(Usage, match=r"exists but was not written with these settings \(num_beams\)"):
         app.run(_compose(*[o for o in overrides if not o.startswith("num_beams=")], "num_beams=1", "skip_existing=true"))
+    # A record written before the prompt format was recorded is ALMA's; another format is another system.
+    made_by = out_dir / "zben" / ".test.zb-en.en.generation.json"
+    record = json.loads(made_by.read_text())
+    assert record.pop("prompt") == {"_target_": "cpo.mt.prompt.AlmaPrompt"}
+    made_by.write_text(json.dumps(record))
+    assert len(app.run(_compose(*overrides, "skip_existing=true"))["skipped"]) == 2
+    with pytest.raises(Usage, match=r"exists but was not written with these settings \(prompt\)"):
+        app.run(_compose(*overrides, "prompt=template", "skip_existing=true"))
 
     # The directions mode: an explicit output per direction, or the layout under output_dir.
     summary = app.run(_compose(

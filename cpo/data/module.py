@@ -30,6 +30,7 @@ class PreferenceDataModule(L.LightningDataModule):
         group_by_length: bool = False,
         seed: int = 0,
         num_workers: int = 0,
+        prompt_format=None,
     ):
         super().__init__()
         if nll_target == "reference" and any(e.reference is None for e in train):
@@ -40,7 +41,8 @@ class PreferenceDataModule(L.LightningDataModule):
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
-        self.encoder = PairEncoder(tokenizer, max_prompt_length, max_length, prompt_truncation)
+        # The run's prompt format (cpo.mt.prompt; None: ALMA's), the same object generation receives.
+        self.encoder = PairEncoder(tokenizer, max_prompt_length, max_length, prompt_truncation, prompt_format)
         self.nll_target = nll_target
         self.group_by_length = group_by_length
         self.seed = seed

@@ -126,7 +126,8 @@ def split_examples(examples: list[PreferenceExample], val_size: int | float, see
 def dev_set(val: Sequence[PreferenceExample], max_sentences: int | None = None) -> TestSet | None:
     """Translations to score at validation: the held-out sources of the first direction, against their
     human references when every one has one, else against the preferred translations (labelled so)."""
-    ex = [e for e in val if e.src_lang and e.tgt_lang and e.prompt is None]
+    # Rows with their own prompt text or chat messages are not translations of a source by the run's format.
+    ex = [e for e in val if e.src_lang and e.tgt_lang and e.prompt is None and e.messages is None]
     if not ex:
         return None
     ex = [e for e in ex if (e.src_lang, e.tgt_lang) == (ex[0].src_lang, ex[0].tgt_lang)]
@@ -164,7 +165,8 @@ def file_fingerprint(path: str | os.PathLike) -> str:
 
 
 class JsonlPreferences(DataSource):
-    """The project's preference JSONL (``data=jsonl``), or TRL's prompt/chosen/rejected rows."""
+    """The project's preference JSONL (``data=jsonl``), or TRL's prompt/chosen/rejected rows (standard or
+    conversational)."""
 
     name = "jsonl"
 

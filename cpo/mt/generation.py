@@ -1,4 +1,4 @@
-"""Batched translation with a causal LM and ALMA's output post-processing (SPEC sections 4 and 6)."""
+"""Batched translation with a causal LM: prompts, stop ids and cleaning from the prompt format (SPEC sections 4, 6)."""
 from __future__ import annotations
 
 import logging
@@ -8,41 +8,10 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from cpo.mt.prompt import PromptEncoder, target_cue
-from cpo.text import is_blank
+from cpo.mt.cleaning import CLEANING_RULES, clean_translation, postprocess  # noqa: F401 - their home before
+from cpo.mt.prompt import AlmaPrompt, PromptEncoder, PromptFormat  # noqa: F401 - PromptEncoder: ALMA's, bound
 
 log = logging.getLogger(__name__)
-
-#: How :func:`clean_translation` found a translation, in the order it tries (SPEC section 4).
-CLEANING_RULES = ("first_line", "second_line", "third_line", "after_repeated_cue", "none")
-
-
-def clean_translation(generated: str, tgt_lang: str) -> tuple[str, str]:
-    """(translation, rule) from the text generated after the prompt, as ALMA's evaluation cleans it.
-
-    The cue is ``\\n{Tgt}:``, a new line starting with the target language's name; ``{Tgt}:`` inside a
-    line is part of the translation ("Beautiful English: Letters ..."). The text up to a repeated cue
-    is split into lines: the first line if it is not blank, else the second if not blank, else the
-    third (stripped, even if blank); only where those lines do not exist, the first line after the
-    repeated cue; else the empty string (rule ``"none"``). A result with nothing visible is ``""``.
-    """
-    parts = generated.split(target_cue(tgt_lang))
-    lines = parts[0].split("\n")
-    for k, rule in enumerate(CLEANING_RULES[:3]):
-        if k >= len(lines):
-            break
-        if k == 2 or not is_blank(lines[k]):
-            text = lines[k].strip()
-            return ("" if is_blank(text) else text), rule
-    if len(parts) > 1:
-        text = parts[1].split("\n")[0].strip()
-        return ("" if is_blank(text) else text), CLEANING_RULES[3]
-    return "", CLEANING_RULES[4]
-
-
-def postprocess(generated: str, tgt_lang: str) -> str:
-    """The translation in the text generated after the prompt (:func:`clean_translation`)."""
-    return clean_translation(generated, tgt_lang)[0]
 
 
 @torch.no_grad()
@@ -58,13 +27,16 @@ def translate(
     progress: bool = False,
     max_prompt_length: int | None = None,
     cleaning: Counter | None = None,
+    prompt_format: PromptFormat | None = None,
 ) -> list[str]:
     """Translations of ``sources``, in order. Batches are sorted by length (less padding) and left-padded.
 
-    Prompts are built and cut exactly as in training (:class:`cpo.mt.prompt.PromptEncoder`): pass the
-    training run's ``data.max_prompt_length`` so that an over-long source is left-truncated the same way.
-    ``cleaning`` (a Counter), when given, counts how each output was cleaned (:data:`CLEANING_RULES`)
-    and the prompts that were cut (``"prompt_truncated"``).
+    Prompts are built and cut exactly as in training, by ``prompt_format`` (None: ALMA's): pass the training
+    run's format and ``data.max_prompt_length`` so that an over-long source is cut the same way. Generation
+    stops at the format's stop ids (EOS; a chat template's end of turn) and each output is cleaned by the
+    format's rule. ``cleaning`` (a Counter), when given, counts how each output was cleaned (ALMA:
+    :data:`cpo.mt.cleaning.CLEANING_RULES`; chat: :data:`cpo.mt.cleaning.TURN_RULES`) and the prompts that were
+    cut (``"prompt_truncated"``).
     """
     if not sources:
         return []
@@ -72,7 +44,9 @@ def translate(
     model.eval()
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    prompts = PromptEncoder(tokenizer, max_prompt_length, "left")  # an output per source: never reject here
+    # An output per source: never reject here.
+    prompts = (prompt_format or AlmaPrompt()).bind(tokenizer, max_prompt_length, "left")
+    stop = prompts.stop_ids_for(model)
     encoded_prompts = [prompts.encode(s, src_lang, tgt_lang) for s in sources]
     encoded = [p.ids for p in encoded_prompts]
     if cleaning is not None:
@@ -96,12 +70,11 @@ def translate(
                 do_sample=False,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=pad_id,
-                eos_token_id=tokenizer.eos_token_id,
+                eos_token_id=stop[0] if len(stop) == 1 else stop,
                 use_cache=True,
             )
-            texts = tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
-            for i, t in zip(idx, texts):
-                out[i], rule = clean_translation(t, tgt_lang)
+            for i, row in zip(idx, gen[:, width:].tolist()):
+                out[i], rule = prompts.clean(row, tgt_lang)
                 if cleaning is not None:
                     cleaning[rule] += 1
             bar.update(len(idx))

@@ -48,6 +48,7 @@ MOVED_PATHS: dict[str, str] = {"cpo.strategies.": "cpo.train.strategies."}  # is
 # - keys added since, with the value that reproduces the behaviour from before they existed (dotted key ->
 #   value). Every new result-changing key is listed here, or every older run would look like another run.
 ADDED_KEYS: dict[str, Any] = {
+    "prompt": {"_target_": "cpo.mt.prompt.AlmaPrompt"},  # issue 16: conf/prompt, ALMA's prompt before it existed
     # issue 19: peft's LoRA variants and QLoRA, off as before (under a null model.lora they do not exist)
     "model.lora.use_dora": False,
     "model.lora.use_rslora": False,

@@ -17,11 +17,13 @@ class TranslationEval(L.Callback):
     translations next to the preferred and dis-preferred candidates of the same source."""
 
     def __init__(self, dev: TestSet, tokenizer, scorers=(), examples=(), table_rows: int = 8, batch_size: int = 32,
-                 max_new_tokens: int = 64, max_prompt_length: int | None = None, metrics=("bleu", "chrf", "chrfpp")):
+                 max_new_tokens: int = 64, max_prompt_length: int | None = None, metrics=("bleu", "chrf", "chrfpp"),
+                 prompt_format=None):
         self.dev, self.tokenizer, self.scorers = dev, tokenizer, list(scorers)
         self.pairs = {e.source: e for e in examples}
         self.table_rows, self.batch_size, self.max_new_tokens = table_rows, batch_size, max_new_tokens
         self.max_prompt_length, self.metrics = max_prompt_length, tuple(metrics)
+        self.prompt_format = prompt_format  # the run's (cpo.mt.prompt), as training encodes it
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -32,7 +34,7 @@ class TranslationEval(L.Callback):
         d = self.dev
         hyps = translate(pl_module.policy, self.tokenizer, d.sources, d.src_lang, d.tgt_lang,
                          batch_size=self.batch_size, num_beams=1, max_new_tokens=self.max_new_tokens,
-                         max_prompt_length=self.max_prompt_length)
+                         max_prompt_length=self.max_prompt_length, prompt_format=self.prompt_format)
         m = corpus_metrics(hyps, d.references, d.tgt_lang, sources=d.sources, scorers=self.scorers, src_lang=d.src_lang,
                            metrics=self.metrics)
         metrics = {f"val/{k}": float(v) for k, v in m.items() if isinstance(v, (int, float)) and k != "n"}
@@ -119,7 +121,7 @@ class PreemptionDeferral(L.Callback):
             signals.received_sigterm = True
 
 
-def build_callbacks(cfg: DictConfig, tokenizer, data, scorers=()) -> list:
+def build_callbacks(cfg: DictConfig, tokenizer, data, scorers=(), prompt_format=None) -> list:
     t = cfg.evaluate.get("during_training") or {}
     if not t.get("enabled", False) or data.dev is None:
         return []
@@ -134,4 +136,4 @@ def build_callbacks(cfg: DictConfig, tokenizer, data, scorers=()) -> list:
     max_new = int(e.max_new_tokens if e.get("max_new_tokens") is not None else data.generation["max_new_tokens"])
     return [TranslationEval(dev, tokenizer, scorers, data.val, t.get("table_rows", 8), max_new_tokens=max_new,
                             max_prompt_length=cfg.data.max_prompt_length,
-                            metrics=t.get("metrics") or ("bleu", "chrf", "chrfpp"))]
+                            metrics=t.get("metrics") or ("bleu", "chrf", "chrfpp"), prompt_format=prompt_format)]

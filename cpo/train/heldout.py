@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -20,6 +21,7 @@ class GenerationSettings:
     max_new_tokens: int = 256
     batch_size: int = 16
     max_prompt_length: int | None = None
+    prompt_format: Any = None  # the run's cpo.mt.prompt.PromptFormat (None: ALMA's)
 
 
 @dataclass
@@ -83,7 +85,7 @@ def _translate_with_progress(policy, tokenizer, test: TestSet, gen: GenerationSe
     def run(sources: list[str], progress: bool) -> list[str]:
         return translate(policy, tokenizer, sources, test.src_lang, test.tgt_lang, batch_size=gen.batch_size,
                          num_beams=gen.num_beams, max_new_tokens=gen.max_new_tokens, progress=progress,
-                         max_prompt_length=gen.max_prompt_length)
+                         max_prompt_length=gen.max_prompt_length, prompt_format=gen.prompt_format)
 
     if bar or len(test.sources) <= 4 * gen.batch_size:
         return run(test.sources, bar)

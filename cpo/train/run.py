@@ -31,6 +31,7 @@ from cpo.train.losses import PreferenceLoss
 from cpo.train.models import LoraSettings, build_policy, build_reference, count_parameters, is_peft, load_tokenizer
 from cpo.train.models import save_policy as save_pretrained_policy
 from cpo.train.module import OptimSettings, PreferenceModule
+from cpo.mt.prompt import PromptFormat, build_prompt_format, write_prompt_record
 from cpo.train.provenance import provenance
 from cpo.train.trainer import BatchPlan, build_trainer, plan_batch
 
@@ -105,12 +106,13 @@ def default_scorers(cfg: DictConfig, data: RunData) -> list:
     return [build_scorer(n) for n in names]
 
 
-def generation_settings(cfg: DictConfig, data: RunData) -> GenerationSettings:
+def generation_settings(cfg: DictConfig, data: RunData,
+                        prompt_format: PromptFormat | None = None) -> GenerationSettings:
     e = cfg.evaluate
     return GenerationSettings(
         num_beams=int(e.num_beams if e.num_beams is not None else data.generation["num_beams"]),
         max_new_tokens=int(e.max_new_tokens if e.max_new_tokens is not None else data.generation["max_new_tokens"]),
-        batch_size=int(e.batch_size), max_prompt_length=int(cfg.data.max_prompt_length),
+        batch_size=int(e.batch_size), max_prompt_length=int(cfg.data.max_prompt_length), prompt_format=prompt_format,
     )
 
 
@@ -209,11 +211,25 @@ class _Run:
     def build(self) -> None:
         cfg = self.cfg
         L.seed_everything(cfg.seed, workers=True, verbose=False)
+        # The prompt format (conf/prompt) every consumer receives: data encoding, validation and held-out
+        # translations, the policy's record. A format the tokenizer cannot serve (a chat format without a chat
+        # template) stops before the data is encoded or the model loaded.
+        self.prompt_format = build_prompt_format(cfg.get("prompt"))
         self.data = data = load_data(cfg)
         self.model_path = resolve_model_path(cfg, data)
         self.tokenizer = load_tokenizer(self.model_path)
+        self.prompt_format.check(self.tokenizer)
         m = cfg.model
         self.lora = lora = LoraSettings(**OmegaConf.to_container(m.lora)) if m.lora is not None else None
+        self.loss = loss = build_loss(cfg)
+        d = cfg.data
+        # Encoded before the model is loaded: a row the format cannot write or a budget too short stops here.
+        self.dm = dm = PreferenceDataModule(
+            data.train, data.val, self.tokenizer, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
+            max_prompt_length=d.max_prompt_length, max_length=d.max_length, prompt_truncation=d.prompt_truncation,
+            nll_target=loss.nll_target, group_by_length=d.group_by_length, seed=cfg.seed, num_workers=d.num_workers,
+            prompt_format=self.prompt_format,
+        )
 
         # Sharded strategies (FSDP, ZeRO-3) build the model in LightningModule.configure_model instead.
         self.lazy = bool(cfg.get("build_in_configure_model", False))
@@ -230,13 +246,6 @@ class _Run:
         if policy is not None:
             say(f"policy {m.name}: {self.trainable:,} trainable of {self.total:,} parameters"
                 + (" (LoRA)" if is_peft(policy) else ""))
-        self.loss = loss = build_loss(cfg)
-        d = cfg.data
-        self.dm = dm = PreferenceDataModule(
-            data.train, data.val, self.tokenizer, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
-            max_prompt_length=d.max_prompt_length, max_length=d.max_length, prompt_truncation=d.prompt_truncation,
-            nll_target=loss.nll_target, group_by_length=d.group_by_length, seed=cfg.seed, num_workers=d.num_workers,
-        )
         say(f"data {d.name}: {len(dm.train_pairs)} train / {len(dm.val_pairs)} val pairs; "
             f"tokenization {dm.drop_counts}; global batch {self.plan.global_batch} = {self.plan.per_device} per device "
             f"x {self.plan.devices} devices x {self.plan.nodes} nodes x {self.plan.accumulate} accumulated")
@@ -247,7 +256,7 @@ class _Run:
         # Built once: a COMET scorer loads its model, and both the callback and the table use it.
         e = cfg.evaluate
         self.scorers = default_scorers(cfg, data) if e.before_after or e.during_training.enabled else []
-        self.gen = generation_settings(cfg, data)
+        self.gen = generation_settings(cfg, data, self.prompt_format)
 
     def _reference(self, policy):
         cfg, loss = self.cfg, self.loss
@@ -273,7 +282,7 @@ class _Run:
         g, c = cfg.guard, cfg.checkpoint
         callbacks = [DivergenceGuard(g.max_nll_ratio, g.window, g.min_nll_rise), PreemptionDeferral(),
                      FinalTrainMetrics(), RandomState()]
-        callbacks += build_callbacks(cfg, self.tokenizer, self.data, self.scorers)
+        callbacks += build_callbacks(cfg, self.tokenizer, self.data, self.scorers, self.prompt_format)
         callbacks += build_selection_callbacks(cfg, self.data, self.scorers, len(self.dm.val_pairs))
         if not interactive() and cfg.trainer.get("enable_progress_bar") is not True:
             callbacks.append(ProgressLog(float(cfg.get("progress_every_seconds", 30))))
@@ -429,6 +438,7 @@ class _Run:
             sd = {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}
             save_pretrained_policy(self.module.policy, tmp, state_dict=sd)  # the trained adapter, not the reference
             self.tokenizer.save_pretrained(tmp)
+            write_prompt_record(tmp, self.prompt_format)  # scripts/generate.py translates with it
             if card is not None:
                 write_card(tmp, card)
             os.chmod(tmp, 0o777 & ~current_umask())
