@@ -47,6 +47,12 @@ def tiny_tok_model():
     return tok, model
 
 
+def approx32(expected, rel: float = 1e-5, abs: float = 1e-6):
+    """``pytest.approx`` fit for float32 values: a few units in the last place of float32 (eps 1.2e-7), which AMD
+    and Intel CPUs (and torch's vectorised kernels) may round differently; pytest's default (rel 1e-6) is 8 units."""
+    return pytest.approx(expected, rel=rel, abs=abs)
+
+
 def compose(overrides: list[str] | None = None, config_name: str = "train"):
     from hydra import compose as hcompose, initialize_config_dir
 

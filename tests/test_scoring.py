@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import sacrebleu
+from conftest import approx32
 
 from cpo.io import DataError, Unavailable
 from cpo.scoring import (
@@ -111,11 +112,11 @@ def test_reference_free_comet_scores_each_item_deterministically(tiny_comet, qe_
     # The .ckpt file and its folder are the same model: same identity, same scores.
     by_file = CometScorer(model=str(tiny_comet.qe_ckpt), gpus=0, progress=False, name="tiny_qe")
     assert by_file.identity == qe_scorer.identity
-    assert by_file.score(SRC, HYP) == pytest.approx(scores, abs=1e-6)
+    assert by_file.score(SRC, HYP) == approx32(scores)
     assert qe_scorer.score([], []) == []
     # An empty hypothesis (real system output) is scored like any other text.
     with_empty = qe_scorer.score(SRC[:2], ["", HYP[1]])
-    assert with_empty[1] == pytest.approx(scores[1], abs=1e-6) and with_empty[0] != with_empty[1]
+    assert with_empty[1] == approx32(scores[1]) and with_empty[0] != with_empty[1]
 
 
 def test_reference_model_needs_references(tiny_comet):
@@ -187,7 +188,7 @@ def test_hub_model_identity_carries_the_snapshot_commit(tiny_comet, tmp_path):
     assert model.hub_revision == old and f"Unbabel/tiny-kiwi@{old}:noref" in first.identity
     scores = first.score(SRC, HYP)
     direct = CometScorer(str(tiny_comet.qe_dir), gpus=0, progress=False).score(SRC, HYP)
-    assert model.n_model_calls == 1 and scores == pytest.approx(direct, abs=1e-6)
+    assert model.n_model_calls == 1 and scores == approx32(direct)
     model, again = cached()
     assert again.score(SRC, HYP) == scores and model.n_model_calls == 0  # same commit: every score from the cache
     _hub_snapshot(hf, "Unbabel/tiny-kiwi", new, tiny_comet.ref_dir)  # main now points at another model
@@ -277,7 +278,7 @@ def test_cache_hits_avoid_a_second_model_call(tiny_comet, tmp_path):
     again = CachedScorer(model, tmp_path, progress=False)
     assert again.score(SRC, HYP) == scores
     assert model.n_model_calls == 1 and again.hits == len(HYP) and again.misses == 0
-    assert model.score(SRC, HYP) == pytest.approx(scores, abs=1e-6)
+    assert model.score(SRC, HYP) == approx32(scores)
 
 
 def test_cache_scores_only_misses_once_and_keys_on_used_fields(tmp_path):
