@@ -25,7 +25,8 @@ def main(cfg: DictConfig) -> None:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
-        one_sentence_errors(run)(cfg, HydraConfig.get().runtime.output_dir)
+        # The run accepts its folder (writes Hydra's record and its log there) once it has decided to train in it.
+        one_sentence_errors(run, accept="app")(cfg, HydraConfig.get().runtime.output_dir)
     except MisconfigurationException as e:  # a trainer.* setting Lightning refuses
         fail(f"a trainer setting is refused by Lightning: {str(e).strip().splitlines()[0]} "
              "(see conf/train.yaml, trainer:)")

@@ -4,18 +4,28 @@ Wrap a Hydra task function with :func:`one_sentence_errors`, and start the app w
 An expected error (bad input, a wrong setting, an unavailable model, a path that is not what it should
 be, and Hydra's own refusals of the command line: an unknown config option or key, a malformed
 override) prints ``error: <message>`` on stderr and exits with status 2, without a traceback;
-``CPO_DEBUG=1`` (or Hydra's ``HYDRA_FULL_ERROR=1``) shows the traceback as well. Anything else is a bug
-and keeps its traceback.
+``CPO_DEBUG=1`` (or Hydra's ``HYDRA_FULL_ERROR=1``) shows the traceback as well. The environment's refusals
+are expected errors too: a full disk, a read-only file system, a run folder that cannot be created. Anything
+else is a bug and keeps its traceback.
+
+The launch's record in its folder (Hydra's ``.hydra/config.yaml``, ``hydra.yaml``, ``overrides.yaml`` and the
+log file ``<app>.log``) is written by :func:`accept_launch` once the app owns the folder, never by a launch
+that is refused: every app's config sets ``hydra.output_subdir: null`` so that Hydra writes nothing before the
+app runs. An app accepts a fresh (empty) folder at once and any other folder when it succeeds; ``train.py``
+accepts its run folder when it has decided to train there (cpo.train.run), so a second writer, a run of
+another configuration or an already finished one leaves the folder as it was.
 """
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import re
 import sys
 import traceback
+from pathlib import Path
 
-from cpo.errors import ConfigError
+from cpo.errors import ConfigError, ModelError
 from cpo.io import DataError, Unavailable
 
 
@@ -24,15 +34,30 @@ class UsageError(ValueError):
 
 
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, DataError, Unavailable, UsageError, FileNotFoundError, FileExistsError, IsADirectoryError,
-    NotADirectoryError, PermissionError,
+    ConfigError, DataError, Unavailable, UsageError, ModelError, FileNotFoundError, FileExistsError,
+    IsADirectoryError, NotADirectoryError, PermissionError,
 )
+# OS errors that are the machine's, not the program's: one sentence with what to do, not a traceback.
+_ENVIRONMENT = {
+    errno.ENOSPC: "free some space (or write elsewhere) and run the same command again",
+    errno.EDQUOT: "free some of your quota (or write elsewhere) and run the same command again",
+    errno.EROFS: "write somewhere else (hydra.run.dir=..., output=...)",
+    errno.EACCES: "write somewhere else, or fix the folder's permissions",
+    errno.EPERM: "write somewhere else, or fix the folder's permissions",
+}
+
+
+def environment_error(e: BaseException) -> bool:
+    """A full disk, an exhausted quota, a read-only file system or a permission refused by the system."""
+    return isinstance(e, OSError) and e.errno in _ENVIRONMENT
 
 
 def describe(e: BaseException) -> str:
-    """The sentence for an error; OS errors raised by the system read '<path>: <reason>'."""
-    if isinstance(e, OSError) and e.filename and e.strerror and str(e).startswith("[Errno"):
-        return f"{e.filename}: {e.strerror[0].lower()}{e.strerror[1:]}"
+    """The sentence for an error; OS errors raised by the system read '<path>: <reason>[; what to do]'."""
+    if isinstance(e, OSError) and e.strerror and str(e).startswith("[Errno"):
+        where = f"{e.filename}: " if e.filename else ""
+        text = f"{where}{e.strerror[0].lower()}{e.strerror[1:]}"
+        return f"{text}; {_ENVIRONMENT[e.errno]}" if e.errno in _ENVIRONMENT else text
     return str(e)
 
 
@@ -59,21 +84,115 @@ def _refuse_repeated_map_keys() -> None:
         raise UsageError(problem)
 
 
-def one_sentence_errors(fn):
-    """Decorator for an app's main function (inside ``@hydra.main``, so Hydra never sees the error)."""
+class _Launch:
+    """This process's launch of an app (one per job of a sequential sweep): its config and whether it owns its folder."""
+
+    cfg = None
+    accepted = False
+
+
+def _hydra_config():
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get()
+    except (ImportError, ValueError):  # not under Hydra (library use, tests)
+        return None
+
+
+def _folder_is_fresh(folder: Path) -> bool:
+    """Nothing in it yet: Hydra has just created it (or it was empty), so nobody else's record can be there."""
+    try:
+        return not any(folder.iterdir())
+    except OSError:
+        return False
+
+
+def write_launch_record(folder: Path, cfg, hc) -> Path:
+    """Hydra's record of a launch (config.yaml, hydra.yaml, overrides.yaml), written atomically into ``.hydra/``,
+    or into ``.hydra-<app>/`` when ``.hydra/`` holds another app's record (evaluate.py in a training run's folder)."""
+    from omegaconf import OmegaConf
+
+    from cpo.io import atomic_write_text
+
+    name = str(hc.job.name)
+    record = folder / ".hydra"
+    try:
+        other = OmegaConf.load(record / "hydra.yaml").hydra.job.name if (record / "hydra.yaml").is_file() else name
+    except Exception:  # noqa: BLE001 - an unreadable record of someone else: leave it alone
+        other = None
+    if other != name:
+        record = folder / f".hydra-{name}"
+    atomic_write_text(record / "config.yaml", OmegaConf.to_yaml(cfg))
+    atomic_write_text(record / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hc})))
+    atomic_write_text(record / "overrides.yaml", OmegaConf.to_yaml(hc.overrides.task))
+    return record
+
+
+def task_overrides() -> list[str] | None:
+    """The launch's command-line overrides of the app's config (Hydra's ``overrides.task``), None outside Hydra."""
+    hc = _hydra_config()
+    return None if hc is None else [str(o) for o in hc.overrides.task]
+
+
+def accept_launch(record: bool = True) -> None:
+    """The app owns its folder now: write the launch's record (``record``) and open its log file.
+
+    Called once per launch, by the app (train.py, after deciding to train in the folder) or by
+    :func:`one_sentence_errors` (a fresh folder at once, any other when the app succeeds). Apps without a log
+    file of their own (compare.py) record nothing. Ranks other than 0 of a multi-process run open their log only.
+    """
+    from cpo.console import launch_logs, open_launch_logs
+
+    if _Launch.accepted:
+        return
+    _Launch.accepted = True
+    hc = _hydra_config()
+    if hc is None or not launch_logs():
+        return
+    if record and _Launch.cfg is not None:
+        write_launch_record(Path(hc.runtime.output_dir), _Launch.cfg, hc)
+    open_launch_logs()
+
+
+def one_sentence_errors(fn=None, *, accept: str = "auto"):
+    """Decorator for an app's main function (inside ``@hydra.main``, so Hydra never sees the error).
+
+    ``accept="auto"``: the launch owns a fresh folder at once and any other folder when ``fn`` succeeds;
+    ``"app"``: ``fn`` calls :func:`accept_launch` itself (train.py).
+    """
+    if fn is None:
+        return functools.partial(one_sentence_errors, accept=accept)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from cpo.console import quiet_libraries
+
+        quiet_libraries()
+        _Launch.cfg, _Launch.accepted = (args[0] if args else None), False
+        hc = _hydra_config()
+        if accept == "auto" and hc is not None and _folder_is_fresh(Path(hc.runtime.output_dir)):
+            accept_launch()
         try:
             _refuse_repeated_map_keys()
-            return fn(*args, **kwargs)
+            out = fn(*args, **kwargs)
         except EXPECTED_ERRORS as e:
+            if os.environ.get("CPO_DEBUG"):
+                traceback.print_exc()
+            fail(describe(e))
+        except OSError as e:
+            if not environment_error(e):
+                e._cpo_raised_in_app = True
+                raise
             if os.environ.get("CPO_DEBUG"):
                 traceback.print_exc()
             fail(describe(e))
         except Exception as e:
             e._cpo_raised_in_app = True  # a bug of the app, not a refusal of the command line (run_app)
             raise
+        if accept == "auto":
+            accept_launch()
+        return out
 
     return wrapper
 
@@ -99,6 +218,11 @@ def run_app(main) -> None:
         if getattr(e, "_cpo_raised_in_app", False):
             raise
         fail(hydra_sentence(e))
+    except OSError as e:  # Hydra could not create the run folder (or a full disk before the app ran)
+        if getattr(e, "_cpo_raised_in_app", False):
+            raise
+        fail(f"cannot create or write the run folder: {describe(e)}; choose another one with hydra.run.dir=... "
+             "(hydra.sweep.dir=... for a sweep)")
 
 
 def hydra_sentence(e: BaseException) -> str:

@@ -261,10 +261,12 @@ class RunFolder:
         """``decide_run`` on what is in the folder now (reads only; safe on every rank)."""
         return decide_run(read_state(self.path, ckpt_path, inspect_checkpoints=not rerun), cfg, rerun, ckpt_path)
 
-    def start(self, decision: Decision, cfg: Mapping[str, Any]) -> Path | None:
+    def start(self, decision: Decision, cfg: Mapping[str, Any], overrides: list[str] | None = None) -> Path | None:
         """Act on a fresh or resume decision: move old outputs aside, then store the run's identity in run.json.
 
-        Returns the ``replaced-<time>/`` folder the old outputs went to, if any.
+        ``overrides``: the command line's overrides of the config (what names the run in a sweep), kept in run.json
+        so that a reader (scripts/compare.py) labels the run by its own record, not by files a later launch may
+        rewrite. Returns the ``replaced-<time>/`` folder the old outputs went to, if any.
         """
         if decision.action == "skip":
             raise ValueError("a skipped run has nothing to start")
@@ -281,6 +283,7 @@ class RunFolder:
             "fingerprint": decision.fingerprint, "fingerprint_version": FINGERPRINT_VERSION,
             "started": started or time.strftime("%Y-%m-%d %H:%M:%S"), "resumed_from": decision.ckpt_path,
             "canonical_config": canonical_config(cfg), "config": cfg,
+            **({"overrides": list(overrides)} if overrides is not None else {}),
         })
         self.fingerprint = decision.fingerprint
         return replaced

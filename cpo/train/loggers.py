@@ -31,18 +31,24 @@ def build_loggers(cfg: DictConfig, out_dir: Path, resume_step: int | None = None
     os.environ.setdefault("WANDB_DISABLE_GIT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
     os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+    # W&B speaks through its warnings and errors only: its banner and 36-line run summary are left out
+    # (finish_wandb says in one line where the run is and how to upload it). WANDB_SHOW_INFO=true shows them.
+    os.environ.setdefault("WANDB_SHOW_INFO", "false")
     from lightning.pytorch.loggers import WandbLogger
 
     names = run_names(cfg)
-    return [
-        WandbLogger(
-            project=lg.project, entity=lg.entity, mode=lg.mode, save_dir=str(wandb_dir), dir=str(wandb_dir),
-            group=lg.group or names["group"], job_type=cfg.loss.name, name=names["name"],
-            tags=list(lg.tags) + ([cfg.experiment_name] if cfg.experiment_name else []), log_model=lg.log_model,
-            id=_run_id(out_dir), resume="allow",
-        ),
-        csv,
-    ]
+    wb = WandbLogger(
+        project=lg.project, entity=lg.entity, mode=lg.mode, save_dir=str(wandb_dir), dir=str(wandb_dir),
+        group=lg.group or names["group"], job_type=cfg.loss.name, name=names["name"],
+        tags=list(lg.tags) + ([cfg.experiment_name] if cfg.experiment_name else []), log_model=lg.log_model,
+        id=_run_id(out_dir),
+    )
+    # Lightning always passes anonymous=None, which W&B 0.2x answers with a deprecation warning on every run, and
+    # resume="allow", which an offline run cannot do (another warning): neither changes what is logged offline.
+    wb._wandb_init.pop("anonymous", None)
+    if str(lg.mode) == "offline":
+        wb._wandb_init.pop("resume", None)
+    return [wb, csv]
 
 
 def _run_id(out_dir: Path) -> str:
@@ -82,11 +88,21 @@ def run_names(cfg: DictConfig) -> dict[str, str | None]:
 
 
 def finish_wandb(loggers: list) -> None:
-    """End the W&B run so the next job of a sequential multirun starts its own."""
+    """End the W&B run so the next job of a sequential multirun starts its own; one line says where it is."""
     if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
         import wandb
 
+        run = wandb.run
+        where = None
+        if run is not None:
+            offline = bool(getattr(run.settings, "_offline", False))
+            where = f"W&B run (offline) in {run.settings.sync_dir}; `wandb sync {run.settings.sync_dir}` uploads it" \
+                if offline else f"W&B run {getattr(run, 'url', None) or run.id}"
         wandb.finish()
+        if where:
+            from cpo.console import say
+
+            say(where)
 
 
 def hyperparameters(cfg: DictConfig, provenance: dict, trainable: int, total: int) -> dict:

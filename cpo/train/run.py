@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from cpo.cli import accept_launch, task_overrides
 from cpo.train.config import ConfigError, validate
 from cpo.console import interactive, say
 from cpo.data import LoadContext, PreferenceDataModule, RunData, build_source
@@ -135,6 +136,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
             if shared["skip"]:
                 results = shared.get("results") or {}
             else:
+                accept_launch(record=owner)  # the folder is this run's: Hydra's record and the log file go there now
                 results = _Run(cfg, identity, out_dir, plan, folder, shared["ckpt_path"], shared["log_step"]).execute()
             if owner:  # push_to_hub, after results.json: a failed upload never undoes the run
                 publish(cfg, out_dir, say)
@@ -165,7 +167,7 @@ def _decide(cfg: DictConfig, identity: dict, folder) -> dict:
         if cfg.save_policy and not decision.results.get("policy_dir"):
             say("note: that run saved no policy/ (save_policy was false); rerun=true trains it again to save one")
     else:
-        folder.start(decision, identity)
+        folder.start(decision, identity, overrides=task_overrides())
         say(decision.reason)
     # Processes Lightning starts for ranks 1..N-1 inherit the environment; ranks started beside this one
     # (torchrun, srun) read the file, which names the launch it belongs to.
