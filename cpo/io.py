@@ -3,7 +3,9 @@
 Outputs are written to a temporary file in the same folder and renamed into place, so an
 interrupted run never leaves a half-written file where a finished one is expected. They get the
 permissions a plain ``open()`` would give (0666 minus the umask, or the mode of the file they
-replace), so colleagues sharing a folder can read them.
+replace), so colleagues sharing a folder can read them. Files the libraries write their own way
+(safetensors through a private 0600 temporary file, W&B's read-only staging copies, ``mkdtemp``'s
+0700 folders) are brought to the same rule by :func:`normalize_permissions` once an output tree is finished.
 
 Readers name the file and line of every problem. A UTF-8 byte-order mark at the start of a file is
 removed with a warning (left in, it becomes part of the first text and changes its scores), and a
@@ -56,6 +58,49 @@ def _mode_for(path: Path) -> int:
         return stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
         return 0o666 & ~current_umask()
+
+
+def normalize_permissions(root: str | os.PathLike) -> int:
+    """Give every file and folder under ``root`` (itself included) at least the permissions a plain ``open()`` /
+    ``mkdir()`` would have given under this umask; returns how many were changed.
+
+    Only bits are added, and only those the umask lets through: read (and, for folders, search) for group and
+    others; write for them only where the owner may write and the umask allows it (a 002 umask's shared group);
+    execute on files only where the owner has it. A stricter umask (077) adds nothing, and a file someone made
+    more open keeps its mode. Symbolic links are not followed, and entries of other users are left alone.
+    """
+    allowed = 0o777 & ~current_umask()
+    changed = 0
+    root = Path(root)
+
+    def fix(path: Path, is_dir: bool) -> None:
+        nonlocal changed
+        try:
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid():
+                return
+            mode = stat.S_IMODE(st.st_mode)
+            owner_w, owner_x = mode & stat.S_IWUSR, mode & stat.S_IXUSR
+            extra = 0o044 | (0o011 if is_dir or owner_x else 0) | (0o022 if owner_w else 0)
+            new = mode | (allowed & extra)
+            if new != mode:
+                os.chmod(path, new)
+                changed += 1
+        except FileNotFoundError:  # removed meanwhile (a temp file renamed into place)
+            pass
+        except PermissionError:
+            pass
+
+    if not root.exists():
+        return 0
+    fix(root, root.is_dir())
+    if root.is_dir() and not root.is_symlink():
+        for folder, dirs, files in os.walk(root):
+            for d in dirs:
+                fix(Path(folder) / d, True)
+            for f in files:
+                fix(Path(folder) / f, False)
+    return changed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -292,12 +292,43 @@ def test_the_guard_leaves_fp16_overflows_to_the_grad_scaler_and_resumes_with_its
     plain = SimpleNamespace(precision_plugin=SimpleNamespace(), strategy=strategy, global_step=5)
     with pytest.raises(Diverged, match="gradient norm is inf"):
         DivergenceGuard().on_before_optimizer_step(plain, None, opt)
-    # Its baseline travels in checkpoints: a resumed guard judges against the start of the whole run.
+    # Its baseline travels in checkpoints: a resumed guard judges against the start of the whole run (a checkpoint
+    # of the guard before short runs were judged is read too).
     a = DivergenceGuard(window=2)
     a.load_state_dict({"first": [1.0, 1.2], "recent": [3.0], "step": 7})
+    assert a.state_dict() == {"head": [1.0, 1.2, 3.0], "recent": [3.0], "count": 3, "step": 7}
     b = DivergenceGuard(window=2)
     b.load_state_dict(a.state_dict())
-    assert b.state_dict() == {"first": [1.0, 1.2], "recent": [3.0], "step": 7}
+    assert b.state_dict() == a.state_dict()
+
+
+def _feed(guard, nlls):
+    """The guard's view of a run: one optimizer step per NLL; returns the step it stopped at (None: never)."""
+    from types import SimpleNamespace
+
+    strategy = SimpleNamespace(reduce_boolean_decision=lambda bad, all: bad)
+    for step, nll in enumerate(nlls):
+        trainer = SimpleNamespace(global_step=step, strategy=strategy,
+                                  callback_metrics={"train/nll_loss": torch.tensor(nll)})
+        try:
+            guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(0.5)}, None, step)
+        except Diverged:
+            return step
+    return None
+
+
+def test_the_nll_guard_judges_short_runs_too():
+    """A run of fewer than 2 x guard.window steps that destroys its model was saved as a success: the guard needed
+    two full windows. Now the second half of a short run is judged against its first half."""
+    from cpo.train.guards import DivergenceGuard
+
+    assert _feed(DivergenceGuard(window=10), [0.1, 0.1, 0.2, 6.0, 7.0]) == 3  # step 3 of a 5-step run
+    # A normal short run (noisy, slowly falling or rising) is never stopped, nor one that was bad from the start.
+    assert _feed(DivergenceGuard(window=10), [2.1, 1.6, 2.4, 1.9, 2.6, 2.2, 3.0, 2.0]) is None
+    assert _feed(DivergenceGuard(window=10), [0.05, 0.09, 0.04, 0.12, 0.2, 0.1]) is None  # triples, but under 1 nat
+    # Long runs are judged as before: the last window against the first.
+    slow = [1.0] * 10 + [1.2] * 9 + [5.0] * 10
+    assert _feed(DivergenceGuard(window=10), slow) == 23  # steps 14-23 average 3.1: over 3 x 1.0 and 1 nat above it
 
 
 def test_a_data_file_rewritten_at_the_same_path_is_another_run(tmp_path, cache_dir):

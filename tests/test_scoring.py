@@ -245,11 +245,38 @@ def test_a_non_finite_score_is_an_error_naming_the_scorer_and_segment(tmp_path, 
 def test_a_non_finite_score_in_the_cache_file_is_an_error_naming_the_line(tmp_path):
     cached = CachedScorer(CountingScorer(), tmp_path, progress=False)
     cached.score(["a", "b"], ["x", "yy"])
-    with open(cached.path, "a", encoding="utf-8") as f:
-        f.write('{"k": "%s", "s": NaN}\n' % ("0" * 64))  # json.dumps(float("nan")) writes exactly this
+    key, nan = "0" * 64, float("nan")
+    with open(cached.path, "a", encoding="utf-8") as f:  # json.dumps(float("nan")) writes NaN
+        f.write(json.dumps({"k": key, "s": nan, "id": cached.identity_hash, "c": cached.check(key, nan)}) + "\n")
     message = rf"{cached.path}:4: the cached score nan of scorer 'count' .*not a finite number; delete this line"
     with pytest.raises(DataError, match=message):
         CachedScorer(CountingScorer(), tmp_path, progress=False).score(["a"], ["x"])
+
+
+def test_a_tampered_or_foreign_cache_entry_is_named_and_scored_again(tmp_path, caplog):
+    """Each line carries the scorer's identity hash and a checksum: an edited score, a line copied from another
+    scorer's file and a line without a checksum (an older format) are never served; a warning names each."""
+    cached = CachedScorer(CountingScorer(), tmp_path, progress=False)
+    assert cached.score(["a", "b", "c"], ["x", "yy", "zzz"]) == [1.0, 2.0, 3.0]
+    lines = cached.path.read_text(encoding="utf-8").splitlines()
+    edited = json.loads(lines[1])
+    assert set(edited) == {"k", "s", "id", "c"} and edited["id"] == cached.identity_hash
+    edited["s"] = 0.99  # a score changed by hand (or a damaged byte)
+    other = CachedScorer(CountingScorer(name="other"), tmp_path / "o", progress=False)
+    other.score(["b"], ["yy"])
+    foreign = json.loads(other.path.read_text(encoding="utf-8").splitlines()[1])
+    foreign["k"] = json.loads(lines[2])["k"]  # another scorer's line, pasted under this scorer's key
+    old = {"k": json.loads(lines[3])["k"], "s": 3.0}  # format 2: no checksum
+    cached.path.write_text("\n".join([lines[0], json.dumps(edited), json.dumps(foreign), json.dumps(old)]) + "\n")
+    inner = CountingScorer()
+    again = CachedScorer(inner, tmp_path, progress=False)
+    with caplog.at_level("WARNING"):
+        assert again.score(["a", "b", "c"], ["x", "yy", "zzz"]) == [1.0, 2.0, 3.0]
+    assert inner.seen == ["x", "yy", "zzz"]  # all three scored again, none served from the file
+    text = caplog.text
+    assert f"{cached.path}:2: the entry does not match its checksum" in text
+    assert f"{cached.path}:3: an entry of another scorer" in text
+    assert f"{cached.path}: 1 cache line(s) without a checksum (lines 4;" in text
 
 
 def test_a_cache_line_of_another_identity_is_a_miss(tmp_path):

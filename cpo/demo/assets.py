@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from cpo.io import atomic_write_json, atomic_write_jsonl
+from cpo.io import atomic_write_json, atomic_write_jsonl, normalize_permissions
 
 log = logging.getLogger(__name__)
 VERSION = "demo-v1"
@@ -113,14 +113,13 @@ def _build_once(final: Path, build, progress, what: str) -> None:
         return
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes it 0700: honour the umask, as a plain mkdir would
     try:
         t0 = time.time()
         progress(f"[demo] building {what} in {final} (first run only)")
         build(tmp)
         (tmp / "DONE").write_text(f"built in {time.time() - t0:.1f}s\n")
+        # mkdtemp's 0700 folder and safetensors' 0600 weights: the umask's permissions, as plain writes give
+        normalize_permissions(tmp)
         if final.exists():  # an unfinished leftover of a killed run
             shutil.rmtree(final, ignore_errors=True)
         try:

@@ -6,9 +6,11 @@ from collections import Counter
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
+from transformers import LogitsProcessorList
 
+from cpo.console import progress as progress_display
 from cpo.mt.cleaning import CLEANING_RULES, clean_translation, postprocess  # noqa: F401 - their home before
+from cpo.mt.finite import NanScores, check_finite
 from cpo.mt.prompt import AlmaPrompt, PromptEncoder, PromptFormat  # noqa: F401 - PromptEncoder: ALMA's, bound
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,8 @@ def translate(
         cleaning["prompt_truncated"] += sum(p.truncated for p in encoded_prompts)
     order = sorted(range(len(sources)), key=lambda i: len(encoded[i]))
     out: list[str] = [""] * len(sources)
-    bar = tqdm(total=len(sources), desc=f"translate {src_lang}-{tgt_lang}", disable=not progress, unit="sent")
+    bar = progress_display(len(sources), f"translate {src_lang}-{tgt_lang}", "sent", enabled=progress)
+    nan = NanScores()  # a model whose outputs are NaN would give empty lines: stop instead (cpo/mt/finite.py)
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
@@ -72,7 +75,9 @@ def translate(
                 pad_token_id=pad_id,
                 eos_token_id=stop[0] if len(stop) == 1 else stop,
                 use_cache=True,
+                logits_processor=LogitsProcessorList([nan]),
             )
+            check_finite(nan, f"translating {src_lang}-{tgt_lang}")
             for i, row in zip(idx, gen[:, width:].tolist()):
                 out[i], rule = prompts.clean(row, tgt_lang)
                 if cleaning is not None:

@@ -1,8 +1,11 @@
 """Reading a sweep: one :class:`JobResult` per job folder of ``python train.py -m ...``.
 
-A job folder holds ``.hydra/overrides.yaml``, ``results.json`` (absent when the job failed),
-``test_translations.jsonl`` (one row per test sentence after training; older jobs have only
-``test_hypotheses.txt``) and ``csv/metrics.csv`` (the training curves).
+A job folder holds ``run.json`` (the run's own record: its identity and the command line's overrides, written
+when the run started), ``results.json`` (absent when the job failed), ``test_translations.jsonl`` (one row per
+test sentence after training; older jobs have only ``test_hypotheses.txt``), ``csv/metrics.csv`` (the training
+curves) and Hydra's ``.hydra/overrides.yaml``. A job is labelled by its own record: ``run.json`` of the run that
+wrote ``results.json`` (the same fingerprint). Hydra's file is read only for older jobs, and only where it agrees
+with the configuration stored in ``results.json`` (a refused launch used to rewrite it).
 
 A job's *configuration* (its grid point) is its overrides less ``seed`` and the keys that do not
 change the experiment (:data:`IGNORED_KEYS`); the seeds of a configuration are aggregated.
@@ -169,17 +172,68 @@ def _failure_hint(job_dir: Path) -> str:
     return f"; last log line: {lines[-1][:200]}" if lines else ""
 
 
-def load_job(job_dir: str | os.PathLike) -> JobResult:
+def _read_json_object(path: Path) -> dict | None:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _config_value(config: Mapping, key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+_MISSING = object()
+
+
+def _hydra_overrides(job_dir: Path, results: dict | None) -> tuple[list[str], str | None]:
+    """Hydra's ``.hydra/overrides.yaml`` (older jobs), minus any override that contradicts the configuration stored
+    in ``results.json``: a launch refused in a finished folder used to rewrite the file with its own settings."""
     import yaml
 
-    job_dir = Path(job_dir)
     try:
         items = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text(encoding="utf-8")) or []
-        error = None
     except (OSError, yaml.YAMLError) as e:
-        items, error = [], f"unreadable .hydra/overrides.yaml ({e})"
-    overrides = parse_overrides(items if isinstance(items, list) else [])
-    results = None
+        return [], f"unreadable .hydra/overrides.yaml ({e})"
+    items = [str(i) for i in items] if isinstance(items, list) else []
+    config = (results or {}).get("config")
+    if not isinstance(config, Mapping):
+        return items, None
+    kept = []
+    for item in items:
+        key, _, value = item.partition("=")
+        stored = _config_value(config, key.lstrip("+~"))
+        if stored is not _MISSING and not isinstance(stored, (Mapping, list)):
+            try:
+                given = yaml.safe_load(value)
+            except yaml.YAMLError:
+                given = value
+            if given != stored and str(given) != str(stored):
+                kept.append(f"{key}={stored}")  # the finished run's own value, not the refused launch's
+                continue
+        kept.append(item)
+    return kept, None
+
+
+def job_overrides(job_dir: Path, results: dict | None) -> tuple[list[str], str | None]:
+    """The command-line overrides that made this job: from its own record (run.json of the run whose results are
+    here), else from Hydra's file checked against results.json (see the module docstring)."""
+    identity = _read_json_object(job_dir / "run.json")
+    if identity is not None and isinstance(identity.get("overrides"), list):
+        if results is None or results.get("fingerprint") in (None, identity.get("fingerprint")):
+            return [str(o) for o in identity["overrides"]], None
+    return _hydra_overrides(job_dir, results)
+
+
+def load_job(job_dir: str | os.PathLike) -> JobResult:
+    job_dir = Path(job_dir)
+    results, error = None, None
     res_file = job_dir / "results.json"
     if not res_file.is_file():
         error = "no results.json (the job crashed, was interrupted or is still running)" + _failure_hint(job_dir)
@@ -190,6 +244,9 @@ def load_job(job_dir: str | os.PathLike) -> JobResult:
                 raise ValueError("not a JSON object")
         except (OSError, ValueError) as e:
             results, error = None, f"unreadable results.json ({e})"
+    items, problem = job_overrides(job_dir, results)
+    error = error or problem
+    overrides = parse_overrides(items)
     seed = as_seed(overrides.get("seed"))
     if seed is None and results is not None:
         seed = as_seed(results.get("seed", (results.get("config") or {}).get("seed")))
@@ -198,6 +255,11 @@ def load_job(job_dir: str | os.PathLike) -> JobResult:
         job.curve = read_curve(job_dir)
         job.translations, job.translations_note = read_translations(job_dir)
     return job
+
+
+def _is_job(folder: Path) -> bool:
+    """A training run's folder: its own record (run.json), or Hydra's of an older job."""
+    return (folder / "run.json").is_file() or (folder / ".hydra" / "overrides.yaml").is_file()
 
 
 def load_sweep(sweep_dir: str | os.PathLike, ignored: Iterable[str] = IGNORED_KEYS) -> list[JobResult]:
@@ -210,12 +272,12 @@ def load_sweep(sweep_dir: str | os.PathLike, ignored: Iterable[str] = IGNORED_KE
         raise FileNotFoundError(f"{sweep_dir}: no such sweep folder")
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"{sweep_dir}: is a file, not a sweep folder")
-    if (sweep_dir / ".hydra" / "overrides.yaml").is_file():
+    if _is_job(sweep_dir):
         dirs = [sweep_dir]
     else:
-        dirs = sorted((d for d in sweep_dir.iterdir() if (d / ".hydra" / "overrides.yaml").is_file()), key=_job_num)
+        dirs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and _is_job(d)), key=_job_num)
     if not dirs:
-        raise FileNotFoundError(f"{sweep_dir}: no job folders (sub-folders with .hydra/overrides.yaml); "
+        raise FileNotFoundError(f"{sweep_dir}: no job folders (sub-folders with run.json or .hydra/overrides.yaml); "
                                 "is it a `train.py -m` sweep?")
     jobs = [load_job(d) for d in dirs]
     assign_labels(jobs, ignored)

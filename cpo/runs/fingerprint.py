@@ -33,6 +33,8 @@ NEUTRAL_KEYS: dict[str, str] = {
     "checkpoint": "how often checkpoints are written; a resumed run reproduces the uninterrupted one",
     "save_policy": "whether policy/ is written; training and metrics are the same",
     "debug": "whether errors show a traceback",
+    "guard.min_chrf_ratio": "judges the held-out numbers a finished run computed (kept, or a failed run); "
+                            "changes no weight and no number",
     # The batch sampler runs in the main process and collation is deterministic, and a DataLoader draws its
     # base seed from its own generator with or without workers: the batches and the RNG stream are the same.
     "data.num_workers": "worker processes only load the batches the main process chose",

@@ -3,7 +3,10 @@
 Scoring XXL models is the expensive step of building preference data, so ``CachedScorer`` keeps
 every score, keyed by the scorer's identity and the exact texts. A cached score is used only when
 the identity that produced it is the scorer's own (a changed model, comet version or hub revision
-is a miss), and only when it is a finite number (a NaN in the file is an error naming the line).
+is a miss), only when the line still holds what was written (each line carries the scorer's identity
+and a checksum over identity, text hash and score: a line edited by hand, damaged or copied from another
+scorer's file is named in a warning and scored again), and only when it is a finite number (a NaN in
+the file is an error naming the line).
 """
 from __future__ import annotations
 
@@ -21,8 +24,9 @@ from cpo.scoring.base import Scorer, ScoreError
 
 log = logging.getLogger(__name__)
 
-#: Version of the file layout; 2 = keys bound to the identity (version 1 keyed texts only).
-CACHE_FORMAT = 2
+#: Version of the file layout; 3 = each line carries the identity's hash and a checksum; 2 = keys bound to the
+#: identity (its lines carry no check and are scored again); version 1 keyed texts only.
+CACHE_FORMAT = 3
 
 
 def _safe_filename(text: str) -> str:
@@ -33,10 +37,13 @@ class CachedScorer(Scorer):
     """On-disk cache around a scorer: only texts never scored before reach the model.
 
     One append-only JSONL file per scorer identity (``<name>-<sha256(identity)[:16]>.jsonl``),
-    a header line ``{"identity": ..., "format": 2}``, then ``{"k": key, "s": score}`` lines. The
-    key is the sha256 of the identity and the exact source, hypothesis, reference (only if the
-    scorer uses references) and target language (only if the scorer depends on it): a line written
-    for another identity can never be a hit, even in a file copied or renamed by hand.
+    a header line ``{"identity": ..., "format": 3}``, then ``{"k": key, "s": score, "id": ..., "c": ...}``
+    lines. The key is the sha256 of the identity and the exact source, hypothesis, reference (only if
+    the scorer uses references) and target language (only if the scorer depends on it): a line written
+    for another identity can never be a hit, even in a file copied or renamed by hand. ``id`` is the
+    identity's hash and ``c`` a checksum of identity, key and score (:meth:`check`): a line whose ``id`` is
+    not this scorer's, or whose checksum does not match (a score edited by hand, a damaged line, a line
+    of an older format without one), is not used; a warning names the file, the line and why.
 
     Misses are scored in chunks of ``chunk_size`` and each chunk is appended and fsync'ed before
     the next, so a killed build loses at most one chunk; a truncated last line is ignored on load
@@ -103,6 +110,16 @@ class CachedScorer(Scorer):
         digest = hashlib.sha256(self.identity.encode("utf-8")).hexdigest()[:16]
         return self.cache_dir / f"{_safe_filename(self.name)}-{digest}.jsonl"
 
+    @property
+    def identity_hash(self) -> str:
+        return hashlib.sha256(self.identity.encode("utf-8")).hexdigest()[:16]
+
+    def check(self, key: str, score: float) -> str:
+        """The checksum of a line: binds the score to the identity and the texts' key (``repr`` of the float,
+        which JSON writes and reads back exactly)."""
+        payload = json.dumps([self.identity, key, repr(float(score))], ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
     def key(self, source: str, hypothesis: str, reference: str | None, tgt_lang: str | None) -> str:
         """sha256 of the identity and the texts that can change the score (JSON-encoded, so no separator clashes)."""
         ref = reference if self.uses_reference else None
@@ -116,6 +133,7 @@ class CachedScorer(Scorer):
             return self._table
         table: dict[str, float] = {}
         path = self.path
+        unchecked: list[int] = []  # lines without a checksum (an older format): scored again
         if path.is_file():
             data = path.read_bytes()
             lines = data.split(b"\n")
@@ -135,15 +153,30 @@ class CachedScorer(Scorer):
                         # Its entries are keyed by that identity, so none of them can be a hit here.
                         log.warning("%s:%d: written for scorer %r, not %r; its entries are not used",
                                     path, i, row["identity"], self.identity)
+                elif "c" not in row:
+                    unchecked.append(i)
                 else:
                     self._read_entry(table, row, path, i)
+        if unchecked:
+            log.warning("%s: %d cache line(s) without a checksum (lines %s%s; written by an older cpo or by hand) are "
+                        "not used; their segments are scored again", path, len(unchecked),
+                        ", ".join(map(str, unchecked[:5])), " ..." if len(unchecked) > 5 else "")
         self._table = table
         return table
 
     def _read_entry(self, table: dict[str, float], row: dict, path: Path, line: int) -> None:
-        k, s = row.get("k"), row.get("s")
-        if not isinstance(k, str) or isinstance(s, bool) or not isinstance(s, (int, float)):
+        k, s, ident, check = row.get("k"), row.get("s"), row.get("id"), row.get("c")
+        if (not isinstance(k, str) or isinstance(s, bool) or not isinstance(s, (int, float))
+                or not isinstance(ident, str) or not isinstance(check, str)):
             log.warning("%s:%d: malformed cache entry skipped", path, line)
+            return
+        if ident != self.identity_hash:
+            log.warning("%s:%d: an entry of another scorer (identity hash %s, not %s: copied from another cache "
+                        "file?) is not used", path, line, ident, self.identity_hash)
+            return
+        if check != self.check(k, s):
+            log.warning("%s:%d: the entry does not match its checksum (edited by hand or damaged); its segment is "
+                        "scored again", path, line)
             return
         if not math.isfinite(s):
             raise DataError(
@@ -182,7 +215,9 @@ class CachedScorer(Scorer):
                 if f.seek(0, os.SEEK_END) == 0:
                     header = {"identity": self.identity, "format": CACHE_FORMAT}
                     f.write((json.dumps(header, ensure_ascii=False) + "\n").encode())
-                f.write("".join(json.dumps({"k": k, "s": s}) + "\n" for k, s in rows).encode())
+                ident = self.identity_hash
+                f.write("".join(json.dumps({"k": k, "s": s, "id": ident, "c": self.check(k, s)}) + "\n"
+                                for k, s in rows).encode())
                 f.flush()
                 os.fsync(f.fileno())
             finally:
@@ -204,9 +239,9 @@ class CachedScorer(Scorer):
         return [table[k] for k in keys]
 
     def _fill(self, table, todo, sources, hypotheses, references, tgt_lang) -> None:
-        from tqdm.auto import tqdm
+        from cpo.console import progress
 
-        bar = tqdm(total=len(todo), desc=f"scoring {self.name}", unit="seg", disable=not self.progress)
+        bar = progress(len(todo), f"scoring {self.name}", "seg", enabled=self.progress)
         try:
             for start in range(0, len(todo), self.chunk_size):
                 chunk = todo[start : start + self.chunk_size]

@@ -302,5 +302,10 @@ class CometScorer(Scorer):
         else:
             samples = [{"src": s, "mt": h, "ref": r} for s, h, r in zip(sources, hypotheses, references)]
         self.n_model_calls += 1
-        out = model.predict(samples, batch_size=self.batch_size, gpus=self.gpus, progress_bar=self.progress)
+        from cpo.console import interactive
+
+        # COMET's bar is a terminal's; in a log file it would be a line of carriage returns (the cache's
+        # progress lines stand in for it there).
+        out = model.predict(samples, batch_size=self.batch_size, gpus=self.gpus,
+                            progress_bar=self.progress and interactive())
         return list(out.scores)

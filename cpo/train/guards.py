@@ -4,6 +4,10 @@ Checked cheaply on what a step computes anyway: the loss the step returns, the n
 before clipping, and the NLL it logs. The guard raises :class:`Diverged` from inside the step, before
 the optimizer applies a non-finite gradient and before any checkpoint of that step is written;
 ``cpo.train.run.run`` turns it into one sentence, exit status 3, and no ``results.json`` or ``policy/``.
+
+A run is also judged at its end by the held-out numbers it computes anyway (:func:`check_heldout_collapse`):
+a policy whose translations collapsed against the starting policy's is a failed run, not a result, however
+few steps it took to get there.
 """
 from __future__ import annotations
 
@@ -34,22 +38,41 @@ class DivergenceGuard(L.Callback):
     design. With ``max_nll_ratio`` (a divergence that stays finite): the mean NLL of the preferred side over
     the last ``window`` optimizer steps exceeding ``max_nll_ratio`` times its mean over the first ``window``
     steps *and* rising by more than ``min_nll_rise`` nats, e.g. a half-precision run whose loss stays finite
-    while it forgets how to translate. ``None`` switches that check off. Its state travels in checkpoints,
-    so a resumed run stops where the uninterrupted one would.
+    while it forgets how to translate; before 2 x ``window`` steps, the second half of the steps so far
+    against the first half, so that short runs are guarded too. ``None`` switches that check off. Its state
+    travels in checkpoints, so a resumed run stops where the uninterrupted one would.
     """
 
     def __init__(self, max_nll_ratio: float | None = 3.0, window: int = 10, min_nll_rise: float = 1.0):
         self.max_nll_ratio, self.window, self.min_nll_rise = max_nll_ratio, max(1, window), min_nll_rise
-        self._first: list[float] = []
+        self._head: list[float] = []  # the first 2 x window NLLs (a short run is judged on these alone)
         self._recent: deque[float] = deque(maxlen=self.window)
+        self._count = 0
         self._step = -1
 
     def state_dict(self) -> dict:
-        return {"first": list(self._first), "recent": list(self._recent), "step": self._step}
+        return {"head": list(self._head), "recent": list(self._recent), "count": self._count, "step": self._step}
 
     def load_state_dict(self, state: dict) -> None:
-        self._first, self._step = list(state.get("first", [])), int(state.get("step", -1))
+        self._step = int(state.get("step", -1))
         self._recent = deque(state.get("recent", []), maxlen=self.window)
+        if "head" in state:
+            self._head, self._count = list(state["head"]), int(state.get("count", len(state["head"])))
+        else:  # a checkpoint of the guard before short runs were judged: the first window, then the recent one
+            self._head = (list(state.get("first", [])) + list(self._recent))[: 2 * self.window]
+            self._count = len(self._head)
+
+    def _windows(self) -> tuple[list[float], list[float]] | None:
+        """(start, now): the first ``window`` NLLs and the last ``window``; in a run of fewer than 2 x ``window``
+        steps so far, its first half and its second half, so that a short run that destroys its model is stopped
+        too (from the second step on)."""
+        n, w = self._count, self.window
+        if n < 2:
+            return None
+        if n <= 2 * w:
+            k = min(w, n // 2)
+            return self._head[:k], self._head[k:n]
+        return self._head[:w], list(self._recent)
 
     def _stop(self, trainer: L.Trainer, bad: bool, message: str) -> None:
         if trainer.strategy.reduce_boolean_decision(bad, all=False):
@@ -73,13 +96,17 @@ class DivergenceGuard(L.Callback):
         if nll is None:
             return
         nll = float(nll)
-        if len(self._first) < self.window:
-            self._first.append(nll)
-            return
+        self._count += 1
+        if len(self._head) < 2 * self.window:
+            self._head.append(nll)
         self._recent.append(nll)
-        start, now = sum(self._first) / len(self._first), sum(self._recent) / len(self._recent)
+        windows = self._windows()
+        if windows is None:
+            return
+        first, recent = windows
+        start, now = sum(first) / len(first), sum(recent) / len(recent)
         runaway = now > self.max_nll_ratio * max(start, 1e-6) and now - start > self.min_nll_rise
-        self._stop(trainer, len(self._recent) == self.window and runaway,
+        self._stop(trainer, runaway,
                    f"training diverged at step {trainer.global_step}: the NLL of the preferred translations rose "
                    f"from {start:.3f} to {now:.3f} (more than {self.max_nll_ratio}x and {self.min_nll_rise} nats; "
                    f"guard.max_nll_ratio, guard.min_nll_rise)")
@@ -97,3 +124,29 @@ def check_finite_weights(model: torch.nn.Module) -> None:
     for name, p in model.named_parameters():
         if p.requires_grad and not bool(torch.isfinite(p.detach()).all()):
             raise Diverged(f"the trained weight {name} holds non-finite values; the policy is not saved")
+
+
+# Below this starting chrF the policy does not translate yet (an untrained model, a tiny test run): a drop says
+# nothing about a collapse, so the run is not judged.
+MIN_JUDGED_CHRF = 20.0
+
+
+def check_heldout_collapse(before: dict | None, after: dict | None, min_chrf_ratio: float | None) -> None:
+    """A run whose held-out translations collapsed against the starting policy's is a failed run.
+
+    The criterion: the trained policy's corpus chrF on the held-out test sentences is below ``min_chrf_ratio``
+    (default 0.5) times the starting policy's, when the starting policy translates at all (chrF >= 20). chrF,
+    not BLEU, because preference training may trade a few BLEU points for quality (ALMA-R's BLEU fell while
+    COMET rose) and chrF moves far less; a normal run moves it by a few points (the demo: 90 -> 93), a
+    collapse by tens (a destroyed model: 89 -> 2). ``None`` (``guard.min_chrf_ratio=null``) switches it off.
+    """
+    if min_chrf_ratio is None or not before or not after:
+        return
+    start, end = before.get("chrf"), after.get("chrf")
+    if not isinstance(start, (int, float)) or not isinstance(end, (int, float)) or start < MIN_JUDGED_CHRF:
+        return
+    if end < min_chrf_ratio * start:
+        bleu = (f", BLEU {before['bleu']:.2f} -> {after['bleu']:.2f}"
+                if isinstance(before.get("bleu"), (int, float)) and isinstance(after.get("bleu"), (int, float)) else "")
+        raise Diverged(f"training collapsed the policy: held-out chrF fell from {start:.2f} to {end:.2f}{bleu} "
+                       f"(below {min_chrf_ratio} x the starting policy's; guard.min_chrf_ratio)")

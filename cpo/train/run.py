@@ -23,9 +23,9 @@ from cpo.cli import accept_launch, task_overrides
 from cpo.train.config import ConfigError, validate
 from cpo.console import interactive, say
 from cpo.data import LoadContext, PreferenceDataModule, RunData, build_source
-from cpo.train.guards import Diverged, DivergenceGuard, check_finite_weights
+from cpo.train.guards import Diverged, DivergenceGuard, check_finite_weights, check_heldout_collapse
 from cpo.train.heldout import Evaluation, GenerationSettings, before_after_table, evaluate_policy, on_accelerator
-from cpo.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, current_umask
+from cpo.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, normalize_permissions
 from cpo.train.loggers import build_loggers, finish_wandb, hyperparameters
 from cpo.train.model_card import check_hub_access, command, publish, render, write_card
 from cpo.train.losses import PreferenceLoss
@@ -89,6 +89,9 @@ def check_numerics(cfg: DictConfig) -> None:
     if str(cfg.model.dtype) in ("float16", "fp16"):
         raise ConfigError("model.dtype=float16 trains half-precision weights without fp32 master weights, which "
                           "diverges; use model.dtype=bfloat16, or float32 with trainer.precision=16-mixed")
+    ratio = cfg.get("guard", {}).get("min_chrf_ratio")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1):
+        raise ConfigError(f"guard.min_chrf_ratio must be a number in [0, 1] or null (off), got {ratio!r}")
     if str(cfg.trainer.get("precision")) in ("16-true", "16", "half"):
         raise ConfigError(f"trainer.precision={cfg.trainer.precision} trains half-precision weights without fp32 "
                           "master weights, which diverges; use 16-mixed or bf16-mixed")
@@ -129,6 +132,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     folder = RunFolder(out_dir)
     # Rank 0 owns the folder; processes Lightning starts for the other ranks follow its decision.
     owner = rank_zero_only.rank == 0 and "CPO_RUN_DECISION" not in os.environ
+    started = False
     with folder.acquire() if owner else contextlib.nullcontext():
         try:
             identity = run_identity(cfg, plan)
@@ -137,6 +141,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
                 results = shared.get("results") or {}
             else:
                 accept_launch(record=owner)  # the folder is this run's: Hydra's record and the log file go there now
+                started = True
                 results = _Run(cfg, identity, out_dir, plan, folder, shared["ckpt_path"], shared["log_step"]).execute()
             if owner:  # push_to_hub, after results.json: a failed upload never undoes the run
                 publish(cfg, out_dir, say)
@@ -144,6 +149,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         finally:
             if owner:  # the decision is this run's only: the next run in this process decides again
                 os.environ.pop("CPO_RUN_DECISION", None)
+            if owner and started:  # whatever wrote them (W&B's staging copies, a failed save): files others can read
+                normalize_permissions(out_dir)
 
 
 DECISION_FILE = ".decision.json"
@@ -323,6 +330,8 @@ class _Run:
                 self.fail(trainer, e)
             try:
                 results = self.finish(trainer, before, state, fit_seconds)
+            except Diverged as e:  # the held-out numbers say the policy collapsed (guards.check_heldout_collapse)
+                self.fail(trainer, e)
             except BaseException:  # e.g. a full disk: no report or policy may look finished without results.json
                 self.folder.discard_outputs()
                 raise
@@ -419,6 +428,7 @@ class _Run:
             for lg in self.loggers:
                 lg.log_metrics({f"test/{k}": v for k, v in after.metrics.items()
                                 if isinstance(v, (int, float)) and k != "pairs"}, step=trainer.global_step)
+            check_heldout_collapse(before, after.metrics, cfg.guard.get("min_chrf_ratio"))  # no policy, no results
         if cfg.save_policy:
             langs = {x for t in (self.data.test, self.data.dev) if t is not None for x in (t.src_lang, t.tgt_lang)}
             for name, st in (("policy", state), ("policy_last", last_state)):
@@ -443,7 +453,7 @@ class _Run:
             write_prompt_record(tmp, self.prompt_format)  # scripts/generate.py translates with it
             if card is not None:
                 write_card(tmp, card)
-            os.chmod(tmp, 0o777 & ~current_umask())
+            normalize_permissions(tmp)  # mkdtemp's 0700 and safetensors' private 0600 file: the umask's modes
             if final.exists():
                 shutil.rmtree(final)
             os.replace(tmp, final)
