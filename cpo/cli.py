@@ -38,18 +38,33 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
     IsADirectoryError, NotADirectoryError, PermissionError,
 )
 # OS errors that are the machine's, not the program's: one sentence with what to do, not a traceback.
+_AGAIN = "run the same command again (a training run resumes from its last checkpoint)"
 _ENVIRONMENT = {
-    errno.ENOSPC: "free some space (or write elsewhere) and run the same command again",
-    errno.EDQUOT: "free some of your quota (or write elsewhere) and run the same command again",
+    errno.ENOSPC: f"free some space (or write elsewhere), then {_AGAIN}",
+    errno.EDQUOT: f"free some of your quota (or write elsewhere), then {_AGAIN}",
+    errno.EFBIG: f"the file system (or a ulimit -f) refuses files this large: write elsewhere, then {_AGAIN}",
     errno.EROFS: "write somewhere else (hydra.run.dir=..., output=...)",
     errno.EACCES: "write somewhere else, or fix the folder's permissions",
     errno.EPERM: "write somewhere else, or fix the folder's permissions",
+    errno.EIO: f"the storage failed: check the disk (or write elsewhere), then {_AGAIN}",
 }
+# How the libraries report a failed write without an OSError: torch.save, safetensors' Rust writer.
+_WRITE_FAILURES = ("PytorchStreamWriter failed", "file write failed", "IoError", "No space left on device",
+                   "File too large", "Disk quota exceeded")
 
 
 def environment_error(e: BaseException) -> bool:
-    """A full disk, an exhausted quota, a read-only file system or a permission refused by the system."""
-    return isinstance(e, OSError) and e.errno in _ENVIRONMENT
+    """A full disk, an exhausted quota, a file too large, a read-only file system, a permission refused by the
+    system, or a library's report of a failed write (torch.save, safetensors), here or in what caused it."""
+    seen = 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError) and e.errno in _ENVIRONMENT:
+            return True
+        if (isinstance(e, RuntimeError) or type(e).__name__ == "SafetensorError") and any(
+                w in str(e) for w in _WRITE_FAILURES):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 def describe(e: BaseException) -> str:
@@ -58,6 +73,10 @@ def describe(e: BaseException) -> str:
         where = f"{e.filename}: " if e.filename else ""
         text = f"{where}{e.strerror[0].lower()}{e.strerror[1:]}"
         return f"{text}; {_ENVIRONMENT[e.errno]}" if e.errno in _ENVIRONMENT else text
+    if not isinstance(e, OSError) and environment_error(e):  # a library's report of a failed write
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        return (f"writing failed ({first}): the disk is full, a quota or file-size limit is reached, or the storage "
+                f"failed; free some space (or write elsewhere), then {_AGAIN}")
     return str(e)
 
 
@@ -180,16 +199,13 @@ def one_sentence_errors(fn=None, *, accept: str = "auto"):
             if os.environ.get("CPO_DEBUG"):
                 traceback.print_exc()
             fail(describe(e))
-        except OSError as e:
-            if not environment_error(e):
-                e._cpo_raised_in_app = True
+        except Exception as e:
+            if not environment_error(e):  # a full disk is the machine's, not a bug of the app
+                e._cpo_raised_in_app = True  # a bug of the app, not a refusal of the command line (run_app)
                 raise
             if os.environ.get("CPO_DEBUG"):
                 traceback.print_exc()
             fail(describe(e))
-        except Exception as e:
-            e._cpo_raised_in_app = True  # a bug of the app, not a refusal of the command line (run_app)
-            raise
         if accept == "auto":
             accept_launch()
         return out

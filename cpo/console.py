@@ -71,6 +71,25 @@ class ConsoleFormatter(logging.Formatter):
         return "\n".join(f"{stamp} {line}" if line else line for line in text.split("\n"))
 
 
+class _LogFile(logging.FileHandler):
+    """A log file that, when it cannot be written (a full disk), says so once and lets the console carry on,
+    instead of printing logging's traceback for every line."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if self.failed:
+            return
+        self.failed = True
+        err = sys.exc_info()[1]
+        print(f"warning: cannot write the log file {self.baseFilename} ({err}); messages go to the console only",
+              file=sys.stderr, flush=True)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+
 class LaunchLog(logging.Handler):
     """The log file of one launch, opened only when the app owns its folder (:func:`open_launch_logs`).
 
@@ -100,7 +119,7 @@ class LaunchLog(logging.Handler):
     def open(self) -> None:
         if self._file is not None:
             return
-        self._file = logging.FileHandler(self.filename, mode="a", encoding=self.encoding)
+        self._file = _LogFile(self.filename, mode="a", encoding=self.encoding)
         self._file.setFormatter(self.formatter)
         for record in self._held:
             self._file.emit(record)
@@ -167,6 +186,18 @@ def say(msg: str) -> None:
             log.info(line)
     else:
         print(msg, flush=True)
+
+
+def warn(msg: str) -> None:
+    """A warning of the project to the user (rank 0 only): ``warning: ...`` on the console and in the log file."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return
+    if _LOGGING:
+        log.warning(msg)
+    else:
+        print(f"warning: {msg}", file=sys.stderr, flush=True)
 
 
 def interactive() -> bool:

@@ -229,6 +229,29 @@ class _DuplicateKey(ValueError):
         self.key = key
 
 
+class _LoneSurrogate(ValueError):
+    def __init__(self, key: str, char: str):
+        super().__init__(key)
+        self.key, self.char = key, char
+
+
+# Half of a UTF-16 pair: JSON's "\ud83d" escape decodes to it, but it is not a character, and the first
+# tokenizer or writer that encodes the text as UTF-8 fails on it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _surrogate_in(value: Any) -> str | None:
+    if isinstance(value, str):
+        m = _SURROGATE.search(value)
+        return m.group() if m else None
+    if isinstance(value, list):  # objects inside are checked by their own hook
+        for v in value:
+            found = _surrogate_in(v)
+            if found:
+                return found
+    return None
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     obj = dict(pairs)
     if len(obj) != len(pairs):
@@ -237,6 +260,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
             if k in seen:
                 raise _DuplicateKey(k)
             seen.add(k)
+    for k, v in pairs:
+        char = _surrogate_in(v) or _surrogate_in(k)
+        if char:
+            raise _LoneSurrogate(k, char)
     return obj
 
 
@@ -248,12 +275,19 @@ def _duplicate(where: str, e: _DuplicateKey) -> DataError:
                      "the last value); remove one of them")
 
 
+def _surrogate(where: str, e: _LoneSurrogate) -> DataError:
+    return DataError(f"{where}: field {e.key!r} holds a lone UTF-16 surrogate ({e.char.encode('unicode_escape').decode()}"
+                     "), half of a character (a text cut inside an emoji or a rare character?); fix or remove it")
+
+
 def parse_json_line(text: str, where: str) -> Any:
     """One JSON value; malformed JSON and duplicate keys are errors naming ``where``."""
     try:
         return _DECODER.decode(text)
     except _DuplicateKey as e:
         raise _duplicate(where, e) from None
+    except _LoneSurrogate as e:
+        raise _surrogate(where, e) from None
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
 
@@ -328,6 +362,8 @@ def iter_json_list(path: str | os.PathLike) -> Iterator[tuple[int, int, Any]]:
                 value, pos = _DECODER.raw_decode(text, pos)
             except _DuplicateKey as e:
                 raise _duplicate(where, e) from None
+            except _LoneSurrogate as e:
+                raise _surrogate(where, e) from None
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
             yield start, row, value

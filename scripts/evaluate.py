@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig
 from cpo.cli import UsageError, one_sentence_errors, run_app
 from cpo.mt.evaluation import (CORPUS_METRICS, RESERVED_KEYS, evaluate_directions, markdown_table, parse_direction,
                             summarize, wmt22_directions)
-from cpo.io import atomic_write_json, atomic_write_text, check_readable_file
+from cpo.io import atomic_write_json, atomic_write_text, check_readable_file, check_writable
 from cpo.languages import LANGUAGES
 from cpo.scoring import Scorer, ScorerConfigError, build_scorer
 
@@ -170,6 +170,9 @@ def report(
 @hydra.main(config_path="../conf", config_name="evaluate", version_base="1.3")
 @one_sentence_errors
 def main(cfg: DictConfig) -> None:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    for name in ("metrics.json", "metrics.md"):  # a finished evaluation in this folder is kept, as other outputs are
+        check_writable(out_dir / name, bool(cfg.get("overwrite", False)))
     metrics = corpus_metric_names(cfg)
     limit = max_sentences(cfg)
     directions = collect_directions(cfg)
@@ -180,7 +183,6 @@ def main(cfg: DictConfig) -> None:
     results = evaluate_directions(directions, scorers, metrics=metrics, health=bool(cfg.get("health", True)),
                                   progress=log.info, max_sentences=limit)
     table = markdown_table(results)
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
     atomic_write_json(out_dir / "metrics.json", report(results, directions, scorers))
     atomic_write_text(out_dir / "metrics.md", table)
     print(table, end="")

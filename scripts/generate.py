@@ -166,9 +166,13 @@ def load_for_generation(model: str, adapter: str | None, dtype: str, device: str
     if adapter:
         from peft import PeftModel
 
+        from cpo.train.models import damaged_weights
+
         try:
             lm = PeftModel.from_pretrained(lm, adapter, local_files_only=Path(adapter).exists())
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
+        except Exception as e:  # noqa: BLE001 - the known refusals (and a damaged file) as one sentence
+            if not (isinstance(e, (OSError, ValueError, KeyError, RuntimeError)) or damaged_weights(e)):
+                raise
             raise Unavailable(f"adapter={adapter}: cannot load it onto {model} "
                               f"({type(e).__name__}: {_short(e)})") from None
         if merge_adapter:

@@ -51,6 +51,8 @@ class PreferenceDataModule(L.LightningDataModule):
         self.train_pairs = self._encode(train, with_ref)
         self.val_pairs = self._encode(val, with_ref and all(e.reference for e in val))
         self.ref_logps: dict[str, dict[int, tuple[float, float]]] | None = None
+        if not train:
+            raise DataError("the data gave no training pair (every source held out for validation?)")
         if not self.train_pairs:
             raise DataError(f"no training pair is left after tokenization (max_length={max_length}): "
                             f"{dict(self.encoder.counts)}")

@@ -40,9 +40,12 @@ def _text(obj: dict, key: str, where: str) -> str:
     if key not in obj:
         raise DataError(f"{where}: missing field {key!r}")
     value = obj[key]
-    if isinstance(value, list):
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
         raise DataError(f"{where}: field {key!r} is a list of chat messages in a row whose other fields are strings; "
                         "a conversational row (TRL's format) has lists for prompt, chosen and rejected")
+    if isinstance(value, list):
+        raise DataError(f"{where}: field {key!r} is a list, not a string (chat messages would be objects with "
+                        "'role' and 'content'); give the text as one string")
     if not isinstance(value, str):
         raise DataError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
     if is_blank(value):
@@ -110,6 +113,9 @@ def example_from_record(obj: dict, where: str) -> PreferenceExample:
     chat messages (``chosen``/``rejected``: one assistant message each), or, without ``prompt``, whose
     ``chosen``/``rejected`` are whole conversations ending with the answer, is TRL's conversational format.
     """
+    if "prompt" in obj and "source" in obj:
+        raise DataError(f"{where}: the row has both 'source' (the project's format, prompted by the prompt format) and "
+                        "'prompt' (TRL's format, its own prompt); one of them would be ignored: keep one")
     kind = row_format(obj)
     langs = {k: _language(obj, k, where, required=kind == ROW_FORMATS[0]) for k in ("src_lang", "tgt_lang")}
     ref = obj.get("reference")

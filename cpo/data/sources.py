@@ -119,6 +119,10 @@ def split_examples(examples: list[PreferenceExample], val_size: int | float, see
     sources = sorted({e.source for e in examples})
     random.Random(seed).shuffle(sources)
     n_val = int(round(val_size * len(sources))) if isinstance(val_size, float) and val_size < 1 else int(val_size)
+    if n_val >= len(sources):
+        raise DataError(f"data.val_size={val_size} holds out {n_val} source sentence(s), but the data has only "
+                        f"{len(sources)}: none would be left to train on; lower data.val_size (a fraction such as "
+                        "0.05, or a count) or give data.val_file")
     val_sources = set(sources[:n_val])
     return [e for e in examples if e.source not in val_sources], [e for e in examples if e.source in val_sources]
 

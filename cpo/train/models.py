@@ -72,6 +72,10 @@ def load_causal_lm(name_or_path: str, dtype: str = "float32", attn_implementatio
         return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except OSError as e:
         raise _unavailable("model.name_or_path", name_or_path, e) from None
+    except Exception as e:  # noqa: BLE001 - only a damaged weight file is turned into a sentence
+        if damaged_weights(e):
+            raise _damaged("model.name_or_path", name_or_path, e) from None
+        raise
 
 
 def add_lora(model: nn.Module, lora: LoraSettings, uniform_dtype: bool = False) -> nn.Module:
@@ -98,6 +102,10 @@ def add_lora(model: nn.Module, lora: LoraSettings, uniform_dtype: bool = False) 
                                              local_files_only=_local_only(lora.adapter))
         except (OSError, ValueError) as e:
             raise _unavailable("model.lora.adapter", lora.adapter, e) from None
+        except Exception as e:  # noqa: BLE001
+            if damaged_weights(e):
+                raise _damaged("model.lora.adapter", lora.adapter, e) from None
+            raise
     cfg = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -182,6 +190,24 @@ def _unavailable(key: str, name: str, e: Exception):
 
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return Unavailable(f"{key}={name!r} cannot be loaded ({first}); use a local path, or a machine with hub access")
+
+
+def damaged_weights(e: BaseException) -> bool:
+    """A weight file cut short or corrupted (a copy or save that did not finish): safetensors' header or data
+    errors, a torch ``.bin`` archive that cannot be read."""
+    import pickle
+
+    text = str(e)
+    return (type(e).__name__ == "SafetensorError" or isinstance(e, (EOFError, pickle.UnpicklingError))
+            or (isinstance(e, RuntimeError) and ("PytorchStreamReader" in text or "zip archive" in text)))
+
+
+def _damaged(key: str, name: str, e: BaseException):
+    from cpo.io import Unavailable
+
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return Unavailable(f"{key}={name}: a weight file is damaged or cut short ({first}); copy the model again, "
+                       "or save it again from its run")
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

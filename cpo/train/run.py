@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cpo.cli import accept_launch, task_overrides
 from cpo.train.config import ConfigError, validate
-from cpo.console import interactive, say
+from cpo.console import interactive, say, warn
 from cpo.data import LoadContext, PreferenceDataModule, RunData, build_source
 from cpo.train.guards import Diverged, DivergenceGuard, check_finite_weights, check_heldout_collapse
 from cpo.train.heldout import Evaluation, GenerationSettings, before_after_table, evaluate_policy, on_accelerator
@@ -342,6 +342,10 @@ class _Run:
         """The starting policy's held-out metrics (rank 0); kept in before.json so a resumed run reuses them."""
         cfg = self.cfg
         if not cfg.evaluate.before_after or rank_zero_only.rank != 0 or self.module.policy is None:
+            return None
+        if not self.dm.val_pairs and self.data.test is None:  # nothing to evaluate: no empty table
+            warn("no held-out pairs and no test set, so no before/after table: give data.val_file, data.test_file "
+                 "or a data.val_size that holds out at least one source")
             return None
         saved = self.out_dir / "before.json"
         if self.ckpt_path and saved.is_file():
