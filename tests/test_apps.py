@@ -124,7 +124,10 @@ def files(tmp_path_factory) -> Path:
 
     cache = build_scorer("chrf", cache_dir=root / "nan_cache")
     cache.path.parent.mkdir(parents=True)
-    cache.path.write_text(json.dumps({"identity": cache.identity}) + "\n" + '{"k": "x", "s": NaN}\n')
+    nan = float("nan")  # a line that passes its checksum (cpo.scoring.cache): only its score is wrong
+    cache.path.write_text(json.dumps({"identity": cache.identity}) + "\n"
+                          + json.dumps({"k": "x", "s": nan, "id": cache.identity_hash, "c": cache.check("x", nan)})
+                          + "\n")
     return root
 
 

@@ -345,3 +345,54 @@ def test_generate_max_sentences_is_a_smoke_test(workdir, monkeypatch):
         app.run(_compose(*args, "skip_existing=true"))
     with pytest.raises(UsageError, match="max_sentences=0 must be a positive integer"):
         app.run(_compose(*args, "max_sentences=0", "overwrite=true"))
+
+
+def test_nan_outputs_and_damaged_weights_stop_in_one_sentence(workdir):
+    """A model whose outputs are NaN gave a file of empty lines and exit 0; a truncated weight file a traceback."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cpo.train.models import load_tokenizer
+
+    w = workdir
+    nan = AutoModelForCausalLM.from_pretrained(w / "model")
+    with torch.no_grad():
+        nan.model.norm.weight.fill_(float("nan"))  # every logit NaN, as after a diverged run or an fp16 overflow
+    nan.save_pretrained(w / "nan_model")
+    load_tokenizer(str(w / "model")).save_pretrained(w / "nan_model")
+    shutil.copytree(w / "model", w / "cut_model")
+    weights = w / "cut_model" / "model.safetensors"
+    with open(weights, "r+b") as f:  # a copy that did not finish
+        f.truncate(weights.stat().st_size // 2)
+    runs = _run_all([
+        ["model=nan_model", "input=src.zb", "src_lang=zb", "tgt_lang=en", "output=out/nan.txt", *GEN,
+         f"hydra.run.dir={w / 'nan_run'}"],
+        ["model=cut_model", "input=src.zb", "src_lang=zb", "tgt_lang=en", "output=out/cut.txt", *GEN,
+         f"hydra.run.dir={w / 'cut_run'}"],
+    ], w)
+    for proc, output, needle in zip(runs, ("nan.txt", "cut.txt"), (
+            "the model's outputs are not numbers (NaN) while translating zb-en",
+            "a weight file is damaged or cut short (Error while deserializing header")):
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert len(errors) == 1 and needle in errors[0], proc.stderr[-2000:]
+        assert not (w / "out" / output).exists()  # no file of empty lines that looks finished
+
+
+def test_generate_speaks_the_console_convention(workdir):
+    """Plain lines (was Hydra's "[date][generate][INFO] - ..."), stamped in generate.log, and progress=true in a
+    log file gives progress lines, never a bar's carriage returns."""
+    import re
+
+    w = workdir
+    (proc,) = _run_all([["model=model", "input=src.zb", "src_lang=zb", "tgt_lang=en", "output=out/console.txt",
+                         "num_beams=2", "max_new_tokens=6", "batch_size=4", "progress=true",
+                         f"hydra.run.dir={w / 'console'}"]], w)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "\r" not in out and "][INFO]" not in out and "[HYDRA]" not in out, out[-2000:]
+    assert any(line.startswith("model ") for line in proc.stdout.splitlines()), proc.stdout
+    log = [line for line in (w / "console" / "generate.log").read_text().splitlines() if line.strip()]
+    assert log and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", line) for line in log), log
