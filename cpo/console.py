@@ -160,6 +160,14 @@ def quiet_libraries() -> None:
     global _LOGGING
     for pattern in _SILENCED_WARNINGS:
         warnings.filterwarnings("ignore", message=f".*{pattern}")
+    if not interactive():  # the hub's and transformers' bars ("Loading checkpoint shards") in a log file
+        import os
+
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        if "huggingface_hub" in sys.modules:
+            sys.modules["huggingface_hub"].utils.disable_progress_bars()
+        if "transformers" in sys.modules:
+            sys.modules["transformers"].utils.logging.disable_progress_bar()
     if logging.getLogger().hasHandlers():  # under Hydra: the root handlers print and write the log file
         _LOGGING = True
         for name in ("lightning", "lightning.pytorch", "lightning.fabric"):

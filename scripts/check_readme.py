@@ -12,8 +12,10 @@ protocol tables come from ``scripts/compare.py``'s report files (re-run the swee
 difference is printed), 2 a bad argument.
 
 Timings and memory are compared with a tolerance (``--time-tolerance``, a factor): they vary from run to run and
-machine to machine; every other figure of the demo must match exactly. The demo's assets are built with one thread
-(the default in ``cpo.demo.assets``), so its figures do not depend on the machine's core count.
+machine to machine; every other figure of the demo must match exactly. On one kind of CPU the demo is
+bit-identical from run to run and for 1 or 2 threads (measured: the warm start's weights, the preference pairs,
+the test translations and logits); another kind of CPU (another generation, AVX-512) picks other MKL/ATen kernels
+and may end with other figures, so the record names the CPU it was measured on.
 """
 from __future__ import annotations
 
@@ -67,6 +69,10 @@ def compare_demo(old: dict, new: dict, tolerance: float) -> list[str]:
             out.append(f"table: README {a} -> run {b}")
     if len(old_rows) != len(new_rows):
         out.append(f"table: README has {len(old_rows) - 2} metrics, the run {len(new_rows) - 2}")
+    if out and old["measured"].get("cpu") != new["measured"].get("cpu"):
+        out.append(f"note: the record was measured on {old['measured'].get('cpu') or 'a CPU it does not name'}, this "
+                   f"run on {new['measured'].get('cpu')}; another kind of CPU rounds differently (the demo is "
+                   "bit-identical across runs and thread counts on one kind)")
     for key in ("wall_seconds", "asset_build_seconds", "peak_rss_gb"):
         a, b = float(old["measured"][key]), float(new["measured"][key])
         if min(a, b) <= 0 or max(a, b) / min(a, b) > tolerance:

@@ -74,7 +74,7 @@ def test_a_short_run_that_destroys_its_model_fails(tmp_path, demo):
 def self_referenced(demo, tmp_path_factory):
     """Preference pairs and a test set whose references are the starting policy's own greedy translations, so the
     starting policy scores chrF 100 on it: a model that translates, for the price of the small demo's."""
-    from cpo.data import read_test_file
+    from cpo.data.sources import read_test_file
     from cpo.mt.generation import translate
     from cpo.train.models import load_causal_lm, load_tokenizer
 
@@ -152,7 +152,8 @@ def test_a_failed_evaluate_leaves_a_finished_folder_as_it_was(tmp_path):
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert {p.name for p in ev.iterdir()} == {".hydra", "evaluate.log", "metrics.json", "metrics.md"}
     before = _snapshot(ev)
-    failed = _app("scripts/evaluate.py", [*files, "hyp=missing.en", f"hydra.run.dir={ev}"], cwd=tmp_path)
+    failed = _app("scripts/evaluate.py", [*files, "hyp=missing.en", "overwrite=true", f"hydra.run.dir={ev}"],
+                  cwd=tmp_path)
     _one_sentence(failed, 2, "missing.en: no such file")
     again = _app("scripts/evaluate.py", [*files, "hyp=hyp.en", f"hydra.run.dir={ev}"], cwd=tmp_path)
     _one_sentence(again, 2, "metrics.json: exists; pass overwrite=true")

@@ -88,7 +88,7 @@ def test_compare_writes_files_others_can_read(sweep):
 
 
 def test_generate_writes_files_others_can_read(trained, tmp_path):
-    from cpo.data import read_test_file
+    from cpo.data.sources import read_test_file
 
     out, cache = trained
     test = read_test_file(str(next(cache.rglob("test.jsonl"))))

@@ -62,6 +62,26 @@ def _wrap(text: str, width: int = 100) -> list[str]:
     return out + [line]
 
 
+def cpu_description() -> str:
+    """The CPU model and the vector instructions torch's kernels use here: the demo's figures are bit-identical
+    from run to run and for any thread count on one kind of CPU, but another CPU (an AVX-512 one, or another
+    generation, where MKL and ATen pick other kernels) rounds differently and ends with other figures."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import torch
+
+        return f"{model}, torch {torch.__version__} {torch.backends.cpu.get_cpu_capability()}"
+    except Exception:  # noqa: BLE001 - a description only
+        return model
+
+
 def demo_record_from_run(run_dir: Path, command: str, wall_seconds: float, asset_build_seconds: float,
                          peak_rss_gb: float, cpu_cores: int) -> dict:
     """What the README quotes of a finished ``python train.py`` run (its results.json) and of its measurement."""
@@ -70,7 +90,7 @@ def demo_record_from_run(run_dir: Path, command: str, wall_seconds: float, asset
             "before", "after", "fingerprint", "provenance")
     return {"command": command, "results": {k: res[k] for k in keep if k in res},
             "measured": {"wall_seconds": round(wall_seconds, 1), "asset_build_seconds": round(asset_build_seconds, 1),
-                         "peak_rss_gb": round(peak_rss_gb, 2), "cpu_cores": cpu_cores}}
+                         "peak_rss_gb": round(peak_rss_gb, 2), "cpu_cores": cpu_cores, "cpu": cpu_description()}}
 
 
 # ------------------------------------------------------------------------------------------------ protocol
