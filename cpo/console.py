@@ -182,12 +182,25 @@ def quiet_libraries() -> None:
             lg.addFilter(noise)
 
 
+def _rank() -> int:
+    """This process's global rank: Lightning's when it is loaded (strategies update it), else the launcher's."""
+    if "lightning" in sys.modules:
+        from lightning.pytorch.utilities import rank_zero_only
+
+        return int(rank_zero_only.rank)
+    import os
+
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if os.environ.get(key, "").isdigit():
+            return int(os.environ[key])
+    return 0
+
+
 def say(msg: str) -> None:
     """A message of the project to the user (rank 0 only): logged when logging is configured (console and
-    the run's log file under Hydra), printed otherwise (library use)."""
-    from lightning.pytorch.utilities import rank_zero_only  # imported late: quiet_libraries() runs first
-
-    if rank_zero_only.rank != 0:
+    the run's log file under Hydra), printed otherwise (library use). Every app's own lines go through here,
+    so that its log file holds what its console showed."""
+    if _rank() != 0:
         return
     if _LOGGING:
         for line in msg.split("\n"):
@@ -198,9 +211,7 @@ def say(msg: str) -> None:
 
 def warn(msg: str) -> None:
     """A warning of the project to the user (rank 0 only): ``warning: ...`` on the console and in the log file."""
-    from lightning.pytorch.utilities import rank_zero_only
-
-    if rank_zero_only.rank != 0:
+    if _rank() != 0:
         return
     if _LOGGING:
         log.warning(msg)

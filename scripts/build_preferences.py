@@ -33,6 +33,7 @@ import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from cpo.console import say
 from cpo.cli import UsageError, one_sentence_errors, run_app
 from cpo.mt.evaluation import WMT22_DIRECTIONS, wmt22_directions
 from cpo.io import DataError, check_outputs_with_report, report_paths, write_jsonl_with_report
@@ -329,7 +330,7 @@ def main(cfg: DictConfig) -> None:
     report = build(cfg)
     md_path, json_path = report_paths(Path(report["output"]))
     t = report["totals"]
-    print(
+    say(
         f"wrote {t['kept']} preference pairs ({len(report['directions'])} direction(s); dropped {t['dropped_total']}"
         f"{' ' + str(t['dropped']) if t['dropped'] else ''}) to {report['output']} in {report['run_time_s']:.1f}s\n"
         f"report: {md_path} and {json_path}"

@@ -18,6 +18,7 @@ import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
+from cpo.console import say
 from cpo.cli import UsageError, one_sentence_errors, run_app
 from cpo.data.alma_r import ALMA_R_SYSTEMS, alma_r_examples, config_of, read_alma_r_rows
 from cpo.io import DataError, check_outputs_with_report, write_jsonl_with_report
@@ -148,7 +149,7 @@ def run(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> None:
     report = run(cfg)
     output = Path(report["output"])
-    print(
+    say(
         f"wrote {report['kept']} examples from {report['rows']} rows to {output}\n"
         f"report: {output.parent / (output.stem + '.report.md')} and .report.json"
     )

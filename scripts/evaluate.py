@@ -19,6 +19,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig
 
 from cpo.cli import UsageError, one_sentence_errors, run_app
+from cpo.console import say
 from cpo.mt.evaluation import (CORPUS_METRICS, RESERVED_KEYS, evaluate_directions, markdown_table, parse_direction,
                             summarize, wmt22_directions)
 from cpo.io import atomic_write_json, atomic_write_text, check_readable_file, check_writable
@@ -185,11 +186,11 @@ def main(cfg: DictConfig) -> None:
     table = markdown_table(results)
     atomic_write_json(out_dir / "metrics.json", report(results, directions, scorers))
     atomic_write_text(out_dir / "metrics.md", table)
-    print(table, end="")
+    say(table.rstrip("\n"))
     empty = {d: m["empty"] for d, m in results.items() if m.get("empty")}
     if empty:
-        print("\nempty hypotheses (scored as empty): " + ", ".join(f"{d} {n}" for d, n in empty.items()))
-    print(f"\nwrote {out_dir / 'metrics.json'} and {out_dir / 'metrics.md'}")
+        say("\nempty hypotheses (scored as empty): " + ", ".join(f"{d} {n}" for d, n in empty.items()))
+    say(f"\nwrote {out_dir / 'metrics.json'} and {out_dir / 'metrics.md'}")
 
 
 if __name__ == "__main__":

@@ -470,14 +470,16 @@ def run(cfg: DictConfig) -> dict:
 @hydra.main(config_path="../conf", config_name="generate", version_base="1.3")
 @one_sentence_errors
 def main(cfg: DictConfig) -> None:
+    from cpo.console import say  # the summary in generate.log too, not only on the console
+
     out = run(cfg)
     for d in out["directions"]:
-        print(f"wrote {d['n']} translations ({d['direction']}) to {d['output']}"
-              + (f", {d['empty']} empty" if d["empty"] else ""))
+        say(f"wrote {d['n']} translations ({d['direction']}) to {d['output']}"
+            + (f", {d['empty']} empty" if d["empty"] else ""))
     if out["skipped"]:
-        print(f"skipped {len(out['skipped'])} existing output(s) (skip_existing=true)")
-    print(f"{len(out['directions'])} direction(s), {out['n']} translations in {out['run_time_s']:.1f}s "
-          f"({out['n'] / max(out['generate_s'], 1e-9):.1f} sentences/s generating)")
+        say(f"skipped {len(out['skipped'])} existing output(s) (skip_existing=true)")
+    say(f"{len(out['directions'])} direction(s), {out['n']} translations in {out['run_time_s']:.1f}s "
+        f"({out['n'] / max(out['generate_s'], 1e-9):.1f} sentences/s generating)")
 
 
 if __name__ == "__main__":
