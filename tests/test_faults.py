@@ -251,5 +251,6 @@ def test_a_file_mixing_the_projects_and_trls_rows_is_refused(tmp_path):
     path = tmp_path / "mixed.jsonl"
     path.write_text(json.dumps({"source": "a", "chosen": "x", "rejected": "y", "src_lang": "de", "tgt_lang": "en"})
                     + "\n" + json.dumps({"prompt": "Translate: b", "chosen": "x", "rejected": "y"}) + "\n")
-    with pytest.raises(DataError, match=r"mixes the project's rows .*line 1.* TRL's rows .*line 2"):
+    with pytest.raises(DataError, match=r"mixed\.jsonl:2: a row in TRL standard format after rows in the project's "
+                                        r"format \(line 1\)"):
         read_preference_jsonl(path)
