@@ -200,7 +200,10 @@ def test_hub_model_identity_carries_the_snapshot_commit(tiny_comet, tmp_path):
     assert pinned.score(SRC, HYP) == scores and model.n_model_calls == 0
 
 
-def test_progress_false_reaches_comets_own_progress_bar(tiny_comet, tmp_path, capfd):
+def test_progress_false_reaches_comets_own_progress_bar(tiny_comet, tmp_path, capfd, monkeypatch):
+    import cpo.console
+
+    monkeypatch.setattr(cpo.console, "interactive", lambda: True)  # a terminal: COMET's bar is shown if asked for
     model = CometScorer(model=str(tiny_comet.qe_dir), gpus=0, progress=True)
     quiet = CachedScorer(model, tmp_path, progress=False)  # as build_preferences.py progress=false sets it
     assert model.progress is False
@@ -209,6 +212,9 @@ def test_progress_false_reaches_comets_own_progress_bar(tiny_comet, tmp_path, ca
     model.set_progress(True)
     model.score(SRC, HYP)
     assert "Predicting" in capfd.readouterr().err  # the bar that progress=false must silence
+    monkeypatch.setattr(cpo.console, "interactive", lambda: False)  # a log file: no bar of carriage returns
+    model.score(SRC, HYP)
+    assert "Predicting" not in capfd.readouterr().err
     mean = build_scorer({"_target_": "cpo.scoring.MeanScorer", "name": "m", "scorers": [
         {"_target_": "cpo.scoring.CometScorer", "model": str(tiny_comet.qe_dir), "name": "q", "gpus": 0}, "chrf"]},
         cache_dir=tmp_path / "m", progress=False)
