@@ -104,7 +104,8 @@ def _refuse_repeated_map_keys() -> None:
 
 
 class _Launch:
-    """This process's launch of an app (one per job of a sequential sweep): its config and whether it owns its folder."""
+    """This process's launch of an app (one per job of a sequential sweep): its config, and whether it owns its
+    folder."""
 
     cfg = None
     accepted = False

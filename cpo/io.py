@@ -276,8 +276,9 @@ def _duplicate(where: str, e: _DuplicateKey) -> DataError:
 
 
 def _surrogate(where: str, e: _LoneSurrogate) -> DataError:
-    return DataError(f"{where}: field {e.key!r} holds a lone UTF-16 surrogate ({e.char.encode('unicode_escape').decode()}"
-                     "), half of a character (a text cut inside an emoji or a rare character?); fix or remove it")
+    char = e.char.encode("unicode_escape").decode()
+    return DataError(f"{where}: field {e.key!r} holds a lone UTF-16 surrogate ({char}), half of a character (a text "
+                     "cut inside an emoji or a rare character?); fix or remove it")
 
 
 def parse_json_line(text: str, where: str) -> Any:

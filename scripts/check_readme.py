@@ -1,9 +1,9 @@
 """Is the README true? Its measured figures against the result files they come from, or against a fresh run.
 
-    python scripts/check_readme.py                       # every measured block vs its result file (the test suite's check)
+    python scripts/check_readme.py                       # every measured block vs its result file (the suite's)
     python scripts/check_readme.py --write               # rewrite the blocks from the result files
-    python scripts/check_readme.py --rerun demo          # run `python train.py` from an empty cache, compare its figures
-    python scripts/check_readme.py --rerun demo --write  # ... and record the run in docs/results/demo/, rewrite the README
+    python scripts/check_readme.py --rerun demo          # run `python train.py` from an empty cache, compare
+    python scripts/check_readme.py --rerun demo --write  # ... record the run in docs/results/demo/, rewrite README
 
 A measured block sits between ``<!-- measured: <name> (...) -->`` and ``<!-- end measured: <name> -->`` and is
 rendered by ``cpo.report.readme.BLOCKS`` from files under ``docs/results/``. The demo's run is rerun here; the

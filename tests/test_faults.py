@@ -18,8 +18,9 @@ from conftest import REPO, SMALL_DEMO
 
 QUICK = SMALL_DEMO + ["logger=csv", "evaluate.before_after=false", "evaluate.during_training.enabled=false"]
 # A JSONL run on the small demo's pairs and warm start (model.name_or_path= is added by the tests).
-JSONL = ["data=jsonl", "model=hf", "model.dtype=float32", "logger=csv", "data.batch_size=8", "evaluate.max_sentences=16",
-         "evaluate.during_training.enabled=false", "save_policy=false", "trainer.max_steps=1"]
+JSONL = ["data=jsonl", "model=hf", "model.dtype=float32", "logger=csv", "data.batch_size=8",
+         "evaluate.max_sentences=16", "evaluate.during_training.enabled=false", "save_policy=false",
+         "trainer.max_steps=1"]
 # A learning rate that destroys the small demo's model within a few steps while the loss stays finite
 # (measured: the preferred side's NLL 5.2 -> 18.6 nats at step 3).
 DESTROY = ["optim.lr=0.3", "optim.schedule=constant", "trainer.gradient_clip_val=null"]

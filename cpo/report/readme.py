@@ -150,7 +150,8 @@ class Block:
 
 BLOCKS: dict[str, Block] = {
     "demo": Block(str(DEMO_RECORD), lambda root: render_demo(json.loads((root / DEMO_RECORD).read_text("utf-8")))),
-    "loss_ablation": Block("docs/results/loss_ablation/", lambda root: render_protocol(root / "docs/results/loss_ablation")),
+    "loss_ablation": Block("docs/results/loss_ablation/",
+                           lambda root: render_protocol(root / "docs/results/loss_ablation")),
 }
 
 
