@@ -199,7 +199,8 @@ def test_the_notebook_command_works_as_the_readme_prints_it(tmp_path, monkeypatc
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert f"report: {sweep.resolve()}" in "".join(o.get("text", "") for o in outputs)
-    if shutil.which("jupyter", path=str(Path(sys.executable).parent)):  # the extra is installed here: the command runs
+    # `jupyter` alone comes with nbclient; `jupyter-lab` only with the notebook extra: where it is, the command runs
+    if shutil.which("jupyter-lab", path=str(Path(sys.executable).parent)):
         p = subprocess.run([str(Path(sys.executable).parent / "jupyter"), "lab", "--version"], capture_output=True,
                            text=True, timeout=120)
         assert p.returncode == 0 and p.stdout.strip()[0].isdigit()
