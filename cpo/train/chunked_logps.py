@@ -32,10 +32,12 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
-# logps.chunk_tokens=auto: chunked from this vocabulary size on, below it the full path (bit for bit the
-# computation from before the setting existed). Both numbers are measured (README "The memory path").
+# logps.chunk_tokens=auto: chunked from this vocabulary size on; below it the full path, bit for bit the
+# computation from before the setting existed (ALMA's 32,000-token vocabulary, the demo's 1,000).
 AUTO_MIN_VOCAB = 65_536
-AUTO_CHUNK_TOKENS = 1024
+# ... in chunks of about this many logits (128 MiB in float32; a few such tensors live at once): 261 tokens at
+# Llama-3's 128,256, 128 at Gemma's 262,144. Measured in docs/results/bench/large_vocab.txt.
+AUTO_CHUNK_LOGITS = 2**25
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,8 @@ class LogpsSettings:
     """``logps.*``: how completion log-probs are computed from the model.
 
     ``chunk_tokens``: tokens per chunk of the output projection (a positive int), None for the full
-    logits, or ``"auto"``: :data:`AUTO_CHUNK_TOKENS` for vocabularies of at least :data:`AUTO_MIN_VOCAB`.
+    logits, or ``"auto"``: for vocabularies of at least :data:`AUTO_MIN_VOCAB`, chunks of
+    :data:`AUTO_CHUNK_LOGITS` // vocabulary tokens; the full logits below.
     """
 
     chunk_tokens: int | str | None = None
@@ -58,7 +61,8 @@ class LogpsSettings:
         """Tokens per chunk for ``model``, or None for the full path."""
         if self.chunk_tokens != AUTO:
             return self.chunk_tokens  # type: ignore[return-value]
-        return AUTO_CHUNK_TOKENS if vocab_size(model) >= AUTO_MIN_VOCAB else None
+        vocab = vocab_size(model)
+        return max(1, AUTO_CHUNK_LOGITS // vocab) if vocab >= AUTO_MIN_VOCAB else None
 
 
 def vocab_size(model: nn.Module) -> int:

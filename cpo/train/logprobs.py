@@ -138,6 +138,8 @@ def completion_logps_shared_prompt(
     compute and sum in the backward pass, which with an LLM vocabulary (32000) costs more than
     the prompt forward saves.
     """
+    from transformers import DynamicCache
+
     b, p = prompt_ids.shape
     # Nothing to cache; or gradient checkpointing, whose layers drop the KV cache in training mode.
     if p < 2 or (model.training and getattr(model, "is_gradient_checkpointing", False)):
@@ -159,8 +161,10 @@ def completion_logps_shared_prompt(
     # The prompt call's logits (one column) are not used, so its LM head never enters the backward; the
     # chunked path runs the body alone and forms no logits at all.
     net, extra = (model, {"logits_to_keep": 1}) if head is None else (head.body, {})
-    out = net(**head_in, attention_mask=head_mask, position_ids=prompt_pos[:, :-1], use_cache=True, **extra)
-    cache = out.past_key_values
+    # The cache is made here: some models (Gemma 2) make none of their own in training mode.
+    cache = DynamicCache(config=model.config)
+    net(**head_in, attention_mask=head_mask, position_ids=prompt_pos[:, :-1], past_key_values=cache, use_cache=True,
+        **extra)
     _repeat_cache(cache, k)
     full_mask = torch.cat([head_mask.repeat(k, 1), cont_mask], 1)
     cont_pos = prompt_pos[:, -1:].repeat(k, 1) + cont_mask.long().cumsum(-1) - 1
