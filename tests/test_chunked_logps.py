@@ -284,3 +284,30 @@ def test_module_reference_cache_and_heldout_use_the_chunked_path(workload, monke
     assert chunked[3].keys() == full[3].keys()
     assert all(abs(x - y) <= 1e-6 * abs(y) for k in full[3] for x, y in zip(chunked[3][k], full[3][k]))
     assert chunked[4]["pairs"] == 4 and abs(chunked[4]["logp_margin"] - full[4]["logp_margin"]) < 1e-4
+
+
+def test_a_run_with_chunking_computes_no_logits_for_log_probs(tmp_path, monkeypatch):
+    """A run with logps.chunk_tokens set: its training steps, validation, the cached DPO reference pass and the
+    held-out pair metrics all take the chunked path (the full path's entry points raise once the demo's assets,
+    whose warm start is a training of its own, exist)."""
+    import cpo.train.logprobs as lp
+    import cpo.train.run as run_module
+    from conftest import SMALL_DEMO, compose
+
+    def refuse(*a, **k):
+        raise AssertionError("full logits computed with logps.chunk_tokens set")
+
+    load = run_module.load_data
+
+    def load_then_refuse(cfg):
+        data = load(cfg)
+        monkeypatch.setattr(lp, "_logits", refuse)
+        monkeypatch.setattr(lp, "gather_token_logps", refuse)
+        return data
+
+    monkeypatch.setattr(run_module, "load_data", load_then_refuse)
+    cfg = compose(SMALL_DEMO + ["logger=none", "loss=dpo", "loss.reference=cached", "logps.chunk_tokens=4",
+                                "trainer.max_steps=2", "evaluate.during_training.enabled=false", "save_policy=false"])
+    res = run_module.run(cfg, tmp_path)
+    assert res["global_steps"] == 2 and res["val"]["val/loss"] > 0
+    assert res["before"]["pairs"] == res["after"]["pairs"] > 0 and "pref_accuracy" in res["after"]
