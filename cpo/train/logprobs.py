@@ -162,7 +162,8 @@ def completion_logps_shared_prompt(
     # chunked path runs the body alone and forms no logits at all.
     net, extra = (model, {"logits_to_keep": 1}) if head is None else (head.body, {})
     # The cache is made here: some models (Gemma 2) make none of their own in training mode.
-    cache = DynamicCache(config=model.config)
+    config = getattr(model, "config", None)
+    cache = DynamicCache(config=config) if config is not None else DynamicCache()
     net(**head_in, attention_mask=head_mask, position_ids=prompt_pos[:, :-1], past_key_values=cache, use_cache=True,
         **extra)
     _repeat_cache(cache, k)
