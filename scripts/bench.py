@@ -65,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="pad the model's vocabulary to this size (e.g. 32000, LLaMA-2's)")
     p.add_argument("--levers", action="store_true", help="also measure each lever on/off for CPO")
     p.add_argument("--memory", choices=["subprocess", "off"], default="subprocess", help="peak-RSS probes (CPU)")
+    p.add_argument("--memory-parallel", type=int, default=2,
+                   help="memory probes at once (1 for large vocabularies: TRL's full logits take gigabytes)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--loss", nargs="+", default=list(LOSSES), choices=LOSSES,
                    help="our implementations to run, by loss")
@@ -110,7 +112,7 @@ def main(argv=None) -> dict:
                          vocab_size=ns.vocab_size, gradient_checkpointing=ns.gradient_checkpointing,
                          packed=ns.packed, losses=tuple(ns.loss), forwards=tuple(ns.forward), lora_r=ns.lora_r,
                          lora_targets=tuple(ns.lora_targets), precision=ns.precision, lengths=ns.lengths,
-                         chunk_tokens=tuple(ns.chunk_tokens))
+                         chunk_tokens=tuple(ns.chunk_tokens), memory_parallel=ns.memory_parallel)
         summary = run_train_bench(args)
     print(json.dumps(summary, default=str), flush=True)
     return summary

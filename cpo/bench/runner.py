@@ -78,6 +78,7 @@ class BenchArgs:
     activation: bool = True  # count the tensors saved for the backward (one extra forward per implementation)
     # also CPO with each of these logps.chunk_tokens (None: full logits; "auto": the default, what "cpo" runs)
     chunk_tokens: Sequence[int | str | None] = ()
+    memory_parallel: int = 2  # memory probes run at once (1 where TRL's full logits alone take gigabytes)
 
 
 def _variants(a: BenchArgs) -> list[Variant]:
@@ -252,7 +253,7 @@ def bench_model(name: str, a: BenchArgs, peak: float, log=print) -> dict:
                 cfg["variant"] = asdict(next(v for v in variants if v.name == n))
             cfgs.append(cfg)
         log(f"[bench] {name}: memory probes ({len(cfgs)} subprocesses)")
-        for n, m in zip(names, probe_memory_subprocess(cfgs)):
+        for n, m in zip(names, probe_memory_subprocess(cfgs, a.memory_parallel)):
             res[n].update(m)
 
     result["ratios"] = ratios(res)
