@@ -22,14 +22,11 @@ output) falls back to the full path with one warning naming why.
 from __future__ import annotations
 
 import contextlib
-import logging
 import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-
-log = logging.getLogger(__name__)
 
 AUTO = "auto"
 # logps.chunk_tokens=auto: chunked from this vocabulary size on; below it the full path, bit for bit the
@@ -256,7 +253,9 @@ def chunked_head(model: nn.Module, chunk_tokens: int | None) -> ChunkedHead | No
     if head is None:
         if why not in _WARNED:
             _WARNED.add(why)
-            log.warning("logps.chunk_tokens=%s: computing full logits instead, because %s", chunk_tokens, why)
+            from cpo.console import warn
+
+            warn(f"logps.chunk_tokens={chunk_tokens}: computing full logits instead, because {why}")
         return None
     return ChunkedHead(head.body, head.projection, head.post, int(chunk_tokens))
 
