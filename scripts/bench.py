@@ -6,6 +6,9 @@
     python scripts/bench.py --generation                     # batched vs one-at-a-time beam search
     # ALMA-R's setting on a GPU: 7B shape, LoRA r16 on down_proj, bf16, batch 2, ALMA-R's token lengths
     python scripts/bench.py --model 7b --lora-r 16 --precision bf16 --batch-size 2 --lengths alma_r --against trl
+    # A large vocabulary: chunked log-probs (the default, logps.chunk_tokens=auto) vs full logits vs TRL
+    python scripts/bench.py --model h256 --vocab-size 128256 --lora-r 16 --lengths alma_r --batch-size 8 \
+        --loss cpo --chunk-tokens null --against trl
 
 The last line printed is a JSON summary. See cpo/bench/ for what is measured and how.
 """
@@ -21,6 +24,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")  # torchmetrics, imported by lightning
+
+
+def _chunk_tokens(text: str) -> int | str | None:
+    if text in ("null", "none", "None"):
+        return None
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of tokens, null or auto")
+    return value
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,10 +65,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="pad the model's vocabulary to this size (e.g. 32000, LLaMA-2's)")
     p.add_argument("--levers", action="store_true", help="also measure each lever on/off for CPO")
     p.add_argument("--memory", choices=["subprocess", "off"], default="subprocess", help="peak-RSS probes (CPU)")
+    p.add_argument("--memory-parallel", type=int, default=2,
+                   help="memory probes at once (1 for large vocabularies: TRL's full logits take gigabytes)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--loss", nargs="+", default=list(LOSSES), choices=LOSSES,
                    help="our implementations to run, by loss")
     p.add_argument("--forward", nargs="+", default=[], choices=FORWARDS, help="also CPO with each of these forwards")
+    p.add_argument("--chunk-tokens", nargs="+", default=[], type=_chunk_tokens, metavar="N|null|auto",
+                   help="also CPO with each logps.chunk_tokens (null: full logits; cpo itself runs the default, auto)")
     p.add_argument("--lora-r", type=int, default=None,
                    help="LoRA of this rank on a frozen base shared by every implementation")
     p.add_argument("--lora-targets", nargs="+", default=["down_proj"], help="LoRA target projections")
@@ -90,7 +111,8 @@ def main(argv=None) -> dict:
                          levers=ns.levers, memory=ns.memory, device=device, seed=ns.seed,
                          vocab_size=ns.vocab_size, gradient_checkpointing=ns.gradient_checkpointing,
                          packed=ns.packed, losses=tuple(ns.loss), forwards=tuple(ns.forward), lora_r=ns.lora_r,
-                         lora_targets=tuple(ns.lora_targets), precision=ns.precision, lengths=ns.lengths)
+                         lora_targets=tuple(ns.lora_targets), precision=ns.precision, lengths=ns.lengths,
+                         chunk_tokens=tuple(ns.chunk_tokens), memory_parallel=ns.memory_parallel)
         summary = run_train_bench(args)
     print(json.dumps(summary, default=str), flush=True)
     return summary

@@ -26,6 +26,11 @@ to 256, total up to 512).
 3. ``fit_13b``: the "13B" shape (5120, 40 layers, 40 heads, FFN 13824), CPO LoRA as ALMA-R trains it
    (gradient checkpointing on): speed on ALMA-R's lengths, peak memory with every pair at the bounds.
 4. ``beam_7b``: batched beam search (5 beams, 256 new tokens) on the 7B shape: sentences/s at batch 1, 16, 64.
+5. ``large_vocab_8b`` (issue 17): the Llama-3-8B shape (hidden 4096, 32 layers, 32 heads, 8 KV heads, FFN
+   14336, vocabulary 128,256), LoRA r16 on ``down_proj``, bf16, ALMA-R's lengths, batch 2 and 8: CPO with
+   the chunked log-probs (``logps.chunk_tokens=auto``, the default), CPO on the full logits and TRL's
+   CPOTrainer on the same weights and batches: tokens/s, pairs/s, peak CUDA memory. Alone:
+   ``--parts large_vocab_8b`` (about 3 minutes on an H100).
 
 Targets, as ratios of the same run (part 2): CPO pairs/s >= 1.3x TRL's; CPO peak memory <= TRL's; CPO
 step <= 0.8x DPO with a live reference; MFU of the CPO step >= 40%.
@@ -110,6 +115,7 @@ PARTS = {
     "throughput_7b": (2, 150, 180),
     "fit_13b": (3, 90, 120),
     "beam_7b": (4, 120, 120),
+    "large_vocab_8b": (5, 240, 120),
 }
 GPU_ONLY = ("train_fsdp", "train_deepspeed_zero2")
 NEEDS_GPU = "needs a GPU"  # why the dry run skips GPU_ONLY parts
@@ -310,7 +316,7 @@ def check(ns: argparse.Namespace) -> int:
         (work / sub).mkdir(parents=True, exist_ok=True)
     env = part_env(ns, work)
     command = shlex.join([Path(sys.executable).name, os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
-    report = {"title": "GPU check (issue 9)", "dry_run": ns.dry_run, "command": command,
+    report = {"title": "GPU check (issues 9 and 17)", "dry_run": ns.dry_run, "command": command,
               "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": versions(),
               "device": device_info(env), "total_limit_s": total, "parts": {}}
     print(f"[gpu_check] device: {report['device']}", flush=True)

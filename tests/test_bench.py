@@ -27,7 +27,7 @@ def run():
     from contextlib import redirect_stdout
 
     argv = ["--model", "tiny", "--reps", "1", "--warmup", "1", "--steps", "2", "--batch-size", "4", "--memory", "off",
-            "--levers"]
+            "--levers", "--chunk-tokens", "5", "null"]
     if bench.trl_available():
         argv += ["--against", "trl"]
     out = io.StringIO()
@@ -66,6 +66,13 @@ def test_first_batch_loss_equals_trl(run):
     first = m["trl_first_batch"]
     assert first["loss_abs_diff"] < 1e-4, first
     assert first["logps_max_abs_diff"] < 1e-3, first
+    # With chunking on (chunks of 5 tokens) too, and on the full logits: TRL's loss, on the same first batch.
+    by_impl = m["trl_first_batch_by_impl"]
+    assert by_impl["cpo[chunk_tokens=5]"]["chunk_tokens"] == 5 and by_impl["cpo[chunk_tokens=null]"]["chunk_tokens"] is None
+    for name, t in by_impl.items():
+        assert t["loss_abs_diff"] < 1e-4 and t["logps_max_abs_diff"] < 1e-3, (name, t)
+    assert m["results"]["cpo[chunk_tokens=5]"]["pairs_per_s_median"] > 0
+    assert m["ratios"]["cpo_pairs_per_s_over_full_logits_median"] > 0
     assert m["results"]["trl_cpo"]["pairs_per_s_median"] > 0
     assert m["ratios"]["cpo_pairs_per_s_over_trl_median"] > 0
 
@@ -75,6 +82,25 @@ def test_memory_probe_in_process():
                variant={"name": "cpo", "loss": "cpo"})
     m = bench.memory_probe(cfg)
     assert m["peak_rss_mb"] > 0 and m["step_rss_mb"] >= 0
+    # LoRA on a shared frozen base (the large-vocabulary benchmark's setting), the chunked log-probs.
+    cfg.update(lora_r=4, vocab_size=2000, variant={"name": "cpo[chunk_tokens=16]", "loss": "cpo", "chunk_tokens": 16})
+    m = bench.memory_probe(cfg)
+    assert m["peak_rss_mb"] > 0 and m["step_rss_mb"] >= 0
+
+
+def test_large_vocab_targets_follow_the_issue():
+    from cpo.bench.report import large_vocab_targets
+
+    def got(vocab, batch, mem):
+        res = {"vocab": vocab, "batch_size": batch, "ratios": {"cpo_step_rss_over_trl": mem,
+               "cpo_pairs_per_s_over_full_logits_median": 0.95, "cpo_pairs_per_s_over_trl_median": 1.4}}
+        return {t["target"]: t["met"] for t in large_vocab_targets(res)}
+
+    assert got(32000, 8, 0.1) == {}  # no target below the chunking threshold
+    assert got(128256, 8, 0.29) == {"step memory <= 0.3x TRL's": True, "pairs/s >= 0.9x the full logits'": True,
+                                    "pairs/s >= 1.5x TRL's": False}
+    assert got(262144, 8, 0.29)["step memory <= 0.25x TRL's"] is False
+    assert got(262144, 2, 0.59)["step memory <= 0.6x TRL's"] is True
 
 
 def test_flop_accounting():

@@ -63,19 +63,17 @@ def test_a_part_past_its_limit_is_one_sentence_and_the_next_part_runs(tmp_path):
         assert {"logs/fit_13b.log", "logs/beam_7b.log", "parts/beam_7b.json"} <= set(tar.getnames())
 
 
+# Every part but the large-vocabulary one, whose dry run runs in this process below: a part's own process spends
+# about 10 s of CPU importing torch, transformers and TRL, which the suite would pay for 3 s of figures.
+SUBPROCESS_PARTS = ["prepare", "train_auto", "train_fsdp", "train_deepspeed_zero2", "throughput_7b", "fit_13b",
+                    "beam_7b"]
+
+
 def test_full_dry_run(tmp_path):
-    p, report, md = _check(tmp_path, "--dry-run")
+    p, report, md = _check(tmp_path, "--dry-run", "--parts", ",".join(SUBPROCESS_PARTS))
     assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
     parts = report["parts"]
-    assert list(parts) == [
-        "prepare",
-        "train_auto",
-        "train_fsdp",
-        "train_deepspeed_zero2",
-        "throughput_7b",
-        "fit_13b",
-        "beam_7b",
-    ]
+    assert list(parts) == SUBPROCESS_PARTS
     # Part 1: train.py trained, the loss was finite and fell, the saved policy reloaded and generated.
     t = parts["train_auto"]
     assert t["status"] == "ok", t
@@ -118,6 +116,33 @@ def test_full_dry_run(tmp_path):
     ):
         assert heading in md
     assert "| fsdp | skipped: needs a GPU |" in md
+
+
+def test_large_vocab_part_dry_run(tmp_path):
+    """Part 5 (issue 17) on the CPU, in this process: the real 128,256-token vocabulary on a tiny body, batch 2; CPO
+    with the chunked log-probs, on the full logits and TRL's CPOTrainer, and its section of the report."""
+    from cpo.bench import trl_available
+    from cpo.bench.gpu_parts import Plan, run_part
+    from cpo.bench.gpu_report import markdown
+
+    assert run_part("large_vocab_8b", Plan(dry_run=True, work=tmp_path), tmp_path / "part.json") == 0
+    res = json.loads((tmp_path / "part.json").read_text())
+    assert res["status"] in ("ok", "partial"), res
+    row = res["figures"]["batches"]["2"]
+    impls = row["implementations"]
+    expected = {"cpo", "cpo[chunk_tokens=null]"} | ({"trl_cpo"} if trl_available() else set())
+    assert set(impls) == expected and all(r["pairs_per_s_median"] > 0 for r in impls.values()), impls
+    if trl_available():
+        first = row["trl_first_batch_by_impl"]
+        assert first["cpo"]["chunk_tokens"] == 261 and first["cpo[chunk_tokens=null]"]["chunk_tokens"] is None
+        assert all(t["loss_abs_diff"] < 1e-4 for t in first.values()), first
+    report = {"title": "t", "dry_run": True, "started": "now", "command": "python scripts/gpu_check.py --dry-run",
+              "versions": {}, "device": {}, "total_limit_s": 900, "wall_s": 1,
+              "parts": {"large_vocab_8b": {"part": 5, "seconds": 1} | res}}
+    md = markdown(report)
+    assert "## 5. Large vocabulary: Llama-3-8B shape" in md and "### Batch 2 pairs" in md
+    assert "| cpo, chunked log-probs (logps.chunk_tokens=auto, the default) |" in md
+    assert "| cpo, full logits (logps.chunk_tokens=null) |" in md
 
 
 def test_usage_errors_exit_2_with_one_sentence(tmp_path):

@@ -66,6 +66,19 @@ class Plan:
         return dict(steps=2, reps=1, warmup=1) if self.dry_run else dict(steps=5, reps=3, warmup=1)
 
     @property
+    def large_vocab_batches(self) -> tuple[int, ...]:
+        return (2,) if self.dry_run else (2, 8)
+
+    @property
+    def large_vocab_bench(self) -> dict:
+        return dict(steps=1, reps=1, warmup=0) if self.dry_run else self.bench
+
+    @property
+    def large_vocab_lengths(self) -> str:
+        # The dry run keeps the real vocabulary and short sentences, so that TRL's full logits stay small on a CPU.
+        return "demo" if self.dry_run else "alma_r"
+
+    @property
     def beam_new_tokens(self) -> int:
         return 8 if self.dry_run else 256
 
@@ -284,6 +297,47 @@ def fit_13b(plan: Plan) -> dict:
     return {"figures": figures, "errors": errors}
 
 
+# --------------------------------------------------------------------------- part 5: a large vocabulary
+def large_vocab(plan: Plan) -> dict:
+    """Llama-3-8B shape (hidden 4096, 32 layers, 32 heads, 8 KV heads, FFN 14336, vocabulary 128,256), LoRA r16 on
+    down_proj, bf16, batch 2 and 8: CPO with the chunked log-probs (logps.chunk_tokens=auto, the default), CPO on
+    the full logits and TRL's CPOTrainer, same weights and batches: tokens/s, pairs/s, peak CUDA memory."""
+    import gc
+
+    import torch
+
+    from cpo.bench import trl_available
+    from cpo.bench.report import large_vocab_targets
+
+    errors, by_batch = {}, {}
+    against = "trl" if importlib.util.find_spec("datasets") is not None and trl_available() else None
+    if against is None:
+        errors["trl_cpo"] = MISSING.format(pkg="trl and datasets")
+    for batch in plan.large_vocab_batches:
+        try:
+            res = _bench(plan, plan.shape("8b"), batch_size=batch, losses=("cpo",), chunk_tokens=(None,),
+                         against=against, lengths=plan.large_vocab_lengths, **plan.large_vocab_bench)
+        except Exception as e:  # noqa: BLE001 - out of memory at batch 8 is a figure too: the other batch still runs
+            if not (torch.cuda.is_available() and isinstance(e, torch.cuda.OutOfMemoryError)):
+                raise
+            errors[f"batch_{batch}"] = f"CUDA out of memory ({str(e).splitlines()[0][:200]})"
+            continue
+        finally:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        row = {"implementations": _summary(res), "ratios": res["ratios"], "token_lengths": res["token_lengths"],
+               "targets": large_vocab_targets(res)}
+        for key in ("trl_first_batch_by_impl", "trl_tokens"):
+            if key in res:
+                row[key] = res[key]
+        by_batch[str(batch)] = row
+    if not by_batch:
+        raise PartFailure("no batch size ran: " + "; ".join(errors.values()))
+    return {"figures": {"batches": by_batch, "model": plan.shape("8b"), "vocab": 128256, "lora_r": plan.lora_r,
+                        "precision": plan.precision, "device": plan.device}, "errors": errors}
+
+
 # --------------------------------------------------------------------------- part 4: beam search
 def beam(plan: Plan) -> dict:
     """Batched beam search (5 beams, 256 new tokens, SPEC section 6) on the 7B shape: sentences/s at batch 1, 16, 64."""
@@ -320,6 +374,7 @@ PARTS = {
     "throughput_7b": throughput,
     "fit_13b": fit_13b,
     "beam_7b": beam,
+    "large_vocab_8b": large_vocab,
 }
 
 

@@ -15,11 +15,13 @@ TITLES = {
     "throughput_7b": "7B throughput and memory vs TRL",
     "fit_13b": "13B CPO LoRA as ALMA-R trains it",
     "beam_7b": "7B batched beam search",
+    "large_vocab_8b": "Llama-3-8B shape (vocabulary 128,256): chunked log-probs vs full logits vs TRL",
 }
 TRAIN_PARTS = ("train_auto", "train_fsdp", "train_deepspeed_zero2")
 IMPL_NAMES = {"cpo": "cpo (forward=packed, the default)", "cpo[kv_cache]": "cpo (forward=kv_cache)",
               "cpo[concat]": "cpo (forward=concat)", "dpo_live": "dpo, live reference (adapter off)",
-              "trl_cpo": "TRL CPOTrainer"}
+              "trl_cpo": "TRL CPOTrainer", "cpo[chunk_tokens=null]": "cpo, full logits (logps.chunk_tokens=null)"}
+LARGE_VOCAB_NAMES = {"cpo": "cpo, chunked log-probs (logps.chunk_tokens=auto, the default)"}
 # An exception, an app's "error: ...", or Hydra's override errors ("Could not override ...", "Key ... not in struct").
 ERROR_LINE = re.compile(r"^(error: .+|[\w.]*(Error|Exception|Interrupt|Failure)\b.*"
                         r"|Could not .+|Key '.+' is not in struct)$")
@@ -104,14 +106,14 @@ def _part1(parts: dict) -> list[str]:
     return lines + [""]
 
 
-def _impl_table(impls: dict) -> list[str]:
+def _impl_table(impls: dict, names: dict | None = None) -> list[str]:
     lines = [_row("implementation", "pairs/s (median)", "completion tok/s", "real tok/s", "step ms", "peak GPU GiB",
                   "+step GiB", "MFU %", "pad %"), "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for n, r in impls.items():
         def gib(k):
             return _f(r[k] / 1024, ".2f") if k in r else "-"
 
-        lines.append(_row(IMPL_NAMES.get(n, n), _f(r.get("pairs_per_s_median"), ".2f"),
+        lines.append(_row((names or {}).get(n, IMPL_NAMES.get(n, n)), _f(r.get("pairs_per_s_median"), ".2f"),
                           _f(r.get("completion_tokens_per_s_median"), ".0f"),
                           _f(r.get("real_tokens_per_s_median"), ".0f"),
                           _f(1e3 * r["step_s_median"], ".1f"), gib("peak_gpu_mb"), gib("step_gpu_mb"),
@@ -170,6 +172,27 @@ def _part4(r: dict | None) -> list[str]:
     return lines + _errors(r) + [""]
 
 
+def _part5(r: dict | None) -> list[str]:
+    if r is None:
+        return []
+    lines = ["## 5. Large vocabulary: Llama-3-8B shape (vocabulary 128,256, LoRA r16 on down_proj, bf16)", "",
+             f"Status: {_outcome(r)}."]
+    f = r.get("figures")
+    for batch, row in (f or {}).get("batches", {}).items():
+        lines += ["", f"### Batch {batch} pairs", "", f"{_ran_on(f)} Token lengths: {_lengths(row.get('token_lengths'))}.",
+                  ""]
+        lines += _impl_table(row["implementations"], LARGE_VOCAB_NAMES)
+        lines += [""] + [f"- {k}: {v:.3f}" for k, v in row["ratios"].items()]
+        for name, t in row.get("trl_first_batch_by_impl", {}).items():
+            how = "full logits" if t["chunk_tokens"] is None else f"chunks of {t['chunk_tokens']} tokens"
+            lines.append(f"- first-batch loss, {name} ({how}): {t['ours_loss']:.5f}, TRL {t['trl_loss']:.5f}, "
+                         f"|diff| {t['loss_abs_diff']:.2e}")
+        for t in row.get("targets", []):
+            met = "-" if t["met"] is None else ("met" if t["met"] else "not met")
+            lines.append(f"- target (stated for the CPU benchmark) {t['target']}: {_f(t['value'])} ({met})")
+    return lines + _errors(r) + [""]
+
+
 def markdown(report: dict) -> str:
     d, parts = report.get("device", {}), report["parts"]
     device = d.get("name") or ("CPU (dry run)" if report["dry_run"] else d.get("error", "no CUDA device"))
@@ -190,5 +213,5 @@ def markdown(report: dict) -> str:
         lines.append(_row(t["target"], _f(t["value"]), "-" if t["met"] is None else ("yes" if t["met"] else "no")))
     lines.append("")
     lines += _part1(parts) + _part2(parts.get("throughput_7b"))
-    lines += _part3(parts.get("fit_13b")) + _part4(parts.get("beam_7b"))
+    lines += _part3(parts.get("fit_13b")) + _part4(parts.get("beam_7b")) + _part5(parts.get("large_vocab_8b"))
     return "\n".join(lines).rstrip() + "\n"

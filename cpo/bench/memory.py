@@ -96,8 +96,9 @@ def memory_probe(cfg: dict) -> dict:
     building the model, tokenizing and TRL's data set map are not in it, the first AdamW step
     (gradients alive while the moment buffers are allocated) is.
     """
+    from cpo.bench.flops import Lora
     from cpo.bench.ours import OursImpl, Variant
-    from cpo.bench.policies import FullCopies
+    from cpo.bench.policies import FullCopies, SharedLora
     from cpo.bench.trl_impl import TrlImpl, trl_available
     from cpo.bench.workload import MODELS, build_model, make_workload
 
@@ -107,9 +108,14 @@ def memory_probe(cfg: dict) -> dict:
     import cpo.train.module  # noqa: F401
 
     wl = make_workload(cfg["batch_size"], cfg["steps"], seed=cfg["seed"], lengths=cfg.get("lengths", "demo"))
-    init = build_model(wl.tok, cfg["model"], seed=cfg["seed"], vocab_size=cfg.get("vocab_size"))
+    precision = cfg.get("precision", "fp32")
+    init = build_model(wl.tok, cfg["model"], seed=cfg["seed"], vocab_size=cfg.get("vocab_size"),
+                       dtype="bfloat16" if precision == "bf16" else "float32")
     spec = MODELS[cfg["model"]]
-    policies = FullCopies(init, "cpu")
+    # LoRA: the frozen base is the static memory (built before the mark), the adapter and its optimizer state not.
+    lora = Lora(cfg["lora_r"], tuple(cfg.get("lora_targets") or ("down_proj",))) if cfg.get("lora_r") else None
+    gc = cfg.get("gradient_checkpointing", False)
+    policies = SharedLora(init, lora, cfg["seed"], gc) if lora else FullCopies(init, "cpu")
     mark = {}
     if cfg["impl"] == "trl_cpo":
         impl = TrlImpl(
@@ -122,11 +128,12 @@ def memory_probe(cfg: dict) -> dict:
             cfg["threads"],
             total_steps=2 * cfg["steps"],
             gradient_checkpointing=cfg.get("gradient_checkpointing", False),
+            precision=precision,
         )
         del init, policies
         impl.train(lambda t: None, cfg["steps"], on_step_begin=lambda: mark.setdefault("base", reset_peak_rss()))
     else:
-        impl = OursImpl(Variant(**cfg["variant"]), policies, wl, spec, cfg["lr"], "cpu")
+        impl = OursImpl(Variant(**cfg["variant"]), policies, wl, spec, cfg["lr"], "cpu", precision)
         del init, policies
         mark["base"] = reset_peak_rss()
         impl.run_chunk()

@@ -39,6 +39,9 @@ class Variant:
     gradient_checkpointing: bool = False
     # cpo.train.logprobs.completion_logps_packed instead of the KV-cache route (needs shared_prompt)
     packed: bool = False
+    # logps.chunk_tokens: the output projection a chunk of tokens at a time (cpo.train.chunked_logps); "auto" is
+    # the project's default (chunked for vocabularies from 65,536 on), None the full logits
+    chunk_tokens: int | str | None = "auto"
 
     @property
     def forward(self) -> str:
@@ -56,6 +59,7 @@ class OursImpl:
     def __init__(
         self, v: Variant, policies, wl: Workload, spec: ModelSpec, lr: float, device: str, precision: str = "fp32"
     ):
+        from cpo.train.chunked_logps import LogpsSettings
         from cpo.train.losses import PreferenceLoss
         from cpo.train.module import PreferenceModule
 
@@ -70,7 +74,10 @@ class OursImpl:
         }[v.loss]
         net = policy if v.logits_to_keep else FullLogits(policy)
         reference = policies.reference(net) if v.loss == "dpo_live" else None
-        self.module = PreferenceModule(net, loss, optim=None, pad_id=wl.pad_id, reference=reference, forward=v.forward)
+        # The full-logits lever's wrapper is not a causal LM the chunked path can split: it runs the full path.
+        self.logps = LogpsSettings(v.chunk_tokens if v.logits_to_keep else None)
+        self.module = PreferenceModule(net, loss, optim=None, pad_id=wl.pad_id, reference=reference, forward=v.forward,
+                                       logps=self.logps)
         self.opt, self.sched = make_optimizer(self.params, lr, v.fused_adamw)
         self.ref_cache_s = None
         ref = None
@@ -79,7 +86,8 @@ class OursImpl:
 
             t = time.perf_counter()
             with policies.reference_model() as ref_model, self.autocast():
-                ref = compute_reference_logps(ref_model, lambda items: wl.collator(items), wl.pairs, wl.pad_id)
+                ref = compute_reference_logps(ref_model, lambda items: wl.collator(items), wl.pairs, wl.pad_id,
+                                              logps=self.logps)
             self.ref_cache_s = time.perf_counter() - t
         idx = wl.batch_indices(v.group_by_length)
         self.spec, self.vocab = spec, policy.config.vocab_size

@@ -11,6 +11,21 @@ def _memory(r: dict) -> str:
     return f"{'-':>7s} {'-':>8s}"
 
 
+def large_vocab_targets(res: dict) -> list[dict]:
+    """Issue 17's targets for the chunked log-probs at a large vocabulary (none below 65,536): step memory against
+    TRL's (0.30x at 128k and 0.25x at 262k for batch 8, 0.6x at batch 2), pairs/s against the full logits and TRL."""
+    if res.get("vocab", 0) < 65_536:
+        return []
+    r = res.get("ratios", {})
+    mem_bound = (0.25 if res["vocab"] >= 200_000 else 0.30) if res["batch_size"] >= 8 else 0.6
+    mem = r.get("cpo_step_gpu_over_trl", r.get("cpo_step_rss_over_trl"))
+    rows = [(f"step memory <= {mem_bound}x TRL's", mem, "<=", mem_bound),
+            ("pairs/s >= 0.9x the full logits'", r.get("cpo_pairs_per_s_over_full_logits_median"), ">=", 0.9),
+            ("pairs/s >= 1.5x TRL's", r.get("cpo_pairs_per_s_over_trl_median"), ">=", 1.5)]
+    return [{"target": name, "value": v, "bound": f"{op} {b}",
+             "met": None if v is None else (v <= b if op == "<=" else v >= b)} for name, v, op, b in rows]
+
+
 def format_model(res: dict, peak: float) -> list[str]:
     s = res["spec"]
     lora = f", LoRA r{res['lora']['r']} on {'/'.join(res['lora']['targets'])}" if res.get("lora") else ""
@@ -49,6 +64,14 @@ def format_model(res: dict, peak: float) -> list[str]:
             f"  first-batch loss: ours {t['ours_loss']:.7f}  TRL {t['trl_loss']:.7f}  |diff| {t['loss_abs_diff']:.2e}; "
             f"max |diff| of sequence log-probs {t['logps_max_abs_diff']:.2e} (values up to {t['logps_scale']:.1f})"
         )
+    for name, t in res.get("trl_first_batch_by_impl", {}).items():
+        how = "full logits" if t["chunk_tokens"] is None else f"chunks of {t['chunk_tokens']} tokens"
+        lines.append(f"  first-batch loss, {name} ({how}): {t['ours_loss']:.7f}, |diff| to TRL {t['loss_abs_diff']:.2e}; "
+                     f"max |diff| of sequence log-probs {t['logps_max_abs_diff']:.2e}")
+    for t in res.get("targets", []):
+        met = "-" if t["met"] is None else ("met" if t["met"] else "NOT met")
+        value = "-" if t["value"] is None else f"{t['value']:.3f}"
+        lines.append(f"  target {t['target']}: {value} ({met})")
     if "levers" in res:
         for k, v in res["levers"].items():
             lines.append(f"  lever {k}: " + ", ".join(f"{a} {b:.3f}" for a, b in v.items()))

@@ -14,11 +14,16 @@ from cpo.bench.flops import Lora, Work, matmul_peak, peak_size
 from cpo.bench.memory import CudaPeak, probe_memory_subprocess, saved_activation_mb
 from cpo.bench.ours import OursImpl, Variant
 from cpo.bench.policies import FullCopies, SharedLora
-from cpo.bench.report import format_model
+from cpo.bench.report import format_model, large_vocab_targets
 from cpo.bench.trl_impl import TrlImpl, compare_first_batch, trl_available
 from cpo.bench.workload import LOSSES, MODELS, build_model, make_workload
 
 FORWARDS = ("packed", "kv_cache", "concat")
+FULL_LOGITS = "cpo[chunk_tokens=null]"  # CPO on the full logits, the chunked path's baseline
+
+
+def chunk_name(chunk: int | str | None) -> str:
+    return f"cpo[chunk_tokens={'null' if chunk is None else chunk}]"
 
 
 def _stats(chunks: list[list[float]], work: list[Work], pairs_per_step: int, peak: float) -> dict:
@@ -71,6 +76,9 @@ class BenchArgs:
     precision: str = "fp32"  # fp32 | bf16 (weights in bf16, compute under bf16 autocast: the project's bf16-mixed)
     lengths: str = "demo"  # demo | alma_r | alma_r_max (cpo.bench.lengths)
     activation: bool = True  # count the tensors saved for the backward (one extra forward per implementation)
+    # also CPO with each of these logps.chunk_tokens (None: full logits; "auto": the default, what "cpo" runs)
+    chunk_tokens: Sequence[int | str | None] = ()
+    memory_parallel: int = 2  # memory probes run at once (1 where TRL's full logits alone take gigabytes)
 
 
 def _variants(a: BenchArgs) -> list[Variant]:
@@ -87,6 +95,7 @@ def _variants(a: BenchArgs) -> list[Variant]:
         return replace(v, name=f"{stem}[{f}]", shared_prompt=f != "concat", packed=f == "packed")
 
     extra = [with_forward(cpo, "cpo", f) for f in a.forwards]
+    extra += [replace(cpo, name=chunk_name(c), chunk_tokens=c) for c in a.chunk_tokens]
     if a.levers:  # explicit configurations around our default one (duplicates of it are measured again)
         extra += [
             with_forward(v, stem, f)
@@ -177,7 +186,13 @@ def bench_model(name: str, a: BenchArgs, peak: float, log=print) -> dict:
         result["trl_tokens"] = trl.token_check(wl)
         ours_cpo = next((i for i in impls if i.v.loss == "cpo" and i.name.startswith("cpo")), None)
         if ours_cpo is not None:
-            result["trl_first_batch"] = compare_first_batch(ours_cpo, trl)
+            got = trl.first_batch()
+            result["trl_first_batch"] = compare_first_batch(ours_cpo, trl, got)
+            # Every log-prob setting measured (chunked, full logits) against the same TRL loss.
+            result["trl_first_batch_by_impl"] = {
+                i.name: compare_first_batch(i, trl, got) for i in impls
+                if i.name == ours_cpo.name or i.name.startswith("cpo[chunk_tokens=")
+            }
         if a.activation:
             act[trl.name] = saved_activation_mb(trl.first_batch_loss, list(trl.model.parameters()))
         chunks[trl.name] = []
@@ -212,8 +227,9 @@ def bench_model(name: str, a: BenchArgs, peak: float, log=print) -> dict:
             res[impl.name].update(gpu[impl.name].as_dict())
     result["results"] = res
 
-    if a.memory == "subprocess" and not cuda and not a.lora_r:
-        names = list(a.losses) + (["trl_cpo"] if trl else [])
+    if a.memory == "subprocess" and not cuda:
+        names = list(a.losses) + [chunk_name(c) for c in a.chunk_tokens] + (["trl_cpo"] if trl else [])
+        names = list(dict.fromkeys(names))
         cfgs = []
         for n in names:
             cfg = dict(
@@ -229,15 +245,19 @@ def bench_model(name: str, a: BenchArgs, peak: float, log=print) -> dict:
                 vocab_size=a.vocab_size,
                 gradient_checkpointing=a.gradient_checkpointing,
                 lengths=a.lengths,
+                lora_r=a.lora_r,
+                lora_targets=list(a.lora_targets),
+                precision=a.precision,
             )
             if n != "trl_cpo":
                 cfg["variant"] = asdict(next(v for v in variants if v.name == n))
             cfgs.append(cfg)
         log(f"[bench] {name}: memory probes ({len(cfgs)} subprocesses)")
-        for n, m in zip(names, probe_memory_subprocess(cfgs)):
+        for n, m in zip(names, probe_memory_subprocess(cfgs, a.memory_parallel)):
             res[n].update(m)
 
     result["ratios"] = ratios(res)
+    result["targets"] = large_vocab_targets(result)
     if a.levers:
         result["levers"] = levers(res, a.fused_adamw)
     return result
@@ -263,6 +283,14 @@ def ratios(r: dict) -> dict:
     put("cpo_peak_gpu_over_trl", "cpo", "trl_cpo", "peak_gpu_mb")
     put("cpo_step_gpu_over_trl", "cpo", "trl_cpo", "step_gpu_mb")
     put("cpo_activation_over_trl", "cpo", "trl_cpo", "activation_mb")
+    # The chunked log-probs (the default "cpo" at a large vocabulary) against the full logits.
+    for s in ("median", "max"):
+        put(f"cpo_pairs_per_s_over_full_logits_{s}", "cpo", FULL_LOGITS, f"pairs_per_s_{s}")
+    if "step_rss_mb" in r.get("cpo", {}) and "step_rss_mb" in r.get(FULL_LOGITS, {}):
+        out["cpo_step_rss_over_full_logits"] = r["cpo"]["step_rss_mb"] / max(r[FULL_LOGITS]["step_rss_mb"], 1e-9)
+    put("cpo_step_gpu_over_full_logits", "cpo", FULL_LOGITS, "step_gpu_mb")
+    put("cpo_peak_gpu_over_full_logits", "cpo", FULL_LOGITS, "peak_gpu_mb")
+    put("cpo_activation_over_full_logits", "cpo", FULL_LOGITS, "activation_mb")
     return out
 
 

@@ -186,23 +186,28 @@ class TrlImpl:
         self.trainer.train()
 
 
-def compare_first_batch(ours: OursImpl, trl: TrlImpl) -> dict:
-    """Loss and per-sequence log-probs of both implementations on the first batch, same initial weights."""
+def compare_first_batch(ours: OursImpl, trl: TrlImpl, got: dict | None = None) -> dict:
+    """Loss and per-sequence log-probs of both implementations on the first batch, same initial weights; ours
+    with its own log-prob setting (``logps.chunk_tokens``: chunked or full logits). ``got``: TRL's
+    ``first_batch()``, when already computed."""
     from cpo.train.logprobs import completion_logps
 
-    got = trl.first_batch()
+    got = got or trl.first_batch()
     b = ours.batches[0]
     ours.activate()
+    policy = ours.module.policy
     with torch.no_grad(), ours.autocast():
         loss = float(ours.compute(b, train=False))
         c, r = completion_logps(
-            ours.module.policy,
+            policy,
             b["prompt_ids"],
             b["prompt_mask"],
             [(b["chosen_ids"], b["chosen_mask"]), (b["rejected_ids"], b["rejected_mask"])],
             ours.module.pad_id,
+            ours.module.logps.chunk_for(policy),
         )
     return {
+        "chunk_tokens": ours.module.logps.chunk_for(policy),
         "ours_loss": loss,
         "trl_loss": got["loss"],
         "loss_abs_diff": abs(loss - got["loss"]),

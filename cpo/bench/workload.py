@@ -36,10 +36,12 @@ MODELS = {
     "1b": ModelSpec(2048, 22, 32, 4, 5632, 32000),  # TinyLlama
     "7b": ModelSpec(4096, 32, 32, 32, 11008, 32000),  # LLaMA-2-7B, ALMA-7B
     "13b": ModelSpec(5120, 40, 40, 40, 13824, 32000),  # LLaMA-2-13B, ALMA-13B
+    "8b": ModelSpec(4096, 32, 32, 8, 14336, 128256),  # Llama-3-8B: the large-vocabulary part of the GPU check
     # Their stand-ins in the GPU check's CPU dry run: same head layout (GQA for 1b), same vocabulary.
     "dry_1b": ModelSpec(64, 2, 4, 1, 176, 32000),
     "dry_7b": ModelSpec(64, 2, 4, 4, 172, 32000),
     "dry_13b": ModelSpec(80, 2, 5, 5, 216, 32000),
+    "dry_8b": ModelSpec(64, 2, 4, 1, 224, 128256),
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

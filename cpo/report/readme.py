@@ -141,6 +141,56 @@ def render_protocol(folder: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ------------------------------------------------------------------------------------------------ large vocabularies
+LARGE_VOCAB = Path("docs/results/bench/large_vocab.txt")
+_FULL = "cpo[chunk_tokens=null]"  # cpo.bench.runner.FULL_LOGITS: the same CPO on the full logits
+
+
+def _bench_models(path: Path) -> list[dict]:
+    """Every model result of the benchmark summaries (``scripts/bench.py``'s JSON last lines) in a results file."""
+    runs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()
+            if line.startswith('{"mode": "train"')]
+    return [m for run in runs for m in run["models"].values()]
+
+
+def _against(value: float, target: dict | None) -> str:
+    if target is None:
+        return f"{value:.2f}x"
+    return f"{value:.2f}x ({target['bound']}, {'met' if target['met'] else 'NOT met'})"
+
+
+def render_large_vocab(path: Path) -> str:
+    """Issue 17's table: the chunked log-probs against the full logits and TRL's CPOTrainer per vocabulary and batch,
+    from ``scripts/bench.py --chunk-tokens null --against trl`` runs; then the runs without TRL (ALMA's vocabulary)."""
+    lines = ["| vocabulary | tuning | batch | step MB: chunked / full / TRL | chunked vs TRL | pairs/s: chunked / full / "
+             "TRL | chunked vs full | chunked vs TRL | first-batch loss: \|chunked − TRL\| / \|chunked − full\| |",
+             "|---:|---|---:|---|---|---|---|---|---|"]
+    notes = []
+    for m in _bench_models(path):
+        r, ratios = m["results"], m["ratios"]
+        tuning = f"LoRA r{m['lora']['r']}" if m.get("lora") else "full"
+        if "trl_cpo" not in r:  # chunked vs full only: each explicit chunk size against "cpo" (auto = full here)
+            for name, x in r.items():
+                if name.startswith("cpo[chunk_tokens=") and name != _FULL:
+                    notes.append(f"At a vocabulary of {m['vocab']:,} ({tuning}, batch {m['batch_size']}), below `auto`'s "
+                                 f"threshold: chunks of {int(name[17:-1]):,} tokens ran at {x['pairs_per_s_median']:.2f} pairs/s "
+                                 f"against {r['cpo']['pairs_per_s_median']:.2f} on the full logits, with "
+                                 f"{x['step_rss_mb']:.0f} MB of step memory against {r['cpo']['step_rss_mb']:.0f}.")
+            continue
+        targets = {t["target"].split(" ")[0] + (" mem" if "memory" in t["target"] else " trl" if "TRL" in t["target"]
+                                                else " full"): t for t in m.get("targets", [])}
+        first = m.get("trl_first_batch_by_impl", {})
+        loss = (f"{first['cpo']['loss_abs_diff']:.1e} / {abs(first['cpo']['ours_loss'] - first[_FULL]['ours_loss']):.1e}"
+                if "cpo" in first and _FULL in first else "-")
+        mem = " / ".join(f"{r[n]['step_rss_mb']:,.0f}" for n in ("cpo", _FULL, "trl_cpo"))
+        rate = " / ".join(f"{r[n]['pairs_per_s_median']:.2f}" for n in ("cpo", _FULL, "trl_cpo"))
+        lines.append(f"| {m['vocab']:,} | {tuning} | {m['batch_size']} | {mem} | "
+                     f"{_against(ratios['cpo_step_rss_over_trl'], targets.get('step mem'))} | {rate} | "
+                     f"{_against(ratios['cpo_pairs_per_s_over_full_logits_median'], targets.get('pairs/s full'))} | "
+                     f"{_against(ratios['cpo_pairs_per_s_over_trl_median'], targets.get('pairs/s trl'))} | {loss} |")
+    return "\n".join(lines + ([""] + _wrap(" ".join(notes)) if notes else [])) + "\n"
+
+
 # ------------------------------------------------------------------------------------------------ blocks
 @dataclass(frozen=True)
 class Block:
@@ -152,6 +202,7 @@ BLOCKS: dict[str, Block] = {
     "demo": Block(str(DEMO_RECORD), lambda root: render_demo(json.loads((root / DEMO_RECORD).read_text("utf-8")))),
     "loss_ablation": Block("docs/results/loss_ablation/",
                            lambda root: render_protocol(root / "docs/results/loss_ablation")),
+    "large_vocab": Block(str(LARGE_VOCAB), lambda root: render_large_vocab(root / LARGE_VOCAB)),
 }
 
 

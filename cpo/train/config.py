@@ -47,6 +47,12 @@ def validate(cfg: DictConfig) -> None:
     if model.lora is not None:
         _need(model.lora.r >= 1, f"model.lora.r must be >= 1, got {model.lora.r}")
         _need(len(model.lora.target_modules) > 0, "model.lora.target_modules is empty")
+    from cpo.train.chunked_logps import LogpsSettings
+
+    try:
+        LogpsSettings(**OmegaConf.to_container(cfg.logps, resolve=True))
+    except (TypeError, ValueError) as e:  # a wrong value, or an unknown key under logps
+        raise ConfigError(str(e).replace("LogpsSettings.__init__()", "logps")) from None
     o = cfg.optim
     _need(isinstance(o.lr, (int, float)) and 0 < o.lr < float("inf"), f"optim.lr must be a positive number, got {o.lr}")
     _need(isinstance(o.eps, (int, float)) and 0 < o.eps < 1,

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from cpo.data.sources import TestSet
+from cpo.train.chunked_logps import LogpsSettings
 from cpo.train.logprobs import completion_logps
 
 
@@ -56,9 +57,10 @@ def on_accelerator(model, trainer_cfg):
 
 
 @torch.no_grad()
-def pair_metrics(policy, loader, pad_id: int) -> dict[str, float]:
+def pair_metrics(policy, loader, pad_id: int, logps: LogpsSettings = LogpsSettings()) -> dict[str, float]:
     """Share of held-out pairs where log pi(y_w|x) > log pi(y_l|x), and the mean log-prob margin."""
     was_training = policy.training
+    chunk = logps.chunk_for(policy)
     policy.eval()
     device = next(policy.parameters()).device
     n, wins, margin = 0, 0.0, 0.0
@@ -67,7 +69,7 @@ def pair_metrics(policy, loader, pad_id: int) -> dict[str, float]:
             b = {k: v.to(device) for k, v in batch.items()}
             c, r = completion_logps(
                 policy, b["prompt_ids"], b["prompt_mask"],
-                [(b["chosen_ids"], b["chosen_mask"]), (b["rejected_ids"], b["rejected_mask"])], pad_id,
+                [(b["chosen_ids"], b["chosen_mask"]), (b["rejected_ids"], b["rejected_mask"])], pad_id, chunk,
             )
             n += c.sum.shape[0]
             wins += float((c.sum > r.sum).sum())
@@ -118,10 +120,11 @@ def translation_metrics(policy, tokenizer, test: TestSet, scorers=(), gen: Gener
 
 
 def evaluate_policy(policy, tokenizer, heldout_loader, pad_id: int, test: TestSet | None, scorers,
-                    gen: GenerationSettings, say=print, progress: bool = False) -> Evaluation:
+                    gen: GenerationSettings, say=print, progress: bool = False,
+                    logps: LogpsSettings = LogpsSettings()) -> Evaluation:
     """Pair metrics on the held-out pairs (when any) and translation metrics on ``test`` (when given)."""
     t0 = time.time()
-    metrics = pair_metrics(policy, heldout_loader, pad_id) if heldout_loader is not None else {}
+    metrics = pair_metrics(policy, heldout_loader, pad_id, logps) if heldout_loader is not None else {}
     rows: list[dict] = []
     if test is not None:
         say(f"translating {len(test.sources)} test sentences ({test.src_lang}-{test.tgt_lang}, beam {gen.num_beams}, "

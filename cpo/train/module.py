@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from cpo.train.chunked_logps import LogpsSettings
 from cpo.train.logprobs import (CompletionLogps, completion_logps, completion_logps_packed,
                                completion_logps_shared_prompt)
 from cpo.train.losses import PreferenceLoss
@@ -60,6 +61,7 @@ class PreferenceModule(L.LightningModule):
         pad_id: int,
         reference: Reference | None = None,
         forward: str = "concat",
+        logps: LogpsSettings | None = None,
     ):
         super().__init__()
         if isinstance(policy, nn.Module):
@@ -74,6 +76,9 @@ class PreferenceModule(L.LightningModule):
         if forward not in FORWARDS:
             raise ValueError(f"forward={forward!r} is not one of {', '.join(FORWARDS)}")
         self.forward_mode = forward
+        # Full logits, or the output projection a chunk of tokens at a time (cpo/train/chunked_logps.py): for
+        # every log-prob this module computes (training, validation, the live DPO reference).
+        self.logps = logps or LogpsSettings()
         self._val: dict[str, Tensor] = {}
 
     def configure_model(self) -> None:
@@ -84,7 +89,7 @@ class PreferenceModule(L.LightningModule):
     def _logps(self, model: nn.Module, batch: dict, sides: Sequence[str]) -> dict[str, CompletionLogps]:
         fn = FORWARDS[self.forward_mode] if len(sides) > 1 else completion_logps
         outs = fn(model, batch["prompt_ids"], batch["prompt_mask"],
-                  [(batch[f"{s}_ids"], batch[f"{s}_mask"]) for s in sides], self.pad_id)
+                  [(batch[f"{s}_ids"], batch[f"{s}_mask"]) for s in sides], self.pad_id, self.logps.chunk_for(model))
         return dict(zip(sides, outs))
 
     def _reference_logps(self, batch: dict) -> tuple[Tensor, Tensor]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from cpo.train.chunked_logps import LogpsSettings
 from cpo.train.logprobs import completion_logps
 
 WEIGHT_FILES = ("*.safetensors", "*.bin", "adapter_model.*", "config.json", "adapter_config.json")
@@ -114,9 +115,10 @@ def cache_key(identity: dict, pairs_by_split: dict[str, list]) -> str:
 
 
 @torch.no_grad()
-def compute_reference_logps(model, collate, pairs: list, pad_id: int,
-                            batch_size: int = 16) -> dict[int, tuple[float, float]]:
+def compute_reference_logps(model, collate, pairs: list, pad_id: int, batch_size: int = 16,
+                            logps: LogpsSettings = LogpsSettings()) -> dict[int, tuple[float, float]]:
     was_training = model.training
+    chunk = logps.chunk_for(model)
     model.eval()
     device = next(model.parameters()).device
     out: dict[int, tuple[float, float]] = {}
@@ -125,7 +127,7 @@ def compute_reference_logps(model, collate, pairs: list, pad_id: int,
             b = collate([{"pair": p} for p in pairs[s : s + batch_size]])
             b = {k: v.to(device) for k, v in b.items()}
             sides = [(b["chosen_ids"], b["chosen_mask"]), (b["rejected_ids"], b["rejected_mask"])]
-            c, r = completion_logps(model, b["prompt_ids"], b["prompt_mask"], sides, pad_id)
+            c, r = completion_logps(model, b["prompt_ids"], b["prompt_mask"], sides, pad_id, chunk)
             for i, idx in enumerate(b["index"].tolist()):
                 out[idx] = (float(c.sum[i]), float(r.sum[i]))
     finally:
@@ -152,7 +154,7 @@ def load_or_compute(cache_dir: str | os.PathLike, key: str, compute) -> tuple[di
     return data, False
 
 
-def reference_identity(cfg, policy, model_path: str) -> dict:
+def reference_identity(cfg, policy, model_path: str, logps: LogpsSettings = LogpsSettings()) -> dict:
     """Everything but the token ids that the cached log-probs depend on (see the module docstring)."""
     from omegaconf import OmegaConf
 
@@ -163,12 +165,16 @@ def reference_identity(cfg, policy, model_path: str) -> dict:
         "settings": {"dtype": m.dtype, "attn_implementation": m.get("attn_implementation"), "lora": lora},
         "config": policy.config.to_dict() if hasattr(policy, "config") else {},
     }
+    chunk = logps.chunk_for(policy)
+    if chunk is not None:  # the chunked projection rounds differently; absent for full logits, as before it existed
+        ident["settings"]["logps_chunk_tokens"] = chunk
     if lora and lora.get("adapter"):
         ident["adapter"] = weights_identity(lora["adapter"], "model.lora.adapter")
     return ident
 
 
-def attach_cached_reference(cfg, policy, dm, model_path: str, say=print) -> None:
+def attach_cached_reference(cfg, policy, dm, model_path: str, say=print,
+                            logps: LogpsSettings = LogpsSettings()) -> None:
     """DPO reference log-probs for every train/val pair, read from the cache or computed once and stored.
 
     They are computed with the policy as built, i.e. the starting policy whatever the setup: full
@@ -182,7 +188,7 @@ def attach_cached_reference(cfg, policy, dm, model_path: str, say=print) -> None
                           "build_in_configure_model=true (FSDP, DeepSpeed ZeRO-3) does not do; "
                           "use loss.reference=adapter_disabled with a fresh LoRA there")
     splits = {"train": dm.train_pairs, "val": dm.val_pairs}
-    key = cache_key(reference_identity(cfg, policy, model_path), splits)
+    key = cache_key(reference_identity(cfg, policy, model_path, logps), splits)
 
     def compute():
         from cpo.train.heldout import on_accelerator
@@ -192,7 +198,7 @@ def attach_cached_reference(cfg, policy, dm, model_path: str, say=print) -> None
         bs = dm.eval_batch_size
         # On the training device and in the training precision, as the live reference would be computed.
         with on_accelerator(policy, cfg.trainer) as model:
-            return {s: compute_reference_logps(model, dm.collator, pairs, pad, bs) for s, pairs in splits.items()}
+            return {s: compute_reference_logps(model, dm.collator, pairs, pad, bs, logps) for s, pairs in splits.items()}
 
     dm.ref_logps, hit = load_or_compute(cfg.cache_dir, key, compute)
     where = Path(cfg.cache_dir) / "reference_logps" / f"{key}.pt"

@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from cpo.cli import accept_launch, task_overrides
+from cpo.train.chunked_logps import LogpsSettings
 from cpo.train.config import ConfigError, validate
 from cpo.console import interactive, say, warn
 from cpo.data import LoadContext, PreferenceDataModule, RunData, build_source
@@ -58,6 +59,11 @@ def resolve_model_path(cfg: DictConfig, data: RunData) -> str:
 def build_loss(cfg: DictConfig) -> PreferenceLoss:
     """The configured objective: every key of ``cfg.loss`` that is a ``PreferenceLoss`` field."""
     return PreferenceLoss.from_config(OmegaConf.to_container(cfg.loss, resolve=True))
+
+
+def build_logps(cfg: DictConfig) -> LogpsSettings:
+    """``logps.*``: full logits or the chunked output projection, for every log-prob of the run."""
+    return LogpsSettings(**OmegaConf.to_container(cfg.logps, resolve=True))
 
 
 def run_identity(cfg: DictConfig, plan: BatchPlan) -> dict:
@@ -231,6 +237,7 @@ class _Run:
         m = cfg.model
         self.lora = lora = LoraSettings(**OmegaConf.to_container(m.lora)) if m.lora is not None else None
         self.loss = loss = build_loss(cfg)
+        self.logps = build_logps(cfg)
         d = cfg.data
         # Encoded before the model is loaded: a row the format cannot write or a budget too short stops here.
         self.dm = dm = PreferenceDataModule(
@@ -261,7 +268,7 @@ class _Run:
         reference = self._reference(policy)
         self.module = PreferenceModule(policy if policy is not None else make_policy, loss,
                                        OptimSettings(**OmegaConf.to_container(cfg.optim)), dm.collator.pad_id,
-                                       reference, cfg.forward)
+                                       reference, cfg.forward, self.logps)
         # Built once: a COMET scorer loads its model, and both the callback and the table use it.
         e = cfg.evaluate
         self.scorers = default_scorers(cfg, data) if e.before_after or e.during_training.enabled else []
@@ -275,7 +282,7 @@ class _Run:
         if reference is None:  # loss.reference=cached: log-probs of the starting policy travel with the batches
             from cpo.train.reference_cache import attach_cached_reference
 
-            attach_cached_reference(cfg, policy, self.dm, self.model_path, say)
+            attach_cached_reference(cfg, policy, self.dm, self.model_path, say, self.logps)
             return None
         say(f"DPO reference: {reference.mode}")
         return reference
@@ -364,7 +371,7 @@ class _Run:
         loader = self.dm.heldout_dataloader() if self.dm.val_pairs else None
         with on_accelerator(self.module.policy, self.cfg.trainer) as policy:
             return evaluate_policy(policy, self.tokenizer, loader, self.dm.collator.pad_id, test, self.scorers,
-                                   self.gen, say, progress=interactive())
+                                   self.gen, say, progress=interactive(), logps=self.logps)
 
     def validate_at_end(self, trainer: L.Trainer) -> None:
         """A run stopped by a step limit ends without validating: validate once more so results always hold val/*."""
