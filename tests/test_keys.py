@@ -75,6 +75,7 @@ def test_the_issues_command_lines_are_one_sentence_before_anything_loads(tmp_pat
     (["+trainer.callbacks=[]"], "trainer.callbacks is not a setting of Lightning's Trainer"),  # the run passes them
     (["+trainer.max_stepz=3"], "trainer.max_stepz is not a setting of Lightning's Trainer"),
     (["optim.lr=fast"], "optim.lr='fast' must be a number"),
+    (["trainer.max_steps=abc"], "trainer.max_steps='abc' must be a whole number"),
     (["data.batch_size=two"], "data.batch_size='two' must be a whole number"),
     (["model=tiny_lora", "model.lora.r=1.5"], "model.lora.r=1.5 must be a whole number"),
     (["loss.average_logps=maybe"], "loss.average_logps='maybe' must be true or false"),

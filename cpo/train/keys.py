@@ -112,7 +112,7 @@ def top_level_keys(conf: Path | None = None, primary: str = "train") -> set[str]
     return keys
 
 
-def data_keys(cfg: DictConfig, source_cls) -> set[str]:
+def data_keys(cfg: DictConfig) -> set[str]:
     """data.* keys something reads: the data module's settings, the run's own, and those the config interpolates
     (``data.source.train_file: ${data.train_file}``)."""
     from cpo.data.module import PreferenceDataModule
@@ -206,11 +206,14 @@ def check_keys(cfg: DictConfig) -> None:
     if isinstance(lora, DictConfig):
         check_types(lora, _hints(LoraSettings), "model.lora")
     if isinstance(cfg.get("trainer"), DictConfig):
+        import lightning as L
+
         _check_node(cfg.trainer, trainer_keys(), "trainer", "Lightning's Trainer")
+        check_types(cfg.trainer, _hints(L.Trainer.__init__), "trainer")
     data = cfg.get("data")
     if isinstance(data, DictConfig):
         source_cls = _source_class(data)
-        _check_node(data, data_keys(cfg, source_cls), "data", f"the data module or data={data.get('name')}")
+        _check_node(data, data_keys(cfg), "data", f"the data module or data={data.get('name')}")
         check_types(data, _hints(PreferenceDataModule.__init__), "data")
         if source_cls is not None:
             _check_node(data.source, ["_target_", *source_cls.setting_names()], "data.source",

@@ -146,7 +146,6 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
             if owner and started:  # whatever wrote them (W&B's staging copies, a failed save): files others can read
                 normalize_permissions(out_dir)
 
-
 DECISION_FILE = ".decision.json"
 
 
