@@ -26,9 +26,9 @@ from cpo.errors import ConfigError
 # Keys of ``loss`` read outside PreferenceLoss: ``reference`` by the run (the DPO reference, cpo.train.models),
 # ``default_beta`` by conf/train.yaml (``beta: ${loss.default_beta}``).
 LOSS_RUN_KEYS = ("reference", "default_beta")
-# Parameters of PreferenceDataModule that the run fills from other keys (loss.nll_target, the top-level seed),
-# never from data.*.
-DATA_MODULE_FROM_ELSEWHERE = ("train", "val", "tokenizer", "nll_target", "seed")
+# Parameters of PreferenceDataModule that the run fills from elsewhere (the data source's examples, the tokenizer,
+# loss.nll_target, the top-level seed, the prompt group), never from data.*.
+DATA_MODULE_FROM_ELSEWHERE = ("train", "val", "tokenizer", "nll_target", "seed", "prompt_format")
 # data.* keys the run reads itself: the name in its messages, the source it builds.
 DATA_RUN_KEYS = ("name", "source")
 # TRL's names of settings that exist here under another key (see cpo.train.aliases for the command line).
