@@ -46,8 +46,9 @@ _VAL_KEYS = (
     "pairs", "pref_loss", "nll_sum", "nll_tokens", "rewards_chosen", "rewards_rejected", "reward_acc",
     "logps_chosen", "logps_rejected", "logps_acc", "logps_chosen_avg", "logps_rejected_avg",
 )
-# ... and over an optimizer step's micro-batches (its accumulation window), reduced across ranks before the step.
-_TRAIN_KEYS = _VAL_KEYS + ("loss_share",)
+# ... and over an optimizer step's micro-batches (its accumulation window), reduced across ranks before the step:
+# these, and any other statistic a training step returns (the same on every rank: they follow the config).
+_TRAIN_KEYS = _VAL_KEYS + ("logps_reference", "logps_reference_avg", "loss_share")
 
 
 class PreferenceModule(L.LightningModule):
@@ -191,15 +192,14 @@ class PreferenceModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss, stats = self.compute(batch, train=True)
         for k, v in stats.items():  # logged once the window is complete (on_before_optimizer_step)
-            if k in _TRAIN_KEYS:
-                self._window[k] = self._window.get(k, 0) + v.detach().float()
+            self._window[k] = self._window.get(k, 0) + v.detach().float()
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # The metrics of the whole global batch this step trains on: its micro-batches summed, then its ranks.
         # Logged per micro-batch, train/loss was the last micro-batch's loss and train/loss_global its share
         # (1/16 of the loss on one GPU under the ALMA preset), so curves of different device counts differed.
-        totals = self._sum_over_ranks(self._window, _TRAIN_KEYS)
+        totals = self._sum_over_ranks(self._window, _TRAIN_KEYS + tuple(sorted(set(self._window) - set(_TRAIN_KEYS))))
         self._window = {}
         if not totals:
             return
