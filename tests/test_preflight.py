@@ -33,15 +33,15 @@ def test_auto_dtype_trains_float32_weights(extra, dtype):
 
 def test_explicit_bf16_full_fine_tuning_is_warned_and_the_alma_presets_keep_bf16(capsys):
     resolve_model_dtype(compose(HF + ["model.dtype=bfloat16"]))
-    out = capsys.readouterr().out
-    assert out.count("\n") == 1 and out.startswith("warning: model.dtype=bfloat16 with trainer.precision=32-true "
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: model.dtype=bfloat16 with trainer.precision=32-true "
                                                    "updates the trained weights in bf16 without fp32 master weights")
     for preset in ("alma-13b-lora", "alma-7b-lora"):  # SPEC section 5: bf16 + LoRA, as before
         cfg = compose([f"model={preset}", "data=alma_r_preference", "strategy=deepspeed_zero2"])
         assert resolve_model_dtype(cfg) == "bfloat16" == cfg.model.dtype
         cfg = compose([f"model={preset}"])
         assert resolve_model_dtype(cfg) == "bfloat16"
-    assert capsys.readouterr().out == ""
+    assert capsys.readouterr().err == ""
 
 
 def test_old_records_match_where_the_behaviour_is_the_same():

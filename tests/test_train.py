@@ -300,10 +300,11 @@ def test_the_held_out_table_says_what_it_rests_on(tmp_path, cache_dir, capsys):
     res = run(compose(["logger=none", "data=jsonl", f"data.train_file={data}", "data.val_size=2", "data.batch_size=8",
                        "model=hf", f"model.name_or_path={demo}", "trainer.max_steps=1", "save_policy=false",
                        "evaluate.during_training.enabled=false"]), tmp_path / "run")
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out, err = captured.out, captured.err
     first = (tmp_path / "run" / "before_after.md").read_text().splitlines()[0]
     assert first == ("Rests on 2 held-out preference pairs (pref_accuracy, logp_margin) and no test set, so no "
                      "translation metrics (data.test_file).")
     assert first in out and "warning: the held-out table's pref_accuracy and logp_margin rest on 2 pairs (fewer than " \
-                            "50), too few to tell a change from noise" in out
+                            "50), too few to tell a change from noise" in err
     assert res["after"]["pairs"] == 2

@@ -152,7 +152,7 @@ MIN_TEST_SENTENCES = 50
 
 
 def table_basis(metrics: dict, test: TestSet | None) -> tuple[str, list[str]]:
-    """(what the held-out table rests on, as one line; a warning per count below its floor).
+    """(what the held-out table rests on, as one line; a warning (without its ``warning:``) per count below its floor).
 
     ``metrics`` is :func:`evaluate_policy`'s (``pairs``: held-out pairs, ``sentences``: test sentences)."""
     pairs, sentences = metrics.get("pairs"), metrics.get("sentences")
@@ -165,11 +165,11 @@ def table_basis(metrics: dict, test: TestSet | None) -> tuple[str, list[str]]:
         parts.append("no test set, so no translation metrics (data.test_file)")
     warnings = []
     if pairs and pairs < MIN_HELDOUT_PAIRS:
-        warnings.append(f"warning: the held-out table's pref_accuracy and logp_margin rest on {pairs} pairs (fewer "
+        warnings.append(f"the held-out table's pref_accuracy and logp_margin rest on {pairs} pairs (fewer "
                         f"than {MIN_HELDOUT_PAIRS}), too few to tell a change from noise: hold out more "
                         f"(data.val_size, data.val_file)")
     if sentences and sentences < MIN_TEST_SENTENCES:
-        warnings.append(f"warning: the held-out table's translation metrics rest on {sentences} test sentences "
+        warnings.append(f"the held-out table's translation metrics rest on {sentences} test sentences "
                         f"(fewer than {MIN_TEST_SENTENCES}), too few to tell a change from noise: use a larger test "
                         f"set (data.test_file, evaluate.max_sentences)")
     return "Rests on " + " and ".join(parts) + ".", warnings

@@ -14,7 +14,7 @@ import importlib.util
 
 from omegaconf import DictConfig
 
-from cpo.console import say
+from cpo.console import warn
 from cpo.errors import ConfigError
 
 BF16 = ("bfloat16", "bf16")
@@ -73,12 +73,12 @@ def resolve_model_dtype(cfg: DictConfig) -> str:
         dtype = "bfloat16" if bf16_is_safe(cfg) else "float32"
         cfg.model.dtype = dtype
     elif dtype in BF16 and not bf16_is_safe(cfg):
-        say(f"warning: model.dtype={dtype} with trainer.precision={cfg.trainer.get('precision')} updates the trained "
+        warn(f"model.dtype={dtype} with trainer.precision={cfg.trainer.get('precision')} updates the trained "
             f"weights in bf16 without fp32 master weights (full fine-tuning, or an adapter a sharded strategy keeps "
             f"in bf16): updates under about 1/256 of a weight are lost and the policy is saved in bf16; "
             f"model.dtype=auto loads float32 (bf16-mixed still computes in bf16)")
     if str(cfg.trainer.get("precision")) in ("bf16-true", "bf16") and not keeps_fp32_master_weights(cfg):
-        say(f"warning: trainer.precision={cfg.trainer.precision} casts every weight, a LoRA adapter's too, to bf16 "
+        warn(f"trainer.precision={cfg.trainer.precision} casts every weight, a LoRA adapter's too, to bf16 "
             f"and trains it without fp32 master weights; bf16-mixed keeps float32 weights")
     return dtype
 

@@ -423,7 +423,7 @@ class _Run:
             table = basis + "\n\n" + before_after_table(before, after.metrics)
             say("\nHeld-out results, before -> after training (" + loss.name + "):\n" + table + "\n")
             for warning in warnings:
-                say(warning)
+                warn(warning)
             atomic_write_text(out_dir / "before_after.md", table + "\n")
             if after.rows:
                 atomic_write_jsonl(out_dir / "test_translations.jsonl", after.rows)
