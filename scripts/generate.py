@@ -154,22 +154,25 @@ def load_for_generation(model: str, adapter: str | None, dtype: str, device: str
         return Unavailable(f"model={model}: cannot load it ({type(e).__name__}: {_short(e)})")
 
     try:
-        tokenizer = load_tokenizer(adapter if adapter and _has_tokenizer(adapter) else model)
+        with_tokenizer = adapter if adapter and _has_tokenizer(adapter) else None
+        tokenizer = load_tokenizer(with_tokenizer or model, key="adapter" if with_tokenizer else "model")
     except (OSError, ValueError) as e:
         raise unavailable(e) from None
     if check_tokenizer is not None:
         check_tokenizer(tokenizer)
     try:
-        lm = load_causal_lm(model, dtype)
+        lm = load_causal_lm(model, dtype, key="model")
     except (OSError, ValueError) as e:
         raise unavailable(e) from None
     if adapter:
         from peft import PeftModel
 
+        from cpo.io import hub_files_only
         from cpo.train.models import damaged_weights
 
+        local = hub_files_only("adapter", adapter)  # a hub name while the hub cannot be used: one sentence, now
         try:
-            lm = PeftModel.from_pretrained(lm, adapter, local_files_only=Path(adapter).exists())
+            lm = PeftModel.from_pretrained(lm, adapter, local_files_only=local)
         except Exception as e:  # noqa: BLE001 - the known refusals (and a damaged file) as one sentence
             if not (isinstance(e, (OSError, ValueError, KeyError, RuntimeError)) or damaged_weights(e)):
                 raise

@@ -139,19 +139,28 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 
 def test_sigterm_saves_exits_143_and_resumes_to_the_uninterrupted_run(tmp_path, uninterrupted):
+    """A plain run (its folder named by the clock): the message gives the command that resumes it, which does."""
+    import shlex
 
-    proc = _start(tmp_path / "cut", LONG)
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py")] + QUICK + LONG, cwd=tmp_path, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for(proc, "step 9/")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
-    assert "stopped by SIGTERM" in err and "run the same command again to resume" in err and "Traceback" not in err
-    cut = tmp_path / "cut"
+    line = _one_sentence(subprocess.CompletedProcess([], proc.returncode, out, err), proc.returncode,
+                         "stopped by SIGTERM at step", "after saving")
+    cut = next((tmp_path / "outputs").glob("*/*"))  # outputs/<date>/<time>
+    command = line.split("resume it with: ", 1)[1]
+    assert f"hydra.run.dir={cut}" in command and "Traceback" not in err
     assert (cut / "checkpoints" / "last.ckpt").is_file() and not (cut / "results.json").exists()
     stopped_at = torch.load(cut / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
     assert 9 <= stopped_at < 24
 
-    resumed = _train(cut, LONG)  # the same command continues
+    args = shlex.split(command)  # the command the message gives, as a user pastes it
+    assert args[0] in ("python", sys.executable) and args[1] == str(REPO / "train.py")
+    resumed = subprocess.run([sys.executable, *args[1:]], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                             timeout=600)
     assert resumed.returncode == 0 and "resuming from" in resumed.stdout, resumed.stderr[-2000:]
     a, b = _weights(uninterrupted / "checkpoints" / "last.ckpt"), _weights(cut / "checkpoints" / "last.ckpt")
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
@@ -161,6 +170,51 @@ def test_sigterm_saves_exits_143_and_resumes_to_the_uninterrupted_run(tmp_path, 
     assert steps == list(range(24))
     res = json.loads((cut / "results.json").read_text())
     assert res["train"] and res["global_steps"] == 24
+
+
+def test_sigterm_while_loading_ends_with_one_message_also_when_sent_twice(tmp_path):
+    """Before training starts (here while the demo's assets are built) SIGTERM ended the process without a word."""
+    for twice in (False, True):
+        out = tmp_path / f"run{int(twice)}"  # an empty cache: a few seconds of building the demo's assets
+        proc = _start(out, QUICK + [f"cache_dir={tmp_path / f'cache{int(twice)}'}", "trainer.max_steps=2"])
+        _wait_for(proc, "[demo]")
+        proc.send_signal(signal.SIGTERM)
+        if twice:
+            time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+        stdout, err = proc.communicate(timeout=300)
+        p = subprocess.CompletedProcess([], proc.returncode, stdout, err)
+        line = _one_sentence(p, 128 + signal.SIGTERM, "training was stopped by SIGTERM before its first checkpoint: "
+                                                      "start it over with: ")
+        assert line.endswith(f"hydra.run.dir={out}"), line
+        assert "policy tiny" not in stdout and not (out / "results.json").exists()
+
+
+def test_the_guard_raises_once_outside_lightning_and_defers_to_it_inside():
+    from cpo.train.sigterm import SigtermGuard
+
+    raised, original = [], signal.getsignal(signal.SIGTERM)
+
+    def stop(signum):
+        raised.append(signum)
+        return KeyboardInterrupt(f"stopped by {signum}")  # not a SystemExit, so that pytest sees it plainly
+
+    try:
+        with pytest.raises(KeyboardInterrupt), SigtermGuard(stop) as guard:
+            with guard.lightning():
+                os.kill(os.getpid(), signal.SIGTERM)  # inside Lightning: noted, acted on when Lightning returns
+                time.sleep(0.1)
+                assert guard.pending == signal.SIGTERM and not raised
+            pytest.fail("not raised on leaving Lightning")
+        assert raised == [signal.SIGTERM] and guard.stopped
+        with pytest.raises(KeyboardInterrupt), SigtermGuard(stop) as guard:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)
+        guard._installed = True  # as if still held: a second signal while the first unwinds is ignored
+        guard._handle(signal.SIGTERM, None)
+        assert raised == [signal.SIGTERM, signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, original)
 
 
 # Dropout kept on (a fresh LoRA adapter with dropout 0.1), validating at the epoch boundary: the dropout masks

@@ -256,3 +256,55 @@ def test_a_relaunch_with_another_job_list_finds_the_jobs_that_ran(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert "already finished with this configuration" in p.stdout
     assert len([d for d in tmp_path.iterdir() if (d / "results.json").exists()]) == 2
+
+
+def test_accumulated_steps_log_the_whole_global_batch(tmp_path):
+    """Batch 4 x accumulate 4 logs what batch 16 logs at every step, for the same weights: train/loss and
+    train/loss_global were the last micro-batch's (0.263 where batch 16 logged 1.144), so curves of different
+    device counts could not be compared."""
+    import csv
+
+    base = [a for a in SMALL_DEMO if not a.startswith("data.batch_size")] + [
+        "logger=csv", "evaluate.before_after=false", "evaluate.during_training.enabled=false", "save_policy=false",
+        "trainer.max_steps=4", "trainer.log_every_n_steps=1", "trainer.limit_val_batches=0", "seed=5"]
+    runs = {"whole": ["data.batch_size=16"], "accumulated": ["data.batch_size=4", "trainer.accumulate_grad_batches=4"]}
+    procs = {name: subprocess.Popen([sys.executable, "train.py", f"hydra.run.dir={tmp_path / name}", *base, *extra],
+                                    cwd=REPO, env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True) for name, extra in runs.items()}
+    logged = {}
+    for name, p in procs.items():
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+        with open(tmp_path / name / "csv" / "metrics.csv") as f:
+            logged[name] = [r for r in csv.DictReader(f) if r.get("train/loss")]
+    whole, acc = logged["whole"], logged["accumulated"]
+    assert [r["step"] for r in whole] == [r["step"] for r in acc] == ["0", "1", "2", "3"]
+    for key in ("train/loss", "train/loss_global", "train/nll_loss", "train/rewards/margins", "train/logps/chosen",
+                "train/rewards/accuracies"):
+        for a, b in zip(whole, acc):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5, abs=1e-5), (key, a["step"], a[key], b[key])
+    assert all(float(r["train/loss"]) == pytest.approx(float(r["train/loss_global"]), rel=1e-6) for r in acc)
+    a, b = (torch.load(tmp_path / n / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"] for n in runs)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5  # the same weights: exact accumulation
+
+
+def test_the_held_out_table_says_what_it_rests_on(tmp_path, cache_dir, capsys):
+    """A JSONL run without a test file: the table rested on 2 validation pairs, unannounced."""
+    run(compose(SMALL_DEMO + ["logger=none", "evaluate.before_after=false", "trainer.max_steps=1", "save_policy=false",
+                              "evaluate.during_training.enabled=false"]), tmp_path / "demo")  # the demo's cache
+    demo = next(d for d in (cache_dir / "demo").glob("*/warm_start") if (d.parent / "test.jsonl").exists())
+    rows = next(d for d in demo.parent.glob("pairs-*") if (d / "train.jsonl").exists()) / "train.jsonl"
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(rows.read_text().splitlines(keepends=True)[:40]))
+    capsys.readouterr()
+    res = run(compose(["logger=none", "data=jsonl", f"data.train_file={data}", "data.val_size=2", "data.batch_size=8",
+                       "model=hf", f"model.name_or_path={demo}", "trainer.max_steps=1", "save_policy=false",
+                       "evaluate.during_training.enabled=false"]), tmp_path / "run")
+    captured = capsys.readouterr()
+    out, err = captured.out, captured.err
+    first = (tmp_path / "run" / "before_after.md").read_text().splitlines()[0]
+    assert first == ("Rests on 2 held-out preference pairs (pref_accuracy, logp_margin) and no test set, so no "
+                     "translation metrics (data.test_file).")
+    assert first in out and "warning: the held-out table's pref_accuracy and logp_margin rest on 2 pairs (fewer than " \
+                            "50), too few to tell a change from noise" in err
+    assert res["after"]["pairs"] == 2

@@ -10,6 +10,7 @@ and a YAML file.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,13 @@ class DataSource:
 
     def load(self, ctx: LoadContext) -> RunData:  # pragma: no cover - interface
         raise NotImplementedError
+
+    @classmethod
+    def setting_names(cls) -> tuple[str, ...]:
+        """The keys ``data.source`` may set: the constructor's named parameters (a source that takes
+        ``**settings`` names its own), checked before anything loads (cpo.train.keys)."""
+        params = inspect.signature(cls.__init__).parameters.values()
+        return tuple(p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
 
 
 def build_source(data_cfg) -> DataSource:

@@ -23,6 +23,12 @@ class DemoData(DataSource):
             merged["candidates"] = tuple(merged["candidates"])
         self.settings = DemoSettings(**merged)
 
+    @classmethod
+    def setting_names(cls) -> tuple[str, ...]:
+        from cpo.demo.assets import DemoSettings
+
+        return ("model", *(f.name for f in fields(DemoSettings)))
+
     def load(self, ctx: LoadContext) -> RunData:
         from cpo.demo.assets import SRC, TGT, ensure_demo_assets
         from cpo.demo.language import translate

@@ -40,7 +40,7 @@ SACREBLEU_METRICS = CORPUS_METRICS
 # Health checks of a degenerating translator (cpo.mt.health; the other keys are translation-quality scores).
 HEALTH = HEALTH_KEYS
 # Keys of results["after"] that are neither test-set quality nor health figures.
-NOT_TEST_METRICS = {"pairs", "n", "pref_accuracy", "logp_margin"}
+NOT_TEST_METRICS = {"pairs", "n", "sentences", "pref_accuracy", "logp_margin"}
 # Validation metrics shown besides the selection metric, in table order (when present).
 VAL_TABLE = ("val/bleu", "val/chrf", "val/logps/accuracies", "val/logps/margins")
 # Validation keys that are not translation-quality scorers (used to find val/<scorer> for select_by=auto).

@@ -45,26 +45,32 @@ class RunInterrupted(SystemExit):
     ``code = 128 + signum`` (143 for SIGTERM), the shell's "killed by signal N": a scheduler, a sweep
     or a CI job sees a failure, never the success that Lightning's own ``SIGTERMException`` (exit 0)
     reports. ``str(e)`` is the one sentence to print before exiting; ``checkpoint`` is where the run
-    resumes from (None when it was stopped before its first checkpoint).
+    resumes from (None when it was stopped before its first checkpoint). ``resume`` is the command that
+    continues it, set by the app that knows its command line and run folder (train.py): a plain run's
+    folder is named by the clock, so "the same command" would start another run in another folder.
     """
 
-    def __init__(self, signum: int, checkpoint: str | os.PathLike | None = None, step: int | None = None):
+    def __init__(self, signum: int, checkpoint: str | os.PathLike | None = None, step: int | None = None,
+                 resume: str | None = None):
         self.signum = int(signum)
         self.checkpoint = str(checkpoint) if checkpoint is not None else None
         self.step = step
+        self.resume = resume
+        super().__init__(128 + self.signum)
+
+    @property
+    def message(self) -> str:
         name = _signal_name(self.signum)
         if self.checkpoint is None:
-            self.message = (f"training was stopped by {name} before its first checkpoint: "
-                            f"run the same command again to start it over")
-        else:
-            at = f" at step {step}" if step is not None else ""
-            self.message = (f"training was stopped by {name}{at} after saving {self.checkpoint}: "
-                            f"run the same command again to resume from it")
-        super().__init__(128 + self.signum)
+            how = f"start it over with: {self.resume}" if self.resume else "run the same command again to start it over"
+            return f"training was stopped by {name} before its first checkpoint: {how}"
+        at = f" at step {self.step}" if self.step is not None else ""
+        how = f"resume it with: {self.resume}" if self.resume else "run the same command again to resume from it"
+        return f"training was stopped by {name}{at} after saving {self.checkpoint}: {how}"
 
     def __str__(self) -> str:
         return self.message
 
     def __reduce__(self):
         # Rebuilt from its own arguments, not SystemExit's (code,): a joblib launcher pickles it back to the sweep.
-        return (type(self), (self.signum, self.checkpoint, self.step), self.__dict__)
+        return (type(self), (self.signum, self.checkpoint, self.step, self.resume), self.__dict__)

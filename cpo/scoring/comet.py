@@ -163,9 +163,10 @@ class CometScorer(Scorer):
     # -- resolution ---------------------------------------------------------------------
     def _unavailable(self, e: Exception) -> Unavailable:
         rev = f" at revision {self.revision}" if self.revision else ""
+        why = str(e).splitlines()[0] if str(e) else ""
         return Unavailable(
             f"COMET model {self.model!r}{rev} is not in the local Hugging Face cache and could not be downloaded "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); download it where the hub is "
+            f"({why if isinstance(e, Unavailable) else f'{type(e).__name__}: {why}'}); download it where the hub is "
             "reachable, or pass a local checkpoint path instead (a .ckpt file or a folder with "
             "checkpoints/model.ckpt and hparams.yaml)"
         )
@@ -182,6 +183,10 @@ class CometScorer(Scorer):
             return Path(snapshot_download(**kwargs, local_files_only=True))  # already cached?
         except Exception:  # noqa: BLE001 - any failure here means "not cached": try the hub
             pass
+        from cpo.io import hub_problem
+
+        if hub_problem():  # no minute of retries against a hub that cannot answer
+            raise self._unavailable(Unavailable(hub_problem()))
         try:
             return Path(snapshot_download(**kwargs))
         except Exception as e:  # noqa: BLE001 - offline, unknown repo, ...: one sentence

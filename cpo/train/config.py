@@ -15,10 +15,18 @@ def _need(cond: bool, msg: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first invalid setting; the message names the key."""
-    loss, data, model = cfg.loss, cfg.data, cfg.model
     from omegaconf.errors import InterpolationKeyError
 
+    from cpo.mt.prompt import TRUNCATION_MODES
+    from cpo.train.keys import check_keys
     from cpo.train.losses import KINDS, PreferenceLoss
+    from cpo.train.module import FORWARDS
+
+    check_keys(cfg)  # first: a key nothing reads, or a value of the wrong type, before any value is compared
+    loss, data, model = cfg.loss, cfg.data, cfg.model
+    _need(cfg.forward in FORWARDS, f"forward={cfg.forward!r} is not one of {', '.join(FORWARDS)}")
+    _need(data.prompt_truncation in TRUNCATION_MODES,
+          f"data.prompt_truncation={data.prompt_truncation!r} is not one of {', '.join(TRUNCATION_MODES)}")
 
     _need(loss.kind in KINDS, f"loss.kind={loss.kind!r} is not a known loss (known: {', '.join(KINDS)})")
     try:
@@ -44,9 +52,12 @@ def validate(cfg: DictConfig) -> None:
           f"data.max_prompt_length ({data.max_prompt_length}) must be < data.max_length ({data.max_length})")
     _need(not OmegaConf.is_missing(model, "name_or_path"),
           "model.name_or_path is required (a hub name or a local path)")
-    if model.lora is not None:
-        _need(model.lora.r >= 1, f"model.lora.r must be >= 1, got {model.lora.r}")
-        _need(len(model.lora.target_modules) > 0, "model.lora.target_modules is empty")
+    if model.lora is not None:  # keys left out (`+model.lora.r=16` on model=hf) take LoraSettings' defaults
+        from cpo.train.models import LoraSettings
+
+        lora = LoraSettings(**OmegaConf.to_container(model.lora, resolve=True))
+        _need(lora.r >= 1, f"model.lora.r must be >= 1, got {lora.r}")
+        _need(len(lora.target_modules) > 0, "model.lora.target_modules is empty")
     from cpo.train.chunked_logps import LogpsSettings
 
     try:

@@ -27,7 +27,9 @@ class LoraSettings:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: Sequence[str] = ("down_proj",)
+    # A list of module names, or one string as peft reads it: "all-linear" (every linear layer but the output
+    # head) or a regular expression matched against whole module names.
+    target_modules: str | Sequence[str] = ("down_proj",)
     adapter: str | None = None  # an existing adapter to keep training (ALMA's LoRA), by path or hub name
     # peft's variants of a fresh adapter (a continued adapter brings its own, stored in its adapter_config.json):
     use_dora: bool = False      # DoRA (Liu et al. 2024): a trained magnitude per output feature beside the direction
@@ -38,18 +40,21 @@ class LoraSettings:
     load_in_4bit: bool = False
 
 
-def _local_only(name_or_path: str) -> bool:
-    return Path(name_or_path).exists()
+def _local_only(key: str, name_or_path: str) -> bool:
+    """Load from local files only: a local path, or a cached hub name while the hub cannot be used (cpo.io)."""
+    from cpo.io import hub_files_only
+
+    return hub_files_only(key, name_or_path)
 
 
-def load_tokenizer(name_or_path: str, padding_side: str = "left"):
+def load_tokenizer(name_or_path: str, padding_side: str = "left", key: str = "model.name_or_path"):
     """Tokenizer with a pad token (EOS when the model defines none, as LLaMA-2 does)."""
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=_local_only(name_or_path))
+        tok = AutoTokenizer.from_pretrained(name_or_path, local_files_only=_local_only(key, name_or_path))
     except OSError as e:
-        raise _unavailable("model.name_or_path", name_or_path, e) from None
+        raise _unavailable(key, name_or_path, e) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
     tok.padding_side = padding_side
@@ -57,24 +62,24 @@ def load_tokenizer(name_or_path: str, padding_side: str = "left"):
 
 
 def load_causal_lm(name_or_path: str, dtype: str = "float32", attn_implementation: str | None = None,
-                   trust_remote_code: bool = False):
+                   trust_remote_code: bool = False, key: str = "model.name_or_path"):
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:
         raise ValueError(f"model.dtype: unknown dtype {dtype!r} (known: {', '.join(DTYPES)})")
-    if not _local_only(name_or_path) and (name_or_path.startswith(("/", "./", "../", "~"))):
-        raise FileNotFoundError(f"model.name_or_path: {name_or_path} does not exist")
-    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "local_files_only": _local_only(name_or_path),
+    if not Path(name_or_path).exists() and (name_or_path.startswith(("/", "./", "../", "~"))):
+        raise FileNotFoundError(f"{key}: {name_or_path} does not exist")
+    kwargs: dict[str, Any] = {"dtype": DTYPES[dtype], "local_files_only": _local_only(key, name_or_path),
                               "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
         return AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     except OSError as e:
-        raise _unavailable("model.name_or_path", name_or_path, e) from None
+        raise _unavailable(key, name_or_path, e) from None
     except Exception as e:  # noqa: BLE001 - only a damaged weight file is turned into a sentence
         if damaged_weights(e):
-            raise _damaged("model.name_or_path", name_or_path, e) from None
+            raise _damaged(key, name_or_path, e) from None
         raise
 
 
@@ -99,7 +104,7 @@ def add_lora(model: nn.Module, lora: LoraSettings, uniform_dtype: bool = False) 
     if lora.adapter:
         try:
             return PeftModel.from_pretrained(model, lora.adapter, is_trainable=True, autocast_adapter_dtype=autocast,
-                                             local_files_only=_local_only(lora.adapter))
+                                             local_files_only=_local_only("model.lora.adapter", lora.adapter))
         except (OSError, ValueError) as e:
             raise _unavailable("model.lora.adapter", lora.adapter, e) from None
         except Exception as e:  # noqa: BLE001
@@ -110,7 +115,7 @@ def add_lora(model: nn.Module, lora: LoraSettings, uniform_dtype: bool = False) 
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
+        target_modules=lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules),
         bias="none",
         task_type="CAUSAL_LM",
         use_dora=bool(lora.use_dora),

@@ -47,6 +47,9 @@ _VAL_KEYS = (
     "pairs", "pref_loss", "nll_sum", "nll_tokens", "rewards_chosen", "rewards_rejected", "reward_acc",
     "logps_chosen", "logps_rejected", "logps_acc", "logps_chosen_avg", "logps_rejected_avg",
 )
+# ... and over an optimizer step's micro-batches (its accumulation window), reduced across ranks before the step:
+# these, and any other statistic a training step returns (the same on every rank: they follow the config).
+_TRAIN_KEYS = _VAL_KEYS + ("logps_reference", "logps_reference_avg", "loss_share")
 
 
 class PreferenceModule(L.LightningModule):
@@ -80,6 +83,7 @@ class PreferenceModule(L.LightningModule):
         # every log-prob this module computes (training, validation, the live DPO reference).
         self.logps = logps or LogpsSettings()
         self._val: dict[str, Tensor] = {}
+        self._window: dict[str, Tensor] = {}  # this optimizer step's micro-batch sums so far
 
     def configure_model(self) -> None:
         if self.policy is None:
@@ -192,15 +196,25 @@ class PreferenceModule(L.LightningModule):
     # ------------------------------------------------------------------ Lightning hooks
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss, stats = self.compute(batch, train=True)
-        metrics = self.summarize(stats, self.loss.alpha)
-        n = int(stats["pairs"])
-        self.log("train/loss", metrics.pop("loss"), prog_bar=True, batch_size=n)
-        # Summed over ranks (and over a window's micro-batches) this is exactly the loss of the
-        # global batch, so runs on different device counts can be compared step by step.
-        self.log("train/loss_global", stats["loss_share"], reduce_fx="sum", sync_dist=True, on_step=True,
-                 on_epoch=False, batch_size=n)
-        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=n)
+        for k, v in stats.items():  # logged once the window is complete (on_before_optimizer_step)
+            self._window[k] = self._window.get(k, 0) + v.detach().float()
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # The metrics of the whole global batch this step trains on: its micro-batches summed, then its ranks.
+        # Logged per micro-batch, train/loss was the last micro-batch's loss and train/loss_global its share
+        # (1/16 of the loss on one GPU under the ALMA preset), so curves of different device counts differed.
+        totals = self._sum_over_ranks(self._window, _TRAIN_KEYS + tuple(sorted(set(self._window) - set(_TRAIN_KEYS))))
+        self._window = {}
+        if not totals:
+            return
+        n = int(totals["pairs"])
+        metrics = self.summarize(totals, self.loss.alpha)
+        self.log("train/loss", metrics.pop("loss"), prog_bar=True, batch_size=n)
+        # The sum of every micro-batch's share of the window's loss (what is backpropagated): equal to
+        # train/loss up to rounding, kept under its older name for the curves that use it.
+        self.log("train/loss_global", totals["loss_share"], on_step=True, on_epoch=False, batch_size=n)
+        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=n)
 
     def on_validation_epoch_start(self) -> None:
         self._val = {}
@@ -212,17 +226,21 @@ class PreferenceModule(L.LightningModule):
             if k in _VAL_KEYS:
                 self._val[k] = self._val.get(k, 0) + v.detach().float()
 
-    def on_validation_epoch_end(self) -> None:
-        # Every rank joins the sum, also one that got no validation pair (fewer pairs than ranks): a rank that
-        # left it out would break the others' collective. Which keys exist is summed alongside their values.
-        n = len(_VAL_KEYS)
+    def _sum_over_ranks(self, sums: dict[str, Tensor], keys: Sequence[str]) -> dict[str, Tensor]:
+        """``sums`` added up over the ranks. Every rank joins, also one that got no batch (fewer validation pairs
+        than ranks): a rank that left it out would break the others' collective. Which keys exist is summed
+        alongside their values."""
+        n = len(keys)
         packed = torch.zeros(2 * n, dtype=torch.float32, device=self.device)
-        for i, k in enumerate(_VAL_KEYS):
-            if k in self._val:
-                packed[i], packed[n + i] = torch.as_tensor(self._val[k], dtype=torch.float32), 1.0
+        for i, k in enumerate(keys):
+            if k in sums:
+                packed[i], packed[n + i] = torch.as_tensor(sums[k], dtype=torch.float32), 1.0
         packed = self.trainer.strategy.reduce(packed, reduce_op="sum")
+        return {k: packed[i] for i, k in enumerate(keys) if packed[n + i] > 0}
+
+    def on_validation_epoch_end(self) -> None:
+        totals = self._sum_over_ranks(self._val, _VAL_KEYS)
         self._val = {}
-        totals = {k: packed[i] for i, k in enumerate(_VAL_KEYS) if packed[n + i] > 0}
         if not totals:
             return
         metrics = self.summarize(totals, self.loss.alpha)

@@ -25,7 +25,8 @@ from cpo.train.config import ConfigError, validate
 from cpo.console import interactive, say, warn
 from cpo.data import LoadContext, PreferenceDataModule, RunData, build_source
 from cpo.train.guards import Diverged, DivergenceGuard, check_finite_weights, check_heldout_collapse
-from cpo.train.heldout import Evaluation, GenerationSettings, before_after_table, evaluate_policy, on_accelerator
+from cpo.train.heldout import (Evaluation, GenerationSettings, before_after_table, evaluate_policy, on_accelerator,
+                               table_basis)
 from cpo.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, normalize_permissions
 from cpo.train.loggers import build_loggers, finish_wandb, hyperparameters
 from cpo.train.model_card import check_hub_access, command, publish, render, write_card
@@ -34,7 +35,9 @@ from cpo.train.models import LoraSettings, build_policy, build_reference, count_
 from cpo.train.models import save_policy as save_pretrained_policy
 from cpo.train.module import OptimSettings, PreferenceModule
 from cpo.mt.prompt import PromptFormat, build_prompt_format, write_prompt_record
+from cpo.train.preflight import check_hardware, check_hub_names, check_numerics, resolve_model_dtype
 from cpo.train.provenance import provenance
+from cpo.train.sigterm import SigtermGuard, interruption
 from cpo.train.trainer import BatchPlan, build_trainer, plan_batch
 
 
@@ -82,29 +85,13 @@ def run_identity(cfg: DictConfig, plan: BatchPlan) -> dict:
         elif p is not None and p.is_dir():
             files[f"data.{key}"] = {f.name: file_fingerprint(f) for f in sorted(p.glob("*.json*")) if f.is_file()}
     lora = cfg.model.get("lora")
-    for key, value in (("model.name_or_path", cfg.model.name_or_path), ("model.lora.adapter", lora and lora.adapter)):
+    adapter = lora.get("adapter") if lora is not None else None  # `+model.lora.r=16` names no adapter
+    for key, value in (("model.name_or_path", cfg.model.name_or_path), ("model.lora.adapter", adapter)):
         if isinstance(value, str) and Path(value).is_dir():
             files[key] = folder_fingerprint(value)
     identity = OmegaConf.to_container(cfg, resolve=True)
     identity["inputs"] = {"batch": plan.as_dict(), "files": files}
     return identity
-
-
-def check_numerics(cfg: DictConfig) -> None:
-    """Settings known to diverge or crash, refused before anything is built."""
-    if str(cfg.model.dtype) in ("float16", "fp16"):
-        raise ConfigError("model.dtype=float16 trains half-precision weights without fp32 master weights, which "
-                          "diverges; use model.dtype=bfloat16, or float32 with trainer.precision=16-mixed")
-    ratio = cfg.get("guard", {}).get("min_chrf_ratio")
-    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio <= 1):
-        raise ConfigError(f"guard.min_chrf_ratio must be a number in [0, 1] or null (off), got {ratio!r}")
-    if str(cfg.trainer.get("precision")) in ("16-true", "16", "half"):
-        raise ConfigError(f"trainer.precision={cfg.trainer.precision} trains half-precision weights without fp32 "
-                          "master weights, which diverges; use 16-mixed or bf16-mixed")
-    if cfg.model.get("lora") is not None and cfg.model.lora.get("load_in_4bit"):  # QLoRA: a GPU and bitsandbytes
-        from cpo.train.quantization import check_4bit
-
-        check_4bit(sharded=bool(cfg.get("build_in_configure_model", False)))
 
 
 def default_scorers(cfg: DictConfig, data: RunData) -> list:
@@ -133,13 +120,18 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     validate(cfg)
     check_numerics(cfg)
     check_hub_access(cfg)  # push_to_hub: an upload that cannot happen is refused now, not after training
+    resolve_model_dtype(cfg)  # model.dtype=auto -> the dtype loaded, recorded as such in the run's identity
+    check_hardware(cfg)
+    check_hub_names(cfg)
     plan = plan_batch(cfg)
     out_dir = Path(out_dir)
     folder = RunFolder(out_dir)
     # Rank 0 owns the folder; processes Lightning starts for the other ranks follow its decision.
     owner = rank_zero_only.rank == 0 and "CPO_RUN_DECISION" not in os.environ
     started = False
-    with folder.acquire() if owner else contextlib.nullcontext():
+    resume_from = [cfg.ckpt_path]  # what a SIGTERM's message names: the checkpoint this run starts from, once known
+    with SigtermGuard(lambda signum: interruption(signum, out_dir, resume_from[0])) as guard, \
+            folder.acquire() if owner else contextlib.nullcontext():
         try:
             identity = run_identity(cfg, plan)
             shared = _decide(cfg, identity, folder) if owner else _follow(out_dir)
@@ -148,7 +140,9 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
             else:
                 accept_launch(record=owner)  # the folder is this run's: Hydra's record and the log file go there now
                 started = True
-                results = _Run(cfg, identity, out_dir, plan, folder, shared["ckpt_path"], shared["log_step"]).execute()
+                resume_from[0] = shared["ckpt_path"]
+                results = _Run(cfg, identity, out_dir, plan, folder, shared["ckpt_path"], shared["log_step"],
+                               guard).execute()
             if owner:  # push_to_hub, after results.json: a failed upload never undoes the run
                 publish(cfg, out_dir, say)
             return results
@@ -157,7 +151,6 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
                 os.environ.pop("CPO_RUN_DECISION", None)
             if owner and started:  # whatever wrote them (W&B's staging copies, a failed save): files others can read
                 normalize_permissions(out_dir)
-
 
 DECISION_FILE = ".decision.json"
 
@@ -216,9 +209,10 @@ class _Run:
     """The steps of one run, sharing what they build."""
 
     def __init__(self, cfg: DictConfig, identity: dict, out_dir: Path, plan: BatchPlan, folder, ckpt_path: str | None,
-                 log_step: int | None):
+                 log_step: int | None, guard: SigtermGuard | None = None):
         self.cfg, self.identity, self.out_dir, self.plan, self.folder = cfg, identity, out_dir, plan, folder
         self.ckpt_path, self.log_step = ckpt_path, log_step
+        self.guard = guard or SigtermGuard(lambda signum: interruption(signum, out_dir, ckpt_path))
         self.fit_metrics: dict[str, float] = {}
         self.t_start = time.time()
 
@@ -297,7 +291,7 @@ class _Run:
         resolved = self.identity
         g, c = cfg.guard, cfg.checkpoint
         callbacks = [DivergenceGuard(g.max_nll_ratio, g.window, g.min_nll_rise), PreemptionDeferral(),
-                     FinalTrainMetrics(), RandomState()]
+                     FinalTrainMetrics(), RandomState(), self.guard.callback()]
         callbacks += build_callbacks(cfg, self.tokenizer, self.data, self.scorers, self.prompt_format)
         callbacks += build_selection_callbacks(cfg, self.data, self.scorers, len(self.dm.val_pairs))
         if not interactive() and cfg.trainer.get("enable_progress_bar") is not True:
@@ -318,14 +312,15 @@ class _Run:
         t_fit = time.time()
         if self.ckpt_path:
             say(f"resuming from {self.ckpt_path}")
-        try:
-            trainer.fit(self.module, datamodule=self.dm, ckpt_path=self.ckpt_path)
-            self.fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # validate() clears them
-            self.validate_at_end(trainer)
-        except Diverged as e:
-            self.fail(trainer, e)
-        except SIGTERMException:
-            self.interrupted(trainer)
+        with self.guard.lightning():  # SIGTERM here is Lightning's to act on, at an optimizer step
+            try:
+                trainer.fit(self.module, datamodule=self.dm, ckpt_path=self.ckpt_path)
+                self.fit_metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}  # validate() clears them
+                self.validate_at_end(trainer)
+            except Diverged as e:
+                self.fail(trainer, e)
+            except SIGTERMException:
+                self.interrupted(trainer)
         fit_seconds = time.time() - t_fit
         # Gathered through the strategy (a collective under FSDP/ZeRO-3), so every rank takes part.
         state = trainer.strategy.lightning_module_state_dict() if self.cfg.save_policy else None
@@ -342,6 +337,7 @@ class _Run:
             except BaseException:  # e.g. a full disk: no report or policy may look finished without results.json
                 self.folder.discard_outputs()
                 raise
+        self.guard.release()  # results.json is written: nothing is left to resume
         finish_wandb(self.loggers)
         return results
 
@@ -362,12 +358,16 @@ class _Run:
         atomic_write_json(saved, before)
         for lg in self.loggers:  # beside test/* after training, so the change shows in W&B and TensorBoard
             lg.log_metrics({f"before/{k}": v for k, v in before.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "pairs"}, step=0)
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)
+                            and k not in ("pairs", "sentences")}, step=0)
         return before
 
+    def _test_set(self):
+        test = self.data.test
+        return test.head(int(self.cfg.evaluate.max_sentences)) if test is not None else None
+
     def _evaluate(self) -> Evaluation:
-        e = self.cfg.evaluate
-        test = self.data.test.head(int(e.max_sentences)) if self.data.test is not None else None
+        test = self._test_set()
         loader = self.dm.heldout_dataloader() if self.dm.val_pairs else None
         with on_accelerator(self.module.policy, self.cfg.trainer) as policy:
             return evaluate_policy(policy, self.tokenizer, loader, self.dm.collator.pad_id, test, self.scorers,
@@ -393,13 +393,8 @@ class _Run:
     def interrupted(self, trainer: L.Trainer) -> None:
         import signal
 
-        from cpo.runs import RunInterrupted, check_checkpoint
-
-        last = self.out_dir / "checkpoints" / "last.ckpt"
         finish_wandb(self.loggers)
-        # A file, or the folder a sharded strategy (DeepSpeed, FSDP) writes.
-        step = check_checkpoint(last)["global_step"] if last.exists() else None
-        raise RunInterrupted(signal.SIGTERM, last if last.exists() else None, step)
+        raise interruption(signal.SIGTERM, self.out_dir, self.ckpt_path)
 
     def finish(self, trainer: L.Trainer, before: dict | None, state, fit_seconds: float) -> dict:
         cfg, out_dir, loss = self.cfg, self.out_dir, self.loss
@@ -431,14 +426,17 @@ class _Run:
             say("evaluating the trained policy on held-out data")
             after = self._evaluate()
             results.update(before=before, after=after.metrics)
-            table = before_after_table(before, after.metrics)
+            basis, warnings = table_basis(after.metrics, self._test_set())
+            table = basis + "\n\n" + before_after_table(before, after.metrics)
             say("\nHeld-out results, before -> after training (" + loss.name + "):\n" + table + "\n")
+            for warning in warnings:
+                warn(warning)
             atomic_write_text(out_dir / "before_after.md", table + "\n")
             if after.rows:
                 atomic_write_jsonl(out_dir / "test_translations.jsonl", after.rows)
             for lg in self.loggers:
-                lg.log_metrics({f"test/{k}": v for k, v in after.metrics.items()
-                                if isinstance(v, (int, float)) and k != "pairs"}, step=trainer.global_step)
+                lg.log_metrics({f"test/{k}": v for k, v in after.metrics.items() if isinstance(v, (int, float))
+                                and k not in ("pairs", "sentences")}, step=trainer.global_step)
             check_heldout_collapse(before, after.metrics, cfg.guard.get("min_chrf_ratio"))  # no policy, no results
         if cfg.save_policy:
             langs = {x for t in (self.data.test, self.data.dev) if t is not None for x in (t.src_lang, t.tgt_lang)}

@@ -52,3 +52,9 @@ def deepspeed(stage: int = 2, offload_optimizer: bool = False, offload_parameter
         raise RuntimeError("strategy=deepspeed_*: `pip install cpo[deepspeed]`") from e
     return DeepSpeedStrategy(stage=stage, offload_optimizer=offload_optimizer, offload_parameters=offload_parameters,
                              **kwargs)
+
+
+# Read by cpo.train.preflight before anything loads: what the strategy needs installed, and that DeepSpeed's
+# bf16/fp16 optimizer keeps fp32 master weights (so a bf16-loaded model still trains float32 weights).
+deepspeed.requires = {"deepspeed": "bash scripts/install.sh deepspeed, or pip install 'cpo[deepspeed]'"}
+deepspeed.keeps_fp32_master_weights = True

@@ -84,6 +84,10 @@ def trainer_kwargs(cfg: DictConfig, plan: BatchPlan) -> dict[str, Any]:
     return kwargs
 
 
+# Trainer arguments the run sets itself: a trainer.* key of the same name is refused (cpo.train.keys).
+RUN_OWNED = ("default_root_dir", "logger", "callbacks", "enable_checkpointing", "plugins")
+
+
 def build_trainer(cfg: DictConfig, out_dir: Path, plan: BatchPlan, loggers: list, callbacks: list,
                   plugins: list | None = None) -> L.Trainer:
     """The Trainer; ``callbacks`` include the checkpointing ones (cpo.runs)."""

@@ -12,7 +12,8 @@ on a SLURM time limit, or an app's ``sys.exit(2)``) stops the sweep: at once wit
 (in-process) launcher and with joblib (which aborts its batch); with launchers that run jobs
 elsewhere (submitit) after the batch already submitted. One line on stderr names that job and
 the jobs that did not run, and the sweep exits with the job's code. Jobs are numbered as before
-on a re-launch, so the same command continues where it stopped (train.py skips finished jobs).
+on a re-launch, so the same command continues where it stopped (train.py skips finished jobs); a sweep whose
+folder is named by the clock (Hydra's default) is continued by naming that folder (the line says how).
 """
 # No `from __future__ import annotations`: Hydra's plugin scan executes this module before it is in
 # sys.modules, where dataclasses cannot resolve string annotations.
@@ -119,7 +120,20 @@ def _ranges(nums: Sequence[int]) -> str:
     return ", ".join(f"#{a}" if a == b else f"#{a}-#{b}" for a, b in parts)
 
 
-def stopped_line(exc: SystemExit, n_jobs: int, batch_start: int, batch_len: int, sequential: bool) -> str:
+SAME_COMMAND = "re-launch the same command to continue"
+
+
+def relaunch_clause(sweep: DictConfig) -> str:
+    """How to continue a stopped sweep: the same command, unless its folder is named by the clock (the default
+    ``multirun/<date>/<time>``), where the same command would start a new sweep elsewhere."""
+    raw = OmegaConf.to_container(sweep, resolve=False).get("dir")
+    if "${now:" in str(raw):
+        return f"re-launch it with hydra.sweep.dir={sweep.dir} added to continue"
+    return SAME_COMMAND
+
+
+def stopped_line(exc: SystemExit, n_jobs: int, batch_start: int, batch_len: int, sequential: bool,
+                 relaunch: str = SAME_COMMAND) -> str:
     """The one line printed when a job's non-zero exit (raised through the launcher) stops the sweep."""
     job = getattr(exc, "sweep_job", None)
     how = _exit_text(exc)
@@ -135,15 +149,15 @@ def stopped_line(exc: SystemExit, n_jobs: int, batch_start: int, batch_len: int,
         others = [n for n in range(batch_start, batch_start + batch_len) if job is None or n != job[0]]
         tail = "; ".join(t for t in (f"the other jobs of its parallel batch ({_ranges(others)}) may not have finished"
                                      if others else "", not_run) if t) or "it was the last job"
-    return f"sweep stopped: {head}; {tail}; re-launch the same command to continue"
+    return f"sweep stopped: {head}; {tail}; {relaunch}"
 
 
-def exits_line(exits: List[JobExit], n_jobs: int, batch_end: int) -> str:
+def exits_line(exits: List[JobExit], n_jobs: int, batch_end: int, relaunch: str = SAME_COMMAND) -> str:
     """The one line for jobs that came back as :class:`JobExit`: the rest of their batch ran."""
     heads = "; ".join(f"job #{x.num} ({' '.join(x.overrides)}) {x.text}" for x in exits)
     after = list(range(batch_end, n_jobs))
     tail = f"did not run: {_ranges(after)} ({len(after)} jobs)" if after else "no job was left to run"
-    return f"sweep stopped: {heads}; {tail}; re-launch the same command to continue"
+    return f"sweep stopped: {heads}; {tail}; {relaunch}"
 
 
 def _ignored_line(gone: Sequence[str], originals: List[List[str]], jobs: List[List[str]], n_after: int) -> str:
@@ -259,6 +273,7 @@ class GridSweeper(Sweeper):
             log.info(f"Grid sweep: {len(self.grid)} blocks -> {len(self.jobs)} jobs")
 
         sweep_dir = Path(self.config.hydra.sweep.dir)
+        relaunch = relaunch_clause(self.config.hydra.sweep)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
@@ -276,7 +291,8 @@ class GridSweeper(Sweeper):
                 results = self.launcher.launch(batch, initial_job_idx=start)
             except SystemExit as e:
                 if _is_failure_exit(e):
-                    print(stopped_line(e, len(self.jobs), start, len(batch), sequential), file=sys.stderr, flush=True)
+                    print(stopped_line(e, len(self.jobs), start, len(batch), sequential, relaunch), file=sys.stderr,
+                          flush=True)
                 raise
             for r in results:
                 _ = r.return_value  # raises the job's exception if it failed, as the basic sweeper does
@@ -285,7 +301,7 @@ class GridSweeper(Sweeper):
             exits = [r.return_value for r in results
                      if isinstance(r.return_value, JobExit) and r.return_value.code != DIVERGED]
             if exits:
-                print(exits_line(exits, len(self.jobs), start + len(batch)), file=sys.stderr, flush=True)
+                print(exits_line(exits, len(self.jobs), start + len(batch), relaunch), file=sys.stderr, flush=True)
                 code = exits[0].code
                 sys.exit(code if isinstance(code, int) else 1)
             start += len(batch)
