@@ -304,7 +304,10 @@ class _Run:
     def execute(self) -> dict:
         self.build()
         trainer = self.trainer()
-        self.provenance = provenance(self.data.files, self.plan.as_dict())
+        from cpo.data.records import pair_scorers
+
+        self.provenance = provenance(self.data.files, self.plan.as_dict(), pair_scorers(self.data.train),
+                                     {s.name: s.identity for s in self.scorers})
         for lg in self.loggers:
             lg.log_hyperparams(hyperparameters(self.cfg, self.provenance, self.trainable, self.total))
         before = self.evaluate_before()
