@@ -46,7 +46,8 @@ from cpo.pairs.report import REF, build_report, direction_stats, markdown_report
 from cpo.pairs.build import build_pairs
 from cpo.pairs.noise import NoiseSettings
 from cpo.pairs.rule import NEGATIVES, BuildCounts
-from cpo.scoring import Scorer, ScoreError, ScorerConfigError, build_scorer
+from cpo.pairs.scoring import score_candidate_lists, score_texts
+from cpo.scoring import Scorer, ScorerConfigError, build_scorer
 
 log = logging.getLogger("build_preferences")
 
@@ -192,24 +193,8 @@ def collect_jobs(cfg: DictConfig, references: str) -> list[Job]:
 
 
 # --------------------------------------------------------------------------- scoring
-def score_texts(scorer: Scorer, data: ParallelData, texts: list[str], where=None) -> dict[str, list[float]]:
-    """Score components (``{name: per-source score}``) of one candidate list.
-
-    Empty hypotheses are scored like any other text, as sacrebleu scores an empty line: an empty output
-    is the system's translation of that source, and leaving it out would flatter the system's mean
-    and win ratio. ``where(i)`` names the file and line of text ``i`` in a non-finite score's message.
-    """
-    try:
-        return scorer.score_components(data.sources, texts, data.references, data.tgt_lang)
-    except ScoreError as e:
-        raise (e.located(where=where(e.index)) if where else e) from None
-
-
 def _text_location(job: Job, name: str, i: int) -> str:
     """``file:line`` of candidate ``name``'s text for source ``i``."""
-    if name in job.samples:  # i indexes the flattened candidates of a multi-candidate file
-        row, k = _flat_position(job.sample_outputs[name], i)
-        return f"{job.samples[name]}:{row + 1} (system {name!r}, candidate {k})"
     if name != REF:
         return f"{job.systems[name]}:{i + 1} (system {name!r})"
     if job.data.ref_path:
@@ -222,33 +207,11 @@ def _line_of(data: ParallelData, i: int) -> str:
     return f"{data.path}:{i + 1}" if data.format == "text" else f"{data.path} (record {i + 1})"
 
 
-def _flat_position(cs: CandidateSet, flat: int) -> tuple[int, int]:
-    """(row, candidate) of the ``flat``-th candidate of a multi-candidate file."""
-    for row, cands in enumerate(cs.candidates):
-        if flat < len(cands):
-            return row, flat
-        flat -= len(cands)
-    raise IndexError(flat)
-
-
-def _unflatten(values: list, cs: CandidateSet) -> list[list]:
-    out, start = [], 0
-    for cands in cs.candidates:
-        out.append(values[start:start + len(cands)])
-        start += len(cands)
-    return out
-
-
 def score_samples(scorer: Scorer, job: Job, name: str) -> dict[str, list[list[float]]]:
     """Score components of every candidate of a multi-candidate file, per source (one scorer call, cached)."""
-    cs, data = job.sample_outputs[name], job.data
-    rows = [i for i, cands in enumerate(cs.candidates) for _ in cands]
-    flat = ParallelData([data.sources[i] for i in rows],
-                        None if data.references is None else [data.references[i] for i in rows],
-                        data.src_lang, data.tgt_lang, data.path, data.format, data.ref_path)
-    texts = [t for cands in cs.candidates for t in cands]
-    comps = score_texts(scorer, flat, texts, lambda i: _text_location(job, name, i))
-    return {k: _unflatten(v, cs) for k, v in comps.items()}
+    path = job.samples[name]
+    return score_candidate_lists(scorer, job.data, job.sample_outputs[name].candidates,
+                                 lambda row, k: f"{path}:{row + 1} (system {name!r}, candidate {k})")
 
 
 def run_job(job: Job, scorer: Scorer, cfg: DictConfig, noise: NoiseSettings) -> tuple[list[dict], dict, BuildCounts]:

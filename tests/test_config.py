@@ -17,7 +17,7 @@ def options(group):
 @pytest.mark.parametrize("group", GROUPS)
 def test_every_group_option_composes(group):
     for opt in options(group):
-        extra = ["data.train_file=x.jsonl"] if opt == "jsonl" else []
+        extra = ["data.train_file=x.jsonl"] if opt in ("jsonl", "round") else []
         extra += ["model.name_or_path=some/model"] if opt == "hf" else []
         cfg = compose([f"{group}={opt}"] + extra)
         OmegaConf.to_container(cfg, resolve=True)

@@ -6,7 +6,8 @@ metric (metric interference, "MINT", Pombal et al. 2025). Each run records which
 of its held-out metrics (``eval_scorers``). A metric *rests on the pair-building scorer* when it is that
 scorer: the same identity, a member of it (KIWI in the KIWI+XCOMET mean) or containing it, the same name,
 or a scorer of the same model family by name (``kiwi``, ``xcomet``, ``comet``, ``demo_qe``, ``chrf``,
-``bleu``). A method whose loss uses neither side the scorer chose (SFT on the references) is exempt.
+``bleu``). A method whose loss uses neither side the scorer chose (SFT on the references), or that did not train
+(round 0 of a rounds run), is exempt.
 A comparison rests on it when the metric does for the method or for the baseline. The report marks
 every such column, row and verdict with † and says whether ``select_by`` is one.
 """
@@ -57,9 +58,12 @@ def same_scorer(pair: Mapping, metric: str, identity: str | None) -> bool:
 
 
 def _exempt(job: JobResult) -> bool:
-    """SFT on the references: the scorer's choice of chosen and rejected never reaches the loss."""
-    loss = ((job.results or {}).get("config") or {}).get("loss") or {}
-    return isinstance(loss, Mapping) and loss.get("kind") == "none" and loss.get("nll_target") == "reference"
+    """The scorer's choice never reached the weights: SFT on the references, or a run of 0 steps (the start model
+    of a rounds run, round 0)."""
+    r = job.results or {}
+    loss = (r.get("config") or {}).get("loss") or {}
+    return (isinstance(loss, Mapping) and loss.get("kind") == "none" and loss.get("nll_target") == "reference") \
+        or r.get("global_steps") == 0
 
 
 def _label(pair: Mapping) -> str:

@@ -68,7 +68,7 @@ def run_identity(cfg: DictConfig, plan: BatchPlan) -> dict:
     from cpo.train.reference_cache import file_fingerprint, folder_fingerprint
 
     files: dict[str, object] = {}
-    for key in ("train_file", "val_file", "test_file", "path"):
+    for key in ("train_file", "val_file", "test_file", "dev_file", "path"):
         value = cfg.data.get(key)
         p = Path(str(value)) if isinstance(value, str) else None
         if p is not None and p.is_file():
