@@ -167,13 +167,26 @@ class RoundsRun:
         finally:
             self.in_training = False
 
+    def _decoding(self, round_: int):
+        from cpo.mt.sampling import CandidateSettings
+        from cpo.rounds.candidates import round_seed
+
+        c = self.cfg.candidates
+        try:
+            return CandidateSettings(
+                num_samples=_positive(c.num_samples, "candidates.num_samples", True),
+                num_return_beams=_positive(c.num_return_beams, "candidates.num_return_beams", True),
+                num_beams=_positive(c.num_beams, "candidates.num_beams"), temperature=float(c.temperature),
+                top_p=float(c.top_p), top_k=_positive(c.top_k, "candidates.top_k", True), seed=round_seed(c.seed, round_))
+        except ValueError as e:
+            raise ConfigError(f"candidates: {str(e).split(' (got ')[0]}") from None
+
     def _splits(self, rows: dict, round_: int) -> dict:
         return {"train": round_slice(rows["train"], self.per_round, round_), "val": rows["val"]}
 
     # ------------------------------------------------------------------ the run
     def execute(self) -> dict:
-        from cpo.mt.sampling import CandidateSettings
-        from cpo.rounds.candidates import round_seed, run_candidates
+        from cpo.rounds.candidates import run_candidates
         from cpo.rounds.pairs import run_pairs
         from cpo.runs.lock import FolderLock
 
@@ -195,6 +208,8 @@ class RoundsRun:
                                   "model or policy folder>")
             scorer = self._scorer()
             tracker = self._tracker()
+            if self.rule["samples"]:
+                self._decoding(1)  # a bad decoding setting is refused before anything runs
             c = self.cfg.candidates
             gen = {"batch_size": _positive(c.batch_size, "candidates.batch_size"),
                    "max_new_tokens": _positive(c.max_new_tokens, "candidates.max_new_tokens"),
@@ -208,12 +223,7 @@ class RoundsRun:
                 round_dir = self.dir / f"round-{k}"
                 record_c = None
                 if self.rule["samples"]:
-                    decode = CandidateSettings(
-                        num_samples=_positive(c.num_samples, "candidates.num_samples", True),
-                        num_return_beams=_positive(c.num_return_beams, "candidates.num_return_beams", True),
-                        num_beams=_positive(c.num_beams, "candidates.num_beams"), temperature=float(c.temperature),
-                        top_p=float(c.top_p), top_k=_positive(c.top_k, "candidates.top_k", True),
-                        seed=round_seed(c.seed, k))
+                    decode = self._decoding(k)
                     stage = StageFolder(round_dir / "candidates", "candidates", k)
                     settings = {"decoding": asdict(decode), "max_new_tokens": gen["max_new_tokens"],
                                 "max_prompt_length": gen["max_prompt_length"], "logprobs": gen["logprobs"],
