@@ -125,3 +125,12 @@ def test_strategies_instantiate_on_cpu():
     for s in ("deepspeed_zero2", "deepspeed_zero3"):
         ds = instantiate(compose([f"strategy={s}"]).trainer.strategy)
         assert ds.config["zero_optimization"]["stage"] == int(s[-1])
+
+
+@pytest.mark.parametrize("group", ["inputs", "pairs", "rounds_experiment"])
+def test_every_rounds_option_composes(group):
+    """scripts/rounds.py's own groups (conf/rounds.yaml), each option composed and resolved."""
+    for opt in options(group):
+        extra = ["inputs.train=x.jsonl", "inputs.val=y.jsonl"] if opt == "files" else []
+        cfg = compose([f"{group}={opt}"] + extra, config_name="rounds")
+        OmegaConf.to_container(cfg, resolve=True)

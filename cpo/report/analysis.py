@@ -76,6 +76,11 @@ def find_baseline(baseline: str, methods: dict[str, Method]) -> str | None:
         return None
     if baseline in methods:
         return baseline
+    if "=" in baseline:  # a label with its parts in another order ("round=3,loss=cpo" for "loss=cpo,round=3")
+        given = dict(part.split("=", 1) for part in baseline.split(",") if "=" in part)
+        same = [m.label for m in methods.values() if m.parts == given]
+        if len(same) == 1:
+            return same[0]
     hits = [m.label for m in methods.values() if baseline in {m.display, *m.parts.values()}]
     if len(hits) > 1:
         raise SelectionError(f"baseline={baseline} matches several methods ({', '.join(hits)}); "

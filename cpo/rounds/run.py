@@ -122,6 +122,16 @@ class RoundsRun:
         group = (f"{self.cfg.experiment_name}/" if self.cfg.experiment_name else "rounds/") + self.dir.name
         return Tracker(group, str(lg.project), lg.entity, str(lg.mode)) if lg.name == "wandb" else None
 
+    def _choice(self, group: str) -> str:
+        """The preset chosen for a train.py config group (``loss=dpo``), as Hydra recorded it, else its name."""
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            choice = HydraConfig.get().runtime.choices.get(group)
+        except ValueError:  # not under Hydra (tests compose the config themselves)
+            choice = None
+        return str(choice or self.cfg[group].name)
+
     def _on_sigterm(self, signum, frame):
         if self.in_training:
             return  # Lightning's handler (called with this one) saves a checkpoint at the next step
@@ -130,7 +140,7 @@ class RoundsRun:
     # ------------------------------------------------------------------ stages
     def _train_overrides(self, inputs, policy: str, base: str, pairs_dir: Path, round_: int) -> list[str]:
         cfg = self.cfg
-        out = [f"loss={cfg.loss}", f"model={cfg.model}", "data=round",
+        out = [f"loss={self._choice('loss')}", f"model={self._choice('model')}", "data=round",
                f"++data.train_file={override_value(str(pairs_dir / 'train.jsonl'))}",
                f"++data.val_file={override_value(str(pairs_dir / 'val.jsonl'))}",
                f"seed={cfg.seed}", f"cache_dir={override_value(str(cfg.cache_dir))}"]
@@ -138,6 +148,11 @@ class RoundsRun:
             out.append(f"++data.dev_file={override_value(inputs.dev)}")
         if inputs.test:
             out.append(f"++data.test_file={override_value(inputs.test)}")
+        out.append(f"beta={override_value(cfg.beta)}")
+        for group in ("loss", "model"):  # the presets' keys as this run has them (loss.alpha=..., model.dtype=...)
+            for key, value in flatten(OmegaConf.to_container(cfg[group], resolve=True)):
+                if value != "???" and key not in ("name_or_path", "lora.adapter"):
+                    out.append(f"++{group}.{key}={override_value(value)}")
         train = OmegaConf.to_container(cfg.train, resolve=True) if cfg.train else {}
         for key, value in flatten(train):
             # trainer.* goes to Lightning as it is (its keys need not be in train.yaml); a typo elsewhere is refused.
