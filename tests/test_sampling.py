@@ -99,3 +99,60 @@ def test_logprobs_are_the_models_own(tiny_tok_model):
 def test_settings_are_checked(bad):
     with pytest.raises(ValueError):
         CandidateSettings(**bad)
+
+
+def test_generate_app_writes_n_candidates_per_source(tiny_tok_model, tmp_path, monkeypatch):
+    """scripts/generate.py num_samples=3 num_return_beams=1 (its run(), in this process): a JSONL row per source
+    with 4 candidates in order and their log-probs; the same seed gives the same file with another batch size; one
+    candidate stays a text file."""
+    import importlib.util
+    import json
+    import sys
+
+    from hydra import compose, initialize_config_dir
+
+    from conftest import REPO
+    from cpo.mt.candidates import read_candidates
+    from cpo.train.tiny import save_model_and_tokenizer
+
+    spec = importlib.util.spec_from_file_location("_app_generate_n", REPO / "scripts" / "generate.py")
+    app = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = app
+    spec.loader.exec_module(app)
+    tok, model = tiny_tok_model
+    save_model_and_tokenizer(model, tok, tmp_path / "model")
+    (tmp_path / "src.jsonl").write_text("".join(
+        json.dumps({"source": s, "src_lang": "de", "tgt_lang": "en"}) + "\n" for s in SOURCES))
+    monkeypatch.chdir(tmp_path)
+    common = ["model=model", "input=src.jsonl", "max_new_tokens=6", "num_beams=2", "progress=false",
+              "sampling.temperature=1.5", "sampling.seed=5", "logprobs=true"]
+
+    def gen(*extra):
+        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+            return app.run(compose("generate", overrides=app.rewrite_model_argument(common + list(extra))))
+
+    out = gen("output=a.jsonl", "num_samples=3", "batch_size=4")
+    assert (out["n"], out["candidates"], out["directions"][0]["candidates"]) == (9, 36, 36)
+    gen("output=b.jsonl", "num_samples=3", "batch_size=3")
+    cs = read_candidates(tmp_path / "a.jsonl")
+    assert cs.sources == SOURCES and all(len(c) == 4 for c in cs.candidates) and len(cs.logprobs[0]) == 4
+    rows = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert rows[0]["origins"] == ["beam", "sample", "sample", "sample"] and len(rows[0]["duplicate_of"]) == 4
+    assert read_candidates(tmp_path / "b.jsonl").candidates == cs.candidates
+    gen("output=one.txt", "num_samples=1", "num_return_beams=0", "logprobs=false")
+    assert (tmp_path / "one.txt").read_text().splitlines() == [c[1] for c in cs.candidates]  # sample 0 of seed 5
+    with pytest.raises(ValueError, match="sampling settings: temperature must be > 0"):
+        gen("output=c.jsonl", "num_samples=2", "sampling.temperature=0")
+
+
+def test_the_generation_benchmark_measures_candidates_per_second():
+    from cpo.bench import run_candidates_bench
+
+    lines = []
+    out = run_candidates_bench(["demo"], threads=1, n_sentences=4, ns=(1, 2), batch_size=2, max_new_tokens=3, reps=1,
+                               log=lines.append)
+    res = out["models"]["demo"]
+    for n in (1, 2):
+        assert res[n]["sent_per_s_median"] > 0
+        assert res[n]["cand_per_s_median"] == pytest.approx(n * res[n]["sent_per_s_median"], rel=1e-6)
+    assert any("N=2 sampled per source" in line and "candidates/s" in line for line in lines)
