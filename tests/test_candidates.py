@@ -49,10 +49,12 @@ def test_many_candidates_by_hand():
 
 
 def test_rejected_ties_go_to_the_first_in_order_and_repeated_texts_are_one_pair():
-    cands = [Candidate("ref", "best", 1.0), Candidate("a", "x", 0.2), Candidate("b", "x", 0.2), Candidate("c", "y", 0.2)]
+    cands = [Candidate("ref", "best", 1.0), Candidate("a", "x", 0.2), Candidate("b", "x", 0.2),
+             Candidate("c", "y", 0.2)]
     assert _ids(select_pairs(cands, pairs_per_source=3)) == [
         ("ref", "a", None), ("ref", "b", DROP_REPEATED), ("ref", "c", None)]
-    assert _ids(select_pairs([Candidate("ref", "t", 1.0), Candidate("a", " t", 0.5)])) == [("ref", "a", DROP_EQUAL_TEXTS)]
+    same_text = [Candidate("ref", "t", 1.0), Candidate("a", " t", 0.5)]
+    assert _ids(select_pairs(same_text)) == [("ref", "a", DROP_EQUAL_TEXTS)]
     with pytest.raises(ValueError, match="pairs_per_source"):
         select_pairs(cands, pairs_per_source=0)
     with pytest.raises(ValueError, match="min_gap"):

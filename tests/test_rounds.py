@@ -18,7 +18,8 @@ from conftest import REPO
 BASE = ["inputs.n_train_sources=160", "inputs.n_val_sources=24", "inputs.n_test_sources=24",
         "+inputs.hidden_size=32", "+inputs.warm_start_steps=30", "rounds=2", "sources.per_round=40",
         "candidates.num_samples=4", "candidates.batch_size=8", "pairs=samples_ref", "train.trainer.max_steps=3",
-        "train.trainer.max_epochs=-1", "+train.evaluate.max_sentences=8", "+train.evaluate.during_training.max_sentences=8",
+        "train.trainer.max_epochs=-1", "+train.evaluate.max_sentences=8",
+        "+train.evaluate.during_training.max_sentences=8",
         "+train.checkpoint.every_n_steps=1", "+train.progress_every_seconds=0", "logger=csv", "progress=false"]
 
 

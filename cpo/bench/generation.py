@@ -157,9 +157,9 @@ def run_candidates_bench(
 
         def once(n: int, k: int, model=model) -> tuple[float, float]:
             stats = GenerationStats()
-            generate_candidates(model, tok, sources[:k], SRC, TGT,
-                                CandidateSettings(num_samples=n, num_return_beams=0, temperature=temperature, seed=seed),
-                                batch_size=batch_size, max_new_tokens=max_new_tokens, stats=stats)
+            settings = CandidateSettings(num_samples=n, num_return_beams=0, temperature=temperature, seed=seed)
+            generate_candidates(model, tok, sources[:k], SRC, TGT, settings, batch_size=batch_size,
+                                max_new_tokens=max_new_tokens, stats=stats)
             return stats.sentences_per_s, stats.candidates_per_s
 
         for n in ns:  # warm-up

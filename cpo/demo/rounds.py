@@ -1,4 +1,4 @@
-"""The embedded demo as the inputs of a rounds run (``scripts/rounds.py inputs=demo``, ``conf/rounds_inputs/demo.yaml``).
+"""The embedded demo as the inputs of a rounds run (``scripts/rounds.py inputs=demo``, ``conf/inputs/demo.yaml``).
 
 Exports, once, into the demo cache: the demo's preference sources with their gilded references (training and
 validation sources of the rounds), the held-out validation sources with their *clean* translations (the dev

@@ -126,7 +126,8 @@ def build_pairs(
             raise ValueError(f"system {name!r} is both a single-output and a multi-candidate system")
         for i, (texts, values) in enumerate(zip(samples[name], sample_scores[name])):
             if len(texts) != len(values):
-                raise ValueError(f"sample system {name!r}, source {i + 1}: {len(texts)} candidates, {len(values)} scores")
+                raise ValueError(f"sample system {name!r}, source {i + 1}: {len(texts)} candidates, "
+                                 f"{len(values)} scores")
     if references is not None and len(references) != len(sources):
         raise ValueError(f"{len(references)} references for {len(sources)} sources")
     names = list(candidates)

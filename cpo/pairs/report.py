@@ -318,7 +318,8 @@ def markdown_report(report: dict) -> str:
             lines.append(f"- candidates per source: min {per['min']}, mean {per['mean']:g}, max {per['max']}; "
                          f"sources with a pair: {p['sources_with_pairs']} of {p['sources']}")
         if p.get("duplicates_by_system"):
-            lines.append("- duplicates left out: " + ", ".join(f"{k} {v}" for k, v in p["duplicates_by_system"].items()))
+            dup = p["duplicates_by_system"]
+            lines.append("- duplicates left out: " + ", ".join(f"{k} {v}" for k, v in dup.items()))
         if p["missing_by_system"]:
             lines.append("- candidates without a text or score, left out: "
                          + ", ".join(f"{k} {v}" for k, v in p["missing_by_system"].items()))

@@ -95,7 +95,8 @@ class Independence:
                 "unknown": self.unknown, "exempt": self.exempt}
 
 
-def metric_independence(jobs: Sequence[JobResult], method_of: Mapping[str, str], metrics: Sequence[str]) -> Independence:
+def metric_independence(jobs: Sequence[JobResult], method_of: Mapping[str, str],
+                        metrics: Sequence[str]) -> Independence:
     """``method_of``: configuration label -> method; ``metrics``: the base names the report shows (test and val)."""
     out = Independence()
     for j in jobs:
@@ -138,7 +139,8 @@ def independence_text(ind: Independence, select_by: str, display) -> str:
                         ", which is none of the reported metrics"))
     text = "Metric independence (MINT): " + "; ".join(parts) + "."
     if ind.exempt:
-        text += " Exempt (the loss uses neither side the scorer chose): " + ", ".join(display(m) for m in ind.exempt) + "."
+        text += (" Exempt (the loss uses neither side the scorer chose, or it did not train): "
+                 + ", ".join(display(m) for m in ind.exempt) + ".")
     if ind.unknown:
         text += (" Not recorded (runs of older code): " + ", ".join(display(m) for m in ind.unknown)
                  + "; their metrics may rest on the pair-building scorer.")

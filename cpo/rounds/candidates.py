@@ -52,8 +52,8 @@ def pick_device(device: str) -> str:
     return device
 
 
-def run_candidates(stage: StageFolder, settings: dict, policy: str, base: str | None, splits: dict[str, list[SourceRow]],
-                   decode: CandidateSettings, gen: dict, tracker=None) -> dict:
+def run_candidates(stage: StageFolder, settings: dict, policy: str, base: str | None,
+                   splits: dict[str, list[SourceRow]], decode: CandidateSettings, gen: dict, tracker=None) -> dict:
     """Generate (or reuse) the stage's files. ``settings`` is the stage's identity (decoding, inputs, policy);
     ``gen`` holds batch_size, max_new_tokens, max_prompt_length, logprobs, dtype, device, progress."""
     record = stage.finished(settings)

@@ -192,7 +192,8 @@ class RoundsRun:
                 num_samples=_positive(c.num_samples, "candidates.num_samples", True),
                 num_return_beams=_positive(c.num_return_beams, "candidates.num_return_beams", True),
                 num_beams=_positive(c.num_beams, "candidates.num_beams"), temperature=float(c.temperature),
-                top_p=float(c.top_p), top_k=_positive(c.top_k, "candidates.top_k", True), seed=round_seed(c.seed, round_))
+                top_p=float(c.top_p), top_k=_positive(c.top_k, "candidates.top_k", True),
+                seed=round_seed(c.seed, round_))
         except ValueError as e:
             raise ConfigError(f"candidates: {str(e).split(' (got ')[0]}") from None
 

@@ -72,7 +72,8 @@ def system_texts(path: str, rows_in_file: int, key: str) -> list[str]:
     """An offline system's outputs, one line per row of the split's input file (empty lines are outputs)."""
     lines = read_lines(path)
     if len(lines) != rows_in_file:
-        raise DataError(f"files are not aligned: {key} {path} has {len(lines)} lines, its input has {rows_in_file} rows")
+        raise DataError(f"files are not aligned: {key} {path} has {len(lines)} lines, its input has "
+                        f"{rows_in_file} rows")
     return lines
 
 

@@ -1,4 +1,4 @@
-"""A stage of a rounds run (``round-k/candidates``, ``round-k/pairs``): reused, refused or (re)started by its fingerprint.
+"""A stage of a rounds run (``round-k/candidates``, ``round-k/pairs``): reused, refused or restarted by its fingerprint.
 
 The rule of ``train.py`` run folders (``cpo.runs``), for stages that are not training runs: a stage's
 *settings* (what changes its outputs: decoding, the rule, the scorer's identity) and its *inputs* (sha256 of
