@@ -182,3 +182,31 @@ def test_kill_9_in_each_stage_resumes_to_the_uninterrupted_weights(finished, tmp
         assert "round-1/pairs: finished with these settings, reused" in out, out[-3000:]
     a, b = _weights(finished), _weights(cut)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+
+
+@pytest.mark.slow
+def test_lora_dpo_rounds_continue_the_adapter_with_the_previous_round_as_reference(tmp_path):
+    p = _rounds(tmp_path / "run", ["model=tiny_lora", "loss=dpo", "eval_start=false"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = p.stdout + p.stderr
+    # round 1: a fresh adapter (reference: the adapter switched off); round 2: round 1's adapter, continued, and a
+    # frozen copy of it as the reference
+    assert out.count("DPO reference: adapter_disabled") == 1 and out.count("DPO reference: reference_adapter") == 1
+    cfg = (tmp_path / "run" / "round-2" / "train" / ".hydra" / "config.yaml").read_text()
+    assert f"adapter: {tmp_path / 'run' / 'round-1' / 'train' / 'policy'}" in cfg
+
+
+@pytest.mark.slow
+def test_wandb_one_group_a_job_type_per_stage_and_the_round(tmp_path):
+    from cpo.report.wandb_offline import read_offline_run
+
+    p = _rounds(tmp_path / "run", ["rounds=1", "eval_start=false", "logger=wandb", "logger.mode=offline"])
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = {}
+    for stage in ("candidates", "pairs", "train"):
+        (found,) = (tmp_path / "run" / "round-1" / stage / "wandb_files" / "wandb").glob("offline-run-*")
+        runs[stage] = read_offline_run(found)
+    assert {r["group"] for r in runs.values()} == {"rounds/run"}
+    assert {s: r["job_type"] for s, r in runs.items()} == {"candidates": "candidates", "pairs": "pairs",
+                                                             "train": "train"}
+    assert all(r["config"]["round"] == 1 for r in runs.values())
