@@ -29,8 +29,14 @@ def _env():
     return env
 
 
+def _with(extra) -> list[str]:
+    """BASE with the keys of ``extra`` replaced by extra's values (Hydra refuses a key given twice)."""
+    keys = {e.split("=", 1)[0].lstrip("+") for e in extra}
+    return [b for b in BASE if b.split("=", 1)[0].lstrip("+") not in keys] + list(extra)
+
+
 def _rounds(out: Path, extra: list[str] = ()) -> subprocess.CompletedProcess:
-    args = [sys.executable, "scripts/rounds.py", f"hydra.run.dir={out}", *BASE, *extra]
+    args = [sys.executable, "scripts/rounds.py", f"hydra.run.dir={out}", *_with(extra)]
     return subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900)
 
 
@@ -85,7 +91,7 @@ def _refused(out: Path, extra: list[str], error, *needles: str) -> str:
     from conftest import compose
     from cpo.rounds.run import RoundsRun
 
-    overrides = BASE + extra
+    overrides = _with(extra)
     with pytest.raises(error) as e:
         RoundsRun(compose(overrides, config_name="rounds"), out, overrides).execute()
     for n in needles:
