@@ -245,6 +245,8 @@ class RoundsRun:
                                 "max_prompt_length": gen["max_prompt_length"], "logprobs": gen["logprobs"],
                                 "dtype": gen["dtype"], "policy": _policy_identity(policy),
                                 "sources": {s: rows_digest(r) for s, r in splits.items()}}
+                    if decode.num_return_beams:  # samples are batch-invariant; beams may differ in the last bits
+                        settings["batch_size"] = gen["batch_size"]
                     self.where = stage.name
                     record_c = run_candidates(stage, settings, policy, base, splits, decode, gen, tracker)
                 stage = StageFolder(round_dir / "pairs", "pairs", k)
