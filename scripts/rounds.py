@@ -2,7 +2,7 @@
 
     python scripts/rounds.py                                   # the demo: 3 rounds of on-policy CPO
     python scripts/rounds.py loss=dpo train.optim.lr=3e-4      # iterative DPO (reference: the previous round)
-    python scripts/rounds.py pairs=offline                     # the offline baseline on the same schedule
+    python scripts/rounds.py pool=offline                      # the offline baseline on the same schedule
 
 Exit status: 0 finished (finished stages reused); 2 a bad setting, bad input or a changed setting refused
 naming the keys (one sentence); 3 a round's training diverged; 128 + N stopped by signal N (run the same

@@ -127,7 +127,7 @@ def test_strategies_instantiate_on_cpu():
         assert ds.config["zero_optimization"]["stage"] == int(s[-1])
 
 
-@pytest.mark.parametrize("group", ["inputs", "pairs", "rounds_experiment"])
+@pytest.mark.parametrize("group", ["inputs", "pool", "rounds_experiment"])
 def test_every_rounds_option_composes(group):
     """scripts/rounds.py's own groups (conf/rounds.yaml), each option composed and resolved."""
     for opt in options(group):

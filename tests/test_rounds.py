@@ -17,7 +17,7 @@ from conftest import REPO
 # reference (the small warm start is too weak for samples alone to differ in demo QE), 3 optimizer steps a round.
 BASE = ["inputs.n_train_sources=160", "inputs.n_val_sources=24", "inputs.n_test_sources=24",
         "+inputs.hidden_size=32", "+inputs.warm_start_steps=30", "rounds=2", "sources.per_round=40",
-        "candidates.num_samples=4", "candidates.batch_size=8", "pairs=samples_ref", "train.trainer.max_steps=3",
+        "candidates.num_samples=4", "candidates.batch_size=8", "pool=samples_ref", "train.trainer.max_steps=3",
         "train.trainer.max_epochs=-1", "+train.evaluate.max_sentences=8",
         "+train.evaluate.during_training.max_sentences=8",
         "+train.checkpoint.every_n_steps=1", "+train.progress_every_seconds=0", "logger=csv", "progress=false"]
@@ -134,16 +134,16 @@ def test_compare_reads_a_rounds_run(finished, tmp_path):
 def test_bad_settings_are_one_sentence(finished, tmp_path):
     from cpo.errors import ConfigError
 
-    _refused(tmp_path / "a", ["pairs.systems=[nosuch]"], ConfigError, "pairs.systems: ['nosuch'] are not systems")
+    _refused(tmp_path / "a", ["pool.systems=[nosuch]"], ConfigError, "pool.systems: ['nosuch'] are not systems")
     _refused(tmp_path / "b", ["candidates.num_samples=0"], ConfigError,
              "candidates: num_samples + num_return_beams must be at least 1")
-    _refused(tmp_path / "c", ["pairs=offline", "pairs.systems=[]"], ConfigError, "give at least two of the reference")
+    _refused(tmp_path / "c", ["pool=offline", "pool.systems=[]"], ConfigError, "give at least two of the reference")
     assert not (tmp_path / "a" / "round-1").exists() and not (tmp_path / "b" / "round-1").exists()
 
 
 @pytest.mark.slow
 def test_an_app_error_is_one_sentence(tmp_path):
-    _one_sentence(_rounds(tmp_path, ["pairs.systems=[nosuch]"]), 2, "pairs.systems: ['nosuch'] are not systems")
+    _one_sentence(_rounds(tmp_path, ["pool.systems=[nosuch]"]), 2, "pool.systems: ['nosuch'] are not systems")
 
 
 # ----------------------------------------------------------------------------------------- kill -9

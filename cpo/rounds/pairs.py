@@ -29,7 +29,7 @@ def _build_split(split: str, rows: list[SourceRow], systems: dict[str, list[str]
         have_refs = all(x is not None for x in refs)
         if rule["include_ref"] and not have_refs:
             raise DataError(f"{split} sources of {direction} lack references, so the reference cannot be a candidate "
-                            "(pairs.include_ref=false, or give references)")
+                            "(pool.include_ref=false, or give references)")
         data = ParallelData([r.source for r in group], refs if have_refs else None, src, tgt,
                             Path(f"{split}.{direction}"), "jsonl")
         candidates = {REF: refs} if rule["include_ref"] else {}

@@ -77,17 +77,17 @@ class RoundsRun:
         self.per_round = cfg.sources.per_round
         if self.per_round is not None:
             _positive(self.per_round, "sources.per_round")
-        p = cfg.pairs
-        self.rule = {"samples": bool(p.samples), "include_ref": bool(p.include_ref),
+        p, pool = cfg.pairs, cfg.pool
+        self.rule = {"samples": bool(pool.samples), "include_ref": bool(pool.include_ref),
                      "pairs_per_source": _positive(p.pairs_per_source, "pairs.pairs_per_source"),
                      "min_score_gap": float(p.min_score_gap)}
         if not self.rule["min_score_gap"] >= 0:
             raise ConfigError(f"pairs.min_score_gap={p.min_score_gap} must be >= 0")
-        self.systems = [str(s) for s in (p.systems or [])]
+        self.systems = [str(s) for s in (pool.systems or [])]
         n_single = int(self.rule["include_ref"]) + len(self.systems)
         if not self.rule["samples"] and n_single < 2:
-            raise ConfigError("pairs: without the policy's samples, give at least two of the reference "
-                              "(pairs.include_ref=true) and the offline systems (pairs.systems=[...])")
+            raise ConfigError("pool: without the policy's samples, give at least two of the reference "
+                              "(pool.include_ref=true) and the offline systems (pool.systems=[...])")
         self.in_training = False
 
     # ------------------------------------------------------------------ setup
@@ -98,7 +98,7 @@ class RoundsRun:
         inputs = source.load(str(self.cfg.cache_dir))
         unknown = [s for s in self.systems if s not in inputs.systems]
         if unknown:
-            raise ConfigError(f"pairs.systems: {unknown} are not systems of the inputs "
+            raise ConfigError(f"pool.systems: {unknown} are not systems of the inputs "
                               f"(they have: {', '.join(inputs.systems) or 'none'})")
         return inputs
 
@@ -112,7 +112,7 @@ class RoundsRun:
             raise ConfigError(f"pairs.scorer: {e}") from None
         if self.rule["include_ref"] and scorer.uses_reference:
             raise ConfigError(f"pairs.scorer {scorer.name!r} is reference-based: with the reference as a candidate "
-                              "it would always win; use a reference-free scorer or pairs.include_ref=false")
+                              "it would always win; use a reference-free scorer or pool.include_ref=false")
         return scorer
 
     def _tracker(self):
