@@ -134,3 +134,20 @@ def test_every_rounds_option_composes(group):
         extra = ["inputs.train=x.jsonl", "inputs.val=y.jsonl"] if opt == "files" else []
         cfg = compose([f"{group}={opt}"] + extra, config_name="rounds")
         OmegaConf.to_container(cfg, resolve=True)
+
+
+APPS = ["train", "generate", "build_preferences", "evaluate", "compare", "convert_alma_r", "rounds"]
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_no_app_key_is_taken_for_a_config_group(app):
+    """A top-level key of an app that is also a group folder of conf/ is read by Hydra as a group override on the
+    command line (``pairs=[de-en]`` of convert_alma_r failed while conf/pairs/ existed)."""
+    import yaml
+
+    groups = {p.name for p in (REPO / "conf").iterdir() if p.is_dir()}
+    raw = yaml.safe_load((REPO / "conf" / f"{app}.yaml").read_text())
+    own = {next(iter(d)).split("@")[0].lstrip("/").replace("override ", "") for d in raw.get("defaults", [])
+           if isinstance(d, dict)}
+    clash = sorted(k for k in raw if k in groups and k not in own and k != "defaults")
+    assert not clash, f"conf/{app}.yaml: keys {clash} are also config groups of conf/"
