@@ -411,7 +411,7 @@ def candidate_settings(cfg: DictConfig, num_beams: int):
 
 
 def write_candidates(lm, tokenizer, t: Task, candidates, cfg: DictConfig, settings: dict,
-                     max_prompt_length: int | None) -> dict:
+                     max_prompt_length: int | None, prompt_format) -> dict:
     """One direction's candidates: a JSONL row per source (cpo.mt.candidates), or, for one candidate per source
     without log-probs, one line per source as usual."""
     from cpo.io import atomic_write_jsonl
@@ -422,7 +422,7 @@ def write_candidates(lm, tokenizer, t: Task, candidates, cfg: DictConfig, settin
     out = generate_candidates(lm, tokenizer, t.data.sources, t.data.src_lang, t.data.tgt_lang, candidates,
                               batch_size=settings["batch_size"], max_new_tokens=settings["max_new_tokens"],
                               max_prompt_length=max_prompt_length, logprobs=bool(cfg.get("logprobs", False)),
-                              progress=bool(cfg.progress), stats=stats, log=log.info)
+                              progress=bool(cfg.progress), stats=stats, prompt_format=prompt_format)
     check_writable(t.output, bool(cfg.overwrite), t.key)
     texts = [[one_line(c) for c in o["candidates"]] for o in out]
     if candidates.n == 1 and not cfg.get("logprobs", False):
@@ -492,7 +492,7 @@ def run(cfg: DictConfig) -> dict:
         cleaning: Counter = Counter()
         if candidates is not None:  # N candidates per source (or one sample / log-probs): see write_candidates
             summary["directions"].append(write_candidates(lm, tokenizer, t, candidates, cfg, settings,
-                                                          max_prompt_length))
+                                                          max_prompt_length, prompt_format))
             atomic_write_text(_made_by(t.output), json.dumps(made_by, sort_keys=True) + "\n")
             continue
         hyps = translate(lm, tokenizer, t.data.sources, t.data.src_lang, t.data.tgt_lang, progress=bool(cfg.progress),

@@ -124,11 +124,11 @@ def test_compare_reads_a_rounds_run(finished, tmp_path):
     jobs = report.load_sweep(finished)
     assert [j.overrides.get("round") for j in jobs] == ["0", "1", "2"] and all(j.ok for j in jobs)
     a = report.analyze(jobs, select_by="val/chrf", baseline="round=0", bootstrap_samples=50)
-    assert {a.display(m) for m in a.methods} == {"start model (round 0)", "CPO (round=1)", "CPO (round=2)"}
+    assert {a.display(m) for m in a.methods} == {"start model (round 0)", "CPO (round 1)", "CPO (round 2)"}
     assert a.same_scorer("test/demo_qe", "round=2") and not a.same_scorer("test/chrf", "round=2")
     assert a.independence.exempt == ["round=0"]  # round 0 did not train
     report.write_report(a, tmp_path, plots=False, samples=50)
-    assert "| CPO (round=2) |" in (tmp_path / "report.md").read_text()
+    assert "| CPO (round 2) |" in (tmp_path / "report.md").read_text()
 
 
 def test_bad_settings_are_one_sentence(finished, tmp_path):

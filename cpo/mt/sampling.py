@@ -11,11 +11,13 @@ usable together (returned beams first, then samples):
   direction, the source text and the sample's index, a sample is reproducible whatever the batch size,
   the order of the sources or the other sources in the file (HF's sampling draws from one global stream).
 
-Batches are sorted by prompt length and left-padded, as in ``cpo.mt.generation.translate``, and prompts
-are built and cut exactly as in training; a batch holds ``batch_size`` sources with all their candidates.
-With ``logprobs``, each candidate's summed log-probability under the generating model (temperature 1,
-no filtering: the model's own ``log p(y | x)`` of the generated tokens, the stop token included) comes
-from one teacher-forced forward pass per batch. Each candidate is cleaned as ``translate`` cleans.
+Batches are sorted by prompt length and left-padded, as in ``cpo.mt.generation.translate``; prompts are built
+and cut by the prompt format exactly as in training, generation stops at the format's stop ids, and each
+candidate is cleaned by the format's rule, as ``translate`` does. A batch holds ``batch_size`` sources with all
+their candidates. With ``logprobs``, each candidate's summed log-probability under the generating model
+(temperature 1, no filtering: the model's own ``log p(y | x)`` of the generated tokens, the stop token
+included) comes from one teacher-forced forward pass per batch. A NaN score stops generation in one sentence
+(``cpo.mt.finite``).
 """
 from __future__ import annotations
 
@@ -27,11 +29,12 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
+from transformers import LogitsProcessorList
 
+from cpo.console import progress as progress_display
 from cpo.mt.candidates import duplicate_marks
-from cpo.mt.generation import clean_translation
-from cpo.mt.prompt import PromptEncoder
+from cpo.mt.finite import NanScores, check_finite
+from cpo.mt.prompt import AlmaPrompt, PromptFormat
 from cpo.text import is_blank
 
 BEAM, SAMPLE = "beam", "sample"
@@ -192,11 +195,12 @@ def generate_candidates(
     logprobs: bool = False,
     progress: bool = False,
     stats: GenerationStats | None = None,
-    log=None,
+    prompt_format: PromptFormat | None = None,
 ) -> list[dict]:
     """Per source, in input order: ``{"candidates": [...], "origins": [...], "logprobs": [...]?}``
-    (``settings.n`` candidates: returned beams by rank, then samples by index). ``stats`` (when given) is
-    filled in; ``log`` (a callable) gets a progress line about every 30 s."""
+    (``settings.n`` candidates: returned beams by rank, then samples by index), with the prompts of
+    ``prompt_format`` (None: ALMA's). ``stats`` (when given) is filled in; ``progress`` shows a bar in a terminal
+    and a line every 30 s in a log file (``cpo.console.progress``)."""
     t0 = time.time()
     stats = stats if stats is not None else GenerationStats()
     stats.cleaning = stats.cleaning if stats.cleaning is not None else Counter()
@@ -206,8 +210,11 @@ def generate_candidates(
     model.eval()
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stop = {tokenizer.eos_token_id}
-    prompts = PromptEncoder(tokenizer, max_prompt_length, "left")  # a candidate per source: never reject here
+    # A candidate per source: never reject here.
+    prompts = (prompt_format or AlmaPrompt()).bind(tokenizer, max_prompt_length, "left")
+    stop_ids = prompts.stop_ids_for(model)
+    stop, eos = set(stop_ids), (stop_ids[0] if len(stop_ids) == 1 else stop_ids)
+    nan = NanScores()  # a model whose outputs are NaN would give empty candidates: stop instead
     encoded = []
     for s in sources:
         p = prompts.encode(s, src_lang, tgt_lang)
@@ -215,8 +222,7 @@ def generate_candidates(
         encoded.append(p.ids)
     order = sorted(range(len(sources)), key=lambda i: len(encoded[i]))
     out: list[dict] = [{} for _ in sources]
-    bar = tqdm(total=len(sources), desc=f"candidates {src_lang}-{tgt_lang}", disable=not progress, unit="sent")
-    last_line = time.time()
+    bar = progress_display(len(sources), f"candidates {src_lang}-{tgt_lang}", "sent", enabled=progress)
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
@@ -226,8 +232,9 @@ def generate_candidates(
             if settings.num_return_beams:
                 gen = model.generate(input_ids=ids, attention_mask=mask, num_beams=settings.num_beams,
                                      num_return_sequences=settings.num_return_beams, do_sample=False,
-                                     max_new_tokens=max_new_tokens, pad_token_id=pad_id,
-                                     eos_token_id=tokenizer.eos_token_id, use_cache=True)
+                                     max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos,
+                                     use_cache=True, logits_processor=LogitsProcessorList([nan]))
+                check_finite(nan, f"generating candidates {src_lang}-{tgt_lang}")
                 rows = _generated(gen[:, width:], stop, pad_id)
                 for r, row in enumerate(rows):
                     per_source[idx[r // settings.num_return_beams]].append(row)
@@ -241,9 +248,10 @@ def generate_candidates(
                         gens.append(g)
                 sampler = SeededSampling(gens, settings.temperature, settings.top_k, settings.top_p)
                 gen = model.generate(input_ids=ids.repeat_interleave(k, 0), attention_mask=mask.repeat_interleave(k, 0),
-                                     num_beams=1, do_sample=False, logits_processor=[sampler],
-                                     max_new_tokens=max_new_tokens, pad_token_id=pad_id,
-                                     eos_token_id=tokenizer.eos_token_id, use_cache=True)
+                                     num_beams=1, do_sample=False, logits_processor=LogitsProcessorList([nan, sampler]),
+                                     max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos,
+                                     use_cache=True)
+                check_finite(nan, f"sampling candidates {src_lang}-{tgt_lang}")
                 rows = _generated(gen[:, width:], stop, pad_id)
                 for r, row in enumerate(rows):
                     per_source[idx[r // k]].append(row)
@@ -254,7 +262,7 @@ def generate_candidates(
             for i in idx:
                 texts = []
                 for row in per_source[i]:
-                    text, rule = clean_translation(tokenizer.decode(row, skip_special_tokens=True), tgt_lang)
+                    text, rule = prompts.clean(row, tgt_lang)
                     stats.cleaning[rule] += 1
                     texts.append(text)
                 out[i] = {"candidates": texts, "origins": settings.origins}
@@ -262,10 +270,6 @@ def generate_candidates(
                     out[i]["logprobs"] = lps[pos:pos + len(texts)]
                 pos += len(per_source[i])
             bar.update(len(idx))
-            if log is not None and time.time() - last_line > 30:
-                last_line = time.time()
-                log(f"candidates {src_lang}-{tgt_lang}: {start + len(idx)}/{len(sources)} sources "
-                    f"({(start + len(idx)) / (time.time() - t0):.1f} sentences/s)")
     finally:
         bar.close()
         model.train(model_was_training)

@@ -262,6 +262,11 @@ def _is_job(folder: Path) -> bool:
     return (folder / "run.json").is_file() or (folder / ".hydra" / "overrides.yaml").is_file()
 
 
+def _is_rounds_run(folder: Path) -> bool:
+    """A rounds run's folder (scripts/rounds.py): its record is rounds.json, its jobs are its rounds."""
+    return (folder / "rounds.json").is_file()
+
+
 def load_sweep(sweep_dir: str | os.PathLike, ignored: Iterable[str] = IGNORED_KEYS) -> list[JobResult]:
     """Every job of a Hydra multirun folder (a job = a sub-folder with .hydra/overrides.yaml), in job order.
 
@@ -272,10 +277,11 @@ def load_sweep(sweep_dir: str | os.PathLike, ignored: Iterable[str] = IGNORED_KE
         raise FileNotFoundError(f"{sweep_dir}: no such sweep folder")
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"{sweep_dir}: is a file, not a sweep folder")
-    if _is_job(sweep_dir):
+    if _is_job(sweep_dir) or _is_rounds_run(sweep_dir):
         dirs = [sweep_dir]
     else:
-        dirs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and _is_job(d)), key=_job_num)
+        dirs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and (_is_job(d) or _is_rounds_run(d))),
+                      key=_job_num)
     dirs = [r for d in dirs for r in (round_dirs(d) or [d])]
     if not dirs:
         raise FileNotFoundError(f"{sweep_dir}: no job folders (sub-folders with run.json or .hydra/overrides.yaml); "

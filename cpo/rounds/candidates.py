@@ -53,9 +53,11 @@ def pick_device(device: str) -> str:
 
 
 def run_candidates(stage: StageFolder, settings: dict, policy: str, base: str | None,
-                   splits: dict[str, list[SourceRow]], decode: CandidateSettings, gen: dict, tracker=None) -> dict:
-    """Generate (or reuse) the stage's files. ``settings`` is the stage's identity (decoding, inputs, policy);
-    ``gen`` holds batch_size, max_new_tokens, max_prompt_length, logprobs, dtype, device, progress."""
+                   splits: dict[str, list[SourceRow]], decode: CandidateSettings, gen: dict, prompt_format,
+                   tracker=None) -> dict:
+    """Generate (or reuse) the stage's files. ``settings`` is the stage's identity (decoding, inputs, policy,
+    prompt format); ``gen`` holds batch_size, max_new_tokens, max_prompt_length, logprobs, dtype, device,
+    progress; ``prompt_format`` writes the prompts, as the round's training does."""
     record = stage.finished(settings)
     if record is not None:
         say(f"{stage.name}: finished with these settings, reused")
@@ -76,7 +78,7 @@ def run_candidates(stage: StageFolder, settings: dict, policy: str, base: str | 
             out = generate_candidates(model, tokenizer, [r.source for r in group], src, tgt, decode,
                                       batch_size=gen["batch_size"], max_new_tokens=gen["max_new_tokens"],
                                       max_prompt_length=gen["max_prompt_length"], logprobs=gen["logprobs"],
-                                      progress=gen["progress"], stats=stats, log=say)
+                                      progress=gen["progress"], stats=stats, prompt_format=prompt_format)
             path = candidate_file(stage.path, split, direction)
             atomic_write_jsonl(path, [
                 {**candidate_row(r.source, src, tgt, o["candidates"], o.get("logprobs"), o["origins"]), "row": r.index}

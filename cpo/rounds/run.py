@@ -122,6 +122,15 @@ class RoundsRun:
         group = (f"{self.cfg.experiment_name}/" if self.cfg.experiment_name else "rounds/") + self.dir.name
         return Tracker(group, str(lg.project), lg.entity, str(lg.mode)) if lg.name == "wandb" else None
 
+    def _prompt_format(self):
+        """The prompt format of every round (conf/prompt), for sampling as for training."""
+        from cpo.mt.prompt import build_prompt_format
+
+        try:
+            return build_prompt_format(self.cfg.prompt)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
     def _choice(self, group: str) -> str:
         """The preset chosen for a train.py config group (``loss=dpo``), as Hydra recorded it, else its name."""
         try:
@@ -140,7 +149,8 @@ class RoundsRun:
     # ------------------------------------------------------------------ stages
     def _train_overrides(self, inputs, policy: str, base: str, pairs_dir: Path, round_: int) -> list[str]:
         cfg = self.cfg
-        out = [f"loss={self._choice('loss')}", f"model={self._choice('model')}", "data=round",
+        out = [f"loss={self._choice('loss')}", f"model={self._choice('model')}", f"prompt={self._choice('prompt')}",
+               "data=round",
                f"++data.train_file={override_value(str(pairs_dir / 'train.jsonl'))}",
                f"++data.val_file={override_value(str(pairs_dir / 'val.jsonl'))}",
                f"seed={cfg.seed}", f"cache_dir={override_value(str(cfg.cache_dir))}"]
@@ -149,7 +159,7 @@ class RoundsRun:
         if inputs.test:
             out.append(f"++data.test_file={override_value(inputs.test)}")
         out.append(f"beta={override_value(cfg.beta)}")
-        for group in ("loss", "model"):  # the presets' keys as this run has them (loss.alpha=..., model.dtype=...)
+        for group in ("loss", "model", "prompt"):  # the presets' keys as this run has them (loss.alpha=...)
             for key, value in flatten(OmegaConf.to_container(cfg[group], resolve=True)):
                 if value != "???" and key not in ("name_or_path", "lora.adapter"):
                     out.append(f"++{group}.{key}={override_value(value)}")
@@ -224,6 +234,7 @@ class RoundsRun:
                                   "model or policy folder>")
             scorer = self._scorer()
             tracker = self._tracker()
+            prompt_format = self._prompt_format()
             if self.rule["samples"]:
                 self._decoding(1)  # a bad decoding setting is refused before anything runs
             c = self.cfg.candidates
@@ -244,11 +255,13 @@ class RoundsRun:
                     settings = {"decoding": asdict(decode), "max_new_tokens": gen["max_new_tokens"],
                                 "max_prompt_length": gen["max_prompt_length"], "logprobs": gen["logprobs"],
                                 "dtype": gen["dtype"], "policy": _policy_identity(policy),
+                                "prompt": prompt_format.describe(),
                                 "sources": {s: rows_digest(r) for s, r in splits.items()}}
                     if decode.num_return_beams:  # samples are batch-invariant; beams may differ in the last bits
                         settings["batch_size"] = gen["batch_size"]
                     self.where = stage.name
-                    record_c = run_candidates(stage, settings, policy, base, splits, decode, gen, tracker)
+                    record_c = run_candidates(stage, settings, policy, base, splits, decode, gen, prompt_format,
+                                              tracker)
                 stage = StageFolder(round_dir / "pairs", "pairs", k)
                 settings = {"rule": self.rule, "systems": self.systems, "scorer": scorer.identity,
                             "sources": {s: rows_digest(r) for s, r in splits.items()},

@@ -4,9 +4,10 @@ checkpoint, refuse another configuration naming the keys).
 
 Round k starts from the policy round k - 1 saved (round 1 from the start model): a full model folder is the
 model, a LoRA adapter folder is continued on its base. So DPO's reference, "the policy as training starts",
-is the previous round's policy. The folder gets what ``scripts/compare.py`` reads: ``.hydra/overrides.yaml``
-with the experiment's settings in ``train.py``'s words plus ``round=k`` (never the per-round paths, which
-would make every round its own configuration), ``.hydra/config.yaml`` (the whole composed config) and
+is the previous round's policy. The folder gets what ``scripts/compare.py`` reads: the overrides in
+``run.json`` (and ``.hydra/overrides.yaml``) are the experiment's settings in ``train.py``'s words plus
+``round=k`` (never the per-round paths, which would make every round its own configuration); beside them
+``.hydra/config.yaml`` (the whole composed config), ``.hydra/train_overrides.yaml`` (what composed it) and
 ``train.log``.
 """
 from __future__ import annotations
@@ -100,4 +101,4 @@ def run_training(folder: Path, overrides: list[str], compare_overrides: list[str
     atomic_write_text(hydra_dir / "train_overrides.yaml", "".join(f"- {o}\n" for o in overrides))
     atomic_write_text(hydra_dir / "config.yaml", OmegaConf.to_yaml(cfg))
     with _LogFile(folder / "train.log"):
-        return run(cfg, folder)
+        return run(cfg, folder, overrides=compare_overrides)
