@@ -3,7 +3,7 @@
     python scripts/bench.py                                  # demo and h256, batch 8, 1 thread
     python scripts/bench.py --model h256 --against trl       # + TRL's CPOTrainer, same weights and batches
     python scripts/bench.py --model h256 --levers            # + each speed lever on/off
-    python scripts/bench.py --generation                     # batched vs one-at-a-time beam search
+    python scripts/bench.py --generation                     # batched vs one-at-a-time beam search; N candidates
     # ALMA-R's setting on a GPU: 7B shape, LoRA r16 on down_proj, bf16, batch 2, ALMA-R's token lengths
     python scripts/bench.py --model 7b --lora-r 16 --precision bf16 --batch-size 2 --lengths alma_r --against trl
     # A large vocabulary: chunked log-probs (the default, logps.chunk_tokens=auto) vs full logits vs TRL
@@ -82,7 +82,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("generation (--generation runs only this)")
     g.add_argument("--generation", action="store_true",
-                   help="batched vs one-at-a-time beam search (cpo.mt.generation.translate)")
+                   help="batched vs one-at-a-time beam search (cpo.mt.generation.translate), and N sampled "
+                        "candidates per source at N = --gen-n (cpo.mt.sampling): sentences/s and candidates/s")
+    g.add_argument("--gen-n", type=int, nargs="+", default=[1, 4, 8], help="candidates per source")
     g.add_argument("--gen-sentences", type=int, default=64, help="sentences per batched repetition")
     g.add_argument("--gen-single", type=int, default=8, help="sentences per one-at-a-time repetition")
     g.add_argument("--gen-batch-size", type=int, nargs="+", default=[16, 64],
@@ -95,7 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     import torch
 
-    from cpo.bench import BenchArgs, run_generation_bench, run_train_bench
+    from cpo.bench import BenchArgs, run_candidates_bench, run_generation_bench, run_train_bench
 
     ns = parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if ns.device == "auto" else ns.device
@@ -104,6 +106,10 @@ def main(argv=None) -> dict:
                                        ns.num_beams, ns.max_new_tokens, reps=3 if ns.reps > 1 else 1, seed=ns.seed,
                                        device=device,
                                        dtype="bfloat16" if ns.precision == "bf16" else "float32", lengths=ns.lengths)
+        summary["candidates"] = run_candidates_bench(
+            ns.model, ns.threads, ns.gen_sentences // 2, ns.gen_n, ns.gen_batch_size[0], ns.max_new_tokens,
+            reps=3 if ns.reps > 1 else 1, seed=ns.seed, device=device,
+            dtype="bfloat16" if ns.precision == "bf16" else "float32", lengths=ns.lengths)
     else:
         args = BenchArgs(models=ns.model, batch_size=ns.batch_size, threads=ns.threads, reps=ns.reps, warmup=ns.warmup,
                          steps=ns.steps, lr=ns.lr, against=ns.against, shared_prompt=ns.shared_prompt,

@@ -1,10 +1,12 @@
 """Build preference triples from scored candidate translations (Hydra app; conf/build_preferences.yaml).
 
 For each source, every candidate (the reference as ``ref`` when ``include_ref``, then each named
-system's output) is scored by the configured scorer; ``cpo.pairs.build.build_pairs`` picks the
-best as chosen and the worst as rejected (SPEC section 2), or, with ``negatives=noised``, a
-noised copy of the chosen translation as rejected (SPEC section 7). Scores are cached on disk
-(``scorer_cache_dir``), so a re-run or a resumed run only scores what is new.
+system's output, then every candidate of each multi-candidate file given as ``samples``) is scored by
+the configured scorer; ``cpo.pairs.build.build_pairs`` picks the best as chosen and the worst as
+rejected (SPEC sections 2 and 9; ``pairs_per_source=k``: the best against each of the k worst;
+``min_score_gap``: no pair below that gap), or, with ``negatives=noised``, a noised copy of the chosen
+translation as rejected (SPEC section 7). Scores are cached on disk (``scorer_cache_dir``), so a
+re-run or a resumed run only scores what is new.
 
 Outputs: the preference JSONL (the format ``cpo.data.read_preference_jsonl`` reads: sources are
 validated by ``cpo.mt.parallel``, a pair with an empty side is dropped) and a report
@@ -38,12 +40,14 @@ from cpo.cli import UsageError, one_sentence_errors, run_app
 from cpo.mt.evaluation import WMT22_DIRECTIONS, wmt22_directions
 from cpo.io import DataError, check_outputs_with_report, report_paths, write_jsonl_with_report
 from cpo.languages import language_pair
+from cpo.mt.candidates import CandidateSet, check_aligned, read_candidates
 from cpo.mt.parallel import FORMATS, ParallelData, read_parallel, read_system_outputs
 from cpo.pairs.report import REF, build_report, direction_stats, markdown_report
 from cpo.pairs.build import build_pairs
 from cpo.pairs.noise import NoiseSettings
 from cpo.pairs.rule import NEGATIVES, BuildCounts
-from cpo.scoring import Scorer, ScoreError, ScorerConfigError, build_scorer
+from cpo.pairs.scoring import score_candidate_lists, score_texts
+from cpo.scoring import Scorer, ScorerConfigError, build_scorer
 
 log = logging.getLogger("build_preferences")
 
@@ -58,6 +62,8 @@ class Job:
     systems: dict[str, str] = field(default_factory=dict)
     test_set: bool = False  # the sources are an evaluation test set (wmt22 mode, or a file named like one)
     outputs: dict[str, list[str]] = field(default_factory=dict)  # each system's lines, read before any scoring
+    samples: dict[str, str] = field(default_factory=dict)  # name -> multi-candidate file (after the systems)
+    sample_outputs: dict[str, CandidateSet] = field(default_factory=dict)
 
 
 def _abs(value: Any, what: str) -> str:
@@ -94,18 +100,27 @@ def _system_files(spec: Any, where: str) -> dict[str, str]:
     if spec is None:
         return {}
     if not isinstance(spec, (Mapping, DictConfig)):
-        raise UsageError(f"{where} must be a mapping name -> output file, e.g. {{gpt4: gpt4.en, alma: alma.en}}; "
-                         f"got {spec!r}")
+        example = "{policy: round1.jsonl}" if where.endswith("samples") else "{gpt4: gpt4.en, alma: alma.en}"
+        raise UsageError(f"{where} must be a mapping name -> output file, e.g. {example}; got {spec!r}")
     out: dict[str, str] = {}
     for name, path in spec.items():
         name = str(name)
         if name == REF:
             raise UsageError(f"{where}: the system name {REF!r} is reserved for the reference "
                              "(include_ref=true adds it)")
-        if not name.strip() or name.startswith("noised("):
+        if not name.strip() or name.startswith("noised(") or "#" in name:
             raise UsageError(f"{where}: invalid system name {name!r}")
         out[name] = _abs(path, f"{where}.{name}")
     return out
+
+
+def _job(direction: str, data: ParallelData, systems: Any, samples: Any, test: bool, prefix: str) -> Job:
+    singles = _system_files(systems, f"{prefix}systems")
+    multi = _system_files(samples, f"{prefix}samples")
+    both = sorted(set(singles) & set(multi))
+    if both:
+        raise UsageError(f"{prefix}samples: {both[0]!r} also names a system; give each system one name")
+    return Job(direction, data, singles, test, samples=multi)
 
 
 def collect_jobs(cfg: DictConfig, references: str) -> list[Job]:
@@ -130,9 +145,10 @@ def collect_jobs(cfg: DictConfig, references: str) -> list[Job]:
             ref=_abs(cfg.ref, "ref") if cfg.get("ref") else None, references=references, key="input",
         )
         test = looks_like_test_set(data.path) or looks_like_test_set(data.ref_path)
-        return [Job(data.direction, data, _system_files(cfg.get("systems"), "systems"), test)]
-    if cfg.get("systems"):
-        raise UsageError(f"systems= belongs to the one-direction mode; in {mode} mode give the systems per direction")
+        return [_job(data.direction, data, cfg.get("systems"), cfg.get("samples"), test, "")]
+    for key in ("systems", "samples"):
+        if cfg.get(key):
+            raise UsageError(f"{key}= belongs to the one-direction mode; in {mode} mode give the {key} per direction")
     if mode == "directions":
         jobs = []
         for direction, spec in cfg.directions.items():
@@ -141,16 +157,17 @@ def collect_jobs(cfg: DictConfig, references: str) -> list[Job]:
             src, tgt = language_pair(direction, where)
             if not isinstance(spec, DictConfig):
                 raise UsageError(f"{where}: expected {{input, format, ref, systems}}, got {spec!r}")
-            unknown = set(spec) - {"input", "format", "ref", "systems"}
+            unknown = set(spec) - {"input", "format", "ref", "systems", "samples"}
             if unknown:
-                raise UsageError(f"{where}: unknown key(s) {sorted(unknown)} (known: input, format, ref, systems)")
+                raise UsageError(f"{where}: unknown key(s) {sorted(unknown)} (known: input, format, ref, systems, "
+                                 "samples)")
             data = read_parallel(
                 _abs(spec.get("input"), f"{where}.input"), spec.get("format") or "auto", src, tgt,
                 ref=_abs(spec.ref, f"{where}.ref") if spec.get("ref") else None, references=references,
                 key=f"{where}.input",
             )
             test = looks_like_test_set(data.path) or looks_like_test_set(data.ref_path)
-            jobs.append(Job(direction, data, _system_files(spec.get("systems"), f"{where}.systems"), test))
+            jobs.append(_job(direction, data, spec.get("systems"), spec.get("samples"), test, f"{where}."))
         return jobs
     # wmt22
     w = cfg.wmt22
@@ -176,19 +193,6 @@ def collect_jobs(cfg: DictConfig, references: str) -> list[Job]:
 
 
 # --------------------------------------------------------------------------- scoring
-def score_texts(scorer: Scorer, data: ParallelData, texts: list[str], where=None) -> dict[str, list[float]]:
-    """Score components (``{name: per-source score}``) of one candidate list.
-
-    Empty hypotheses are scored like any other text, as sacrebleu scores an empty line: an empty output
-    is the system's translation of that source, and leaving it out would flatter the system's mean
-    and win ratio. ``where(i)`` names the file and line of text ``i`` in a non-finite score's message.
-    """
-    try:
-        return scorer.score_components(data.sources, texts, data.references, data.tgt_lang)
-    except ScoreError as e:
-        raise (e.located(where=where(e.index)) if where else e) from None
-
-
 def _text_location(job: Job, name: str, i: int) -> str:
     """``file:line`` of candidate ``name``'s text for source ``i``."""
     if name != REF:
@@ -201,6 +205,13 @@ def _text_location(job: Job, name: str, i: int) -> str:
 def _line_of(data: ParallelData, i: int) -> str:
     """Where source ``i`` is, for messages: ``file:line`` of a text input, else ``file (record n)``."""
     return f"{data.path}:{i + 1}" if data.format == "text" else f"{data.path} (record {i + 1})"
+
+
+def score_samples(scorer: Scorer, job: Job, name: str) -> dict[str, list[list[float]]]:
+    """Score components of every candidate of a multi-candidate file, per source (one scorer call, cached)."""
+    path = job.samples[name]
+    return score_candidate_lists(scorer, job.data, job.sample_outputs[name].candidates,
+                                 lambda row, k: f"{path}:{row + 1} (system {name!r}, candidate {k})")
 
 
 def run_job(job: Job, scorer: Scorer, cfg: DictConfig, noise: NoiseSettings) -> tuple[list[dict], dict, BuildCounts]:
@@ -217,6 +228,13 @@ def run_job(job: Job, scorer: Scorer, cfg: DictConfig, noise: NoiseSettings) -> 
         scores[name] = comps[scorer.name]
         if len(comps) > 1:
             components[name] = comps
+    sample_scores: dict[str, list[list[float]]] = {}
+    sample_components: dict[str, dict[str, list[list[float]]]] = {}
+    for name in job.samples:
+        comps = score_samples(scorer, job, name)
+        sample_scores[name] = comps[scorer.name]
+        if len(comps) > 1:
+            sample_components[name] = comps
     ref_scores = scores.get(REF)
     note = None
     if ref_scores is None:
@@ -232,10 +250,14 @@ def run_job(job: Job, scorer: Scorer, cfg: DictConfig, noise: NoiseSettings) -> 
         data.sources, candidates, scores, data.src_lang, data.tgt_lang, scorer.name,
         references=data.references, scorer_identity=scorer.identity, components=components or None,
         negatives=cfg.negatives, noise=noise,
+        samples={n: job.sample_outputs[n].candidates for n in job.samples}, sample_scores=sample_scores,
+        sample_components=sample_components or None, pairs_per_source=int(cfg.get("pairs_per_source", 1)),
+        min_gap=float(cfg.get("min_score_gap", 0.0)),
     )
     stats = direction_stats(
-        direction=job.direction, data=data, systems=job.systems, candidates=list(candidates), test_set=job.test_set,
-        counts=counts, scores=scores, ref_scores=ref_scores, ref_note=note, started=t0,
+        direction=job.direction, data=data, systems=job.systems, candidates=list(candidates) + list(job.samples),
+        test_set=job.test_set, counts=counts, scores=scores, ref_scores=ref_scores, ref_note=note, started=t0,
+        samples=job.samples, sample_scores=sample_scores,
     )
     return rows, stats, counts
 
@@ -267,6 +289,14 @@ def build(cfg: DictConfig) -> dict:
     check_outputs_with_report(output, bool(cfg.overwrite))
     if cfg.negatives not in NEGATIVES:
         raise UsageError(f"negatives must be one of {', '.join(NEGATIVES)}, got {cfg.negatives!r}")
+    k, gap = cfg.get("pairs_per_source", 1), cfg.get("min_score_gap", 0.0)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise UsageError(f"pairs_per_source={k} must be a positive integer (1: the paper's best vs worst)")
+    if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not gap >= 0:
+        raise UsageError(f"min_score_gap={gap} must be a number >= 0 (in the scorer's units)")
+    if k > 1 and cfg.negatives == "noised":
+        raise UsageError("pairs_per_source > 1 pairs the best with several real candidates; negatives=noised has "
+                         "one noised copy per source: use one of them")
     try:
         noise = NoiseSettings(float(cfg.noise.drop_prob), float(cfg.noise.swap_prob), int(cfg.noise.seed))
     except ValueError as e:
@@ -283,16 +313,21 @@ def build(cfg: DictConfig) -> dict:
     jobs = collect_jobs(cfg, need_refs)
     for job in jobs:  # every input is read and checked before the first (possibly hours-long) scoring
         job.outputs = read_system_outputs(job.data, job.systems)
+        for name, path in job.samples.items():
+            cs = read_candidates(path, f"samples.{name}")
+            check_aligned(cs, job.data.sources, job.data.src_lang, job.data.tgt_lang, f"samples.{name}")
+            job.sample_outputs[name] = cs
     order = ([REF] if include_ref else [])
     for job in jobs:
-        n_candidates = int(include_ref) + len(job.systems)
+        n_candidates = int(include_ref) + len(job.systems) + sum(
+            max(len(c) for c in cs.candidates) for cs in job.sample_outputs.values())
         if n_candidates == 0 or (cfg.negatives == "real" and n_candidates < 2):
             raise UsageError(
                 f"direction {job.direction}: {n_candidates} candidate(s) "
-                f"({', '.join(([REF] if include_ref else []) + list(job.systems)) or 'none'}); "
-                "real negatives need at least two (add systems or include_ref=true)"
+                f"({', '.join(([REF] if include_ref else []) + list(job.systems) + list(job.samples)) or 'none'}); "
+                "real negatives need at least two (add systems or samples, or include_ref=true)"
             )
-        for name in job.systems:
+        for name in [*job.systems, *job.samples]:
             if name not in order:
                 order.append(name)
     test_sets = [str(j.data.path) for j in jobs if j.test_set]
@@ -306,7 +341,8 @@ def build(cfg: DictConfig) -> dict:
     totals = BuildCounts()
     for job in jobs:
         log.info("%s: %d sources, candidates %s", job.direction, len(job.data),
-                 ([REF] if include_ref else []) + list(job.systems))
+                 ([REF] if include_ref else []) + list(job.systems)
+                 + [f"{n} ({cs.n_candidates} candidates)" for n, cs in job.sample_outputs.items()])
         rows, stats, counts = run_job(job, scorer, cfg, noise)
         all_rows += rows
         per_direction.append(stats)
@@ -319,6 +355,7 @@ def build(cfg: DictConfig) -> dict:
         output=output, scorer=scorer, include_ref=include_ref, candidate_order=order, negatives=cfg.negatives,
         noise=noise, cache_dir=cache_dir, totals=totals, n_sources=sum(len(j.data) for j in jobs),
         per_direction=per_direction, test_sets=test_sets, test_set_warning=test_set_warning, started=t0,
+        pairs_per_source=int(k), min_score_gap=float(gap),
     )
     write_jsonl_with_report(output, all_rows, report, markdown_report(report), bool(cfg.overwrite))
     return report

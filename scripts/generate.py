@@ -10,7 +10,8 @@ Three input modes, as in the other apps: one file (``input=``, ``output=``); sev
 (``directions={de-en: {input, format, output}}``); the WMT'22 layout (``wmt22.root=``,
 ``wmt22.directions=``), written in the WMT'22 system layout ``<output_dir>/<pair>/test.<s>-<t>.<t>``
 that ``scripts/evaluate.py wmt22.system=<output_dir>`` reads. Input formats are those of
-``cpo.mt.parallel``. Each output has one hypothesis per input line, aligned, written atomically; every
+``cpo.mt.parallel``. Each output has one hypothesis per input line, aligned, written atomically (with N
+candidates per source, ``num_samples`` / ``num_return_beams``, a JSONL row per source: ``cpo.mt.candidates``); every
 output is checked (a file path in a folder that can be written, not there yet unless
 ``overwrite=true``) before the model is loaded. Prompts are built and cut as in training
 (``max_prompt_length``) by the prompt format (``prompt=``, conf/prompt; by default the one a trained policy
@@ -25,7 +26,7 @@ import re
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import hydra
@@ -391,6 +392,55 @@ def _positive(cfg: DictConfig, key: str, allow_none: bool = False) -> int | None
     return int(value)
 
 
+# --------------------------------------------------------------------------- N candidates per source
+def candidate_settings(cfg: DictConfig, num_beams: int):
+    """The N-candidate decoding (cpo.mt.sampling) when asked for (num_samples > 0, num_return_beams != 1 or
+    logprobs), else None: today's one beam-search output per source, one line each."""
+    from cpo.mt.sampling import CandidateSettings
+
+    k, r = cfg.get("num_samples", 0), cfg.get("num_return_beams", 1)
+    for key, value in (("num_samples", k), ("num_return_beams", r)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UsageError(f"{key}={value} must be an integer >= 0")
+    if k == 0 and r == 1 and not cfg.get("logprobs", False):
+        return None
+    s = cfg.get("sampling") or {}
+    try:
+        return CandidateSettings(num_samples=k, num_return_beams=r, num_beams=num_beams,
+                                 temperature=float(s.get("temperature", 1.0)), top_p=float(s.get("top_p", 1.0)),
+                                 top_k=int(s.get("top_k", 0)), seed=int(s.get("seed", 0)))
+    except ValueError as e:
+        raise UsageError(f"sampling settings: {str(e).split(' (got ')[0]} (see conf/generate.yaml)") from None
+
+
+def write_candidates(lm, tokenizer, t: Task, candidates, cfg: DictConfig, settings: dict,
+                     max_prompt_length: int | None, prompt_format) -> dict:
+    """One direction's candidates: a JSONL row per source (cpo.mt.candidates), or, for one candidate per source
+    without log-probs, one line per source as usual."""
+    from cpo.io import atomic_write_jsonl
+    from cpo.mt.candidates import candidate_row
+    from cpo.mt.sampling import GenerationStats, generate_candidates
+
+    stats = GenerationStats()
+    out = generate_candidates(lm, tokenizer, t.data.sources, t.data.src_lang, t.data.tgt_lang, candidates,
+                              batch_size=settings["batch_size"], max_new_tokens=settings["max_new_tokens"],
+                              max_prompt_length=max_prompt_length, logprobs=bool(cfg.get("logprobs", False)),
+                              progress=bool(cfg.progress), stats=stats, prompt_format=prompt_format)
+    check_writable(t.output, bool(cfg.overwrite), t.key)
+    texts = [[one_line(c) for c in o["candidates"]] for o in out]
+    if candidates.n == 1 and not cfg.get("logprobs", False):
+        atomic_write_lines(t.output, [c[0] for c in texts])
+    else:
+        atomic_write_jsonl(t.output, [candidate_row(src, t.data.src_lang, t.data.tgt_lang, c, o.get("logprobs"),
+                                                    o["origins"]) for src, c, o in zip(t.data.sources, texts, out)])
+    log.info("%s: wrote %d candidates for %d sources to %s in %.1fs (%d duplicates, %d empty; %.1f sentences/s, "
+             "%.1f candidates/s)", t.direction, stats.candidates, stats.sources, t.output, stats.seconds,
+             stats.duplicates, stats.empty, stats.sentences_per_s, stats.candidates_per_s)
+    return {"direction": t.direction, "input": str(t.data.path), "output": str(t.output), "n": stats.sources,
+            "candidates": stats.candidates, "duplicates": stats.duplicates, "empty": stats.empty,
+            "cleaning": dict(stats.cleaning or {}), "generate_s": round(stats.seconds, 3)}
+
+
 # --------------------------------------------------------------------------- the job
 def run(cfg: DictConfig) -> dict:
     """The whole job; returns a summary (per direction: output, count, empties, cleaning; timings)."""
@@ -399,6 +449,7 @@ def run(cfg: DictConfig) -> dict:
 
     t0 = time.time()
     settings = {k: _positive(cfg, k) for k in ("batch_size", "num_beams", "max_new_tokens")}
+    candidates = candidate_settings(cfg, settings["num_beams"])  # None: one beam-search output per source
     max_prompt_length = _positive(cfg, "max_prompt_length", allow_none=True)
     if max_prompt_length is not None and max_prompt_length < 2:
         raise UsageError(f"max_prompt_length={max_prompt_length}: BOS and the cue alone need more (ALMA-R uses 256)")
@@ -419,6 +470,8 @@ def run(cfg: DictConfig) -> dict:
                "max_new_tokens": settings["max_new_tokens"], "max_prompt_length": max_prompt_length,
                "prompt": prompt_format.describe(),
                **({"max_sentences": limit} if limit is not None else {})}  # a partial output is never kept as whole
+    if candidates is not None:
+        made_by.update(candidates=asdict(candidates), logprobs=bool(cfg.get("logprobs", False)))
     todo, skipped = check_outputs(tasks, bool(cfg.overwrite), skip_existing, made_by)
     for t in skipped:
         log.info("%s: %s exists, written with these settings: skipped (skip_existing=true)", t.direction, t.output)
@@ -440,6 +493,11 @@ def run(cfg: DictConfig) -> dict:
     for t in todo:
         t_gen = time.time()
         cleaning: Counter = Counter()
+        if candidates is not None:  # N candidates per source (or one sample / log-probs): see write_candidates
+            summary["directions"].append(write_candidates(lm, tokenizer, t, candidates, cfg, settings,
+                                                          max_prompt_length, prompt_format))
+            atomic_write_text(_made_by(t.output), json.dumps(made_by, sort_keys=True) + "\n")
+            continue
         hyps = translate(lm, tokenizer, t.data.sources, t.data.src_lang, t.data.tgt_lang, progress=bool(cfg.progress),
                          max_prompt_length=max_prompt_length, cleaning=cleaning, prompt_format=prompt_format,
                          **settings)
@@ -464,6 +522,7 @@ def run(cfg: DictConfig) -> dict:
     summary.update(
         n=sum(d["n"] for d in done), empty=sum(d["empty"] for d in done),
         generate_s=sum(d["generate_s"] for d in done), run_time_s=time.time() - t0,
+        candidates=sum(d.get("candidates", d["n"]) for d in done),
     )
     if len(tasks) == 1 and done:  # the one-file mode's summary, flat
         summary.update(output=done[0]["output"], direction=done[0]["direction"])
@@ -477,12 +536,16 @@ def main(cfg: DictConfig) -> None:
 
     out = run(cfg)
     for d in out["directions"]:
-        say(f"wrote {d['n']} translations ({d['direction']}) to {d['output']}"
+        many = f"{d['candidates']} candidates for " if "candidates" in d else ""
+        say(f"wrote {many}{d['n']} {'sources' if many else 'translations'} ({d['direction']}) to {d['output']}"
+            + (f", {d['duplicates']} duplicates" if d.get("duplicates") else "")
             + (f", {d['empty']} empty" if d["empty"] else ""))
     if out["skipped"]:
         say(f"skipped {len(out['skipped'])} existing output(s) (skip_existing=true)")
-    say(f"{len(out['directions'])} direction(s), {out['n']} translations in {out['run_time_s']:.1f}s "
-        f"({out['n'] / max(out['generate_s'], 1e-9):.1f} sentences/s generating)")
+    rate = max(out["generate_s"], 1e-9)
+    say(f"{len(out['directions'])} direction(s), {out['n']} sources in {out['run_time_s']:.1f}s "
+        f"({out['n'] / rate:.1f} sentences/s" + (f", {out['candidates'] / rate:.1f} candidates/s" if out["candidates"]
+                                                 != out["n"] else "") + " generating)")
 
 
 if __name__ == "__main__":

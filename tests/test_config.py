@@ -17,7 +17,7 @@ def options(group):
 @pytest.mark.parametrize("group", GROUPS)
 def test_every_group_option_composes(group):
     for opt in options(group):
-        extra = ["data.train_file=x.jsonl"] if opt == "jsonl" else []
+        extra = ["data.train_file=x.jsonl"] if opt in ("jsonl", "round") else []
         extra += ["model.name_or_path=some/model"] if opt == "hf" else []
         cfg = compose([f"{group}={opt}"] + extra)
         OmegaConf.to_container(cfg, resolve=True)
@@ -125,3 +125,29 @@ def test_strategies_instantiate_on_cpu():
     for s in ("deepspeed_zero2", "deepspeed_zero3"):
         ds = instantiate(compose([f"strategy={s}"]).trainer.strategy)
         assert ds.config["zero_optimization"]["stage"] == int(s[-1])
+
+
+@pytest.mark.parametrize("group", ["inputs", "pool", "rounds_experiment"])
+def test_every_rounds_option_composes(group):
+    """scripts/rounds.py's own groups (conf/rounds.yaml), each option composed and resolved."""
+    for opt in options(group):
+        extra = ["inputs.train=x.jsonl", "inputs.val=y.jsonl"] if opt == "files" else []
+        cfg = compose([f"{group}={opt}"] + extra, config_name="rounds")
+        OmegaConf.to_container(cfg, resolve=True)
+
+
+APPS = ["train", "generate", "build_preferences", "evaluate", "compare", "convert_alma_r", "rounds"]
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_no_app_key_is_taken_for_a_config_group(app):
+    """A top-level key of an app that is also a group folder of conf/ is read by Hydra as a group override on the
+    command line (``pairs=[de-en]`` of convert_alma_r failed while conf/pairs/ existed)."""
+    import yaml
+
+    groups = {p.name for p in (REPO / "conf").iterdir() if p.is_dir()} - {"hydra"}  # Hydra's own settings
+    raw = yaml.safe_load((REPO / "conf" / f"{app}.yaml").read_text())
+    own = {next(iter(d)).split("@")[0].lstrip("/").replace("override ", "") for d in raw.get("defaults", [])
+           if isinstance(d, dict)}
+    clash = sorted(k for k in raw if k in groups and k not in own and k != "defaults")
+    assert not clash, f"conf/{app}.yaml: keys {clash} are also config groups of conf/"

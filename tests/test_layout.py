@@ -27,9 +27,10 @@ ALLOWED: dict[str, set[str]] = {
     "data": {"pairs", "mt", "runs"},
     "report": {"mt", "scoring", "runs"},
     "train": {"data", "pairs", "mt", "scoring", "runs"},
+    "rounds": {"train", "data", "pairs", "mt", "scoring", "runs"},
     "demo": {"train", "data", "pairs", "mt", "scoring", "runs"},
     "bench": {"demo", "train", "data", "pairs", "mt", "scoring", "runs"},
-    "apps": {"bench", "demo", "train", "report", "data", "pairs", "mt", "scoring", "runs"},
+    "apps": {"bench", "demo", "rounds", "train", "report", "data", "pairs", "mt", "scoring", "runs"},
 }
 PACKAGES = set(ALLOWED) - {"base", "apps"}
 

@@ -40,7 +40,7 @@ Fairness with TRL
 
 Modules: ``workload`` (shapes, tokenizer, pairs, batches), ``lengths`` (ALMA-R's token lengths),
 ``flops``, ``policies`` (full copies or shared-base LoRA), ``ours``, ``trl_impl``, ``memory``,
-``runner`` (the measuring loop), ``report`` (the text table), ``generation`` (beam search).
+``runner`` (the measuring loop), ``report`` (the text table), ``generation`` (beam search; N candidates per source).
 """
 
 import importlib
@@ -49,7 +49,7 @@ import importlib
 # cpo.bench.gpu_report without torch.
 _EXPORTS = {
     "flops": ("Lora", "Work", "matmul_peak", "ours_work", "seg_flops", "trl_work", "_seg_flops"),
-    "generation": ("run_generation_bench",),
+    "generation": ("run_candidates_bench", "run_generation_bench"),
     "memory": ("memory_probe", "probe_memory_subprocess", "saved_activation_mb"),
     "ours": ("FullLogits", "OursImpl", "Variant"),
     "policies": ("FullCopies", "SharedLora", "make_optimizer"),

@@ -1,4 +1,5 @@
-"""Sentences/s of batched beam search (cpo.mt.generation.translate) against one sentence at a time."""
+"""Generation throughput: batched beam search (cpo.mt.generation.translate) against one sentence at a time, and
+N candidates per source (cpo.mt.sampling.generate_candidates): sentences/s and candidates/s at N = 1, 4, 8."""
 
 from __future__ import annotations
 
@@ -117,4 +118,64 @@ def run_generation_bench(
                 f"(best {best:.1f})" + vs)
         out["models"][name] = res
         del model, attempt  # before the next model is built
+    return out
+
+
+def run_candidates_bench(
+    models: Sequence[str],
+    threads: int,
+    n_sentences: int = 32,
+    ns: Sequence[int] = (1, 4, 8),
+    batch_size: int = 16,
+    max_new_tokens: int = 24,
+    temperature: float = 1.0,
+    reps: int = 3,
+    seed: int = 0,
+    log=print,
+    device: str = "cpu",
+    dtype: str = "float32",
+    lengths: str = "demo",
+) -> dict:
+    """Sentences/s and candidates/s of N sampled candidates per source (the candidates stage of a rounds run), per N,
+    median and best of ``reps`` interleaved repetitions after a warm-up. ``batch_size`` counts sources (each with its
+    N candidates, as the rounds app batches). Random-initialised models rarely stop early, so every candidate decodes
+    ``max_new_tokens`` tokens: the worst case, the same work per candidate at every N."""
+    from cpo.bench.lengths import length_matched_examples
+    from cpo.mt.sampling import CandidateSettings, GenerationStats, generate_candidates
+
+    torch.set_num_threads(threads)
+    tok = build_tokenizer(seed)
+    examples = make_examples(n_sentences, seed + 7) if lengths == "demo" else length_matched_examples(
+        tok, n_sentences, seed + 7)
+    sources = [e.source for e in examples]
+    out = {"mode": "candidates", "threads": threads, "sentences": n_sentences, "ns": list(ns), "batch_size": batch_size,
+           "max_new_tokens": max_new_tokens, "temperature": temperature, "device": device, "dtype": dtype,
+           "models": {}}
+    for name in models:
+        model = build_model(tok, name, seed, device=device, dtype=dtype).eval()
+        rates: dict[int, list[tuple[float, float]]] = {n: [] for n in ns}
+
+        def once(n: int, k: int, model=model) -> tuple[float, float]:
+            stats = GenerationStats()
+            settings = CandidateSettings(num_samples=n, num_return_beams=0, temperature=temperature, seed=seed)
+            generate_candidates(model, tok, sources[:k], SRC, TGT, settings, batch_size=batch_size,
+                                max_new_tokens=max_new_tokens, stats=stats)
+            return stats.sentences_per_s, stats.candidates_per_s
+
+        for n in ns:  # warm-up
+            once(n, min(batch_size, n_sentences))
+        for r in range(reps):
+            for n in (list(ns) if r % 2 == 0 else list(ns)[::-1]):
+                rates[n].append(once(n, n_sentences))
+        res = {}
+        for n in ns:
+            sent = [a for a, _ in rates[n]]
+            cand = [b for _, b in rates[n]]
+            res[n] = {"sent_per_s_median": statistics.median(sent), "sent_per_s_max": max(sent),
+                      "cand_per_s_median": statistics.median(cand), "cand_per_s_max": max(cand)}
+            log(f"== candidates {name}: N={n} sampled per source, {max_new_tokens} new tokens, batch {batch_size} "
+                f"sources: {res[n]['sent_per_s_median']:.1f} sentences/s, {res[n]['cand_per_s_median']:.1f} "
+                f"candidates/s (best {res[n]['sent_per_s_max']:.1f} / {res[n]['cand_per_s_max']:.1f})")
+        out["models"][name] = res
+        del model, once
     return out

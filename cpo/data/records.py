@@ -157,3 +157,17 @@ def read_preference_jsonl(path: str | Path) -> list[PreferenceExample]:
     if not examples:
         raise DataError(f"{path}: no examples")
     return examples
+
+
+def pair_scorers(examples: list[PreferenceExample]) -> list[dict]:
+    """Which scorer chose the sides of these pairs, from each row's provenance: ``[{"scorer", "scorer_identity",
+    "pairs"}]`` per distinct scorer (``scorer`` None for rows without provenance, e.g. TRL's format). A run records
+    it, so that a report can tell when its selection metric or verdict is the scorer that built the pairs (SPEC
+    section 9, metric interference)."""
+    counts: dict[tuple, int] = {}
+    for e in examples:
+        prov = e.provenance if isinstance(e.provenance, dict) else {}
+        key = (prov.get("scorer"), prov.get("scorer_identity"))
+        key = tuple(k if isinstance(k, str) else None for k in key)
+        counts[key] = counts.get(key, 0) + 1
+    return [{"scorer": s, "scorer_identity": i, "pairs": n} for (s, i), n in counts.items()]

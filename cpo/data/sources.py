@@ -183,7 +183,7 @@ class JsonlPreferences(DataSource):
     name = "jsonl"
 
     def __init__(self, train_file: str, val_file: str | None = None, val_size: float = 0.05,
-                 test_file: str | None = None, dev_sentences: int | None = 200):
+                 test_file: str | None = None, dev_sentences: int | None = 200, dev_file: str | None = None):
         from omegaconf import MISSING
 
         if train_file in (None, MISSING, "???"):
@@ -191,6 +191,9 @@ class JsonlPreferences(DataSource):
         self.train_file = _existing_file(train_file, "data.train_file")
         self.val_file = _existing_file(val_file, "data.val_file")
         self.test_file = _existing_file(test_file, "data.test_file")
+        # The sources translated at every validation, with their references (test-file format); None: the
+        # validation pairs' sources against their references (or preferred sides).
+        self.dev_file = _existing_file(dev_file, "data.dev_file")
         self.val_size, self.dev_sentences = val_size, dev_sentences
 
     def load(self, ctx: LoadContext) -> RunData:
@@ -200,8 +203,10 @@ class JsonlPreferences(DataSource):
         else:
             train, val = split_examples(train, self.val_size, ctx.seed)
         test = read_test_file(self.test_file) if self.test_file else None
-        files = [f for f in (self.train_file, self.val_file, self.test_file) if f]
-        return RunData(train, val, test, dev_set(val, self.dev_sentences), files=files)
+        files = [f for f in (self.train_file, self.val_file, self.test_file, self.dev_file) if f]
+        dev = read_test_file(self.dev_file).head(self.dev_sentences) if self.dev_file else dev_set(val,
+                                                                                                   self.dev_sentences)
+        return RunData(train, val, test, dev, files=files)
 
 
 class AlmaRPreference(DataSource):

@@ -172,10 +172,10 @@ def _build_base(tmp: Path, s: DemoSettings, progress) -> None:
     })
 
 
-def _build_pairs(assets: DemoAssets, tmp: Path, s: DemoSettings, progress) -> None:
-    from cpo.demo.quality import DemoQualityEstimator
+def demo_candidates(assets: DemoAssets, s: DemoSettings, names, progress=print):
+    """(preference sentences, their gilded references, {candidate name: its output per sentence}) for the
+    candidate systems ``names`` among ref, the demo systems and warm_start (the warm start's greedy output)."""
     from cpo.demo.systems import DEFAULT_SYSTEMS
-    from cpo.pairs.build import build_pairs
 
     _, _, pref, _, _, _, pref_refs = _split(s)
     systems = {x.name: x for x in DEFAULT_SYSTEMS}
@@ -183,14 +183,11 @@ def _build_pairs(assets: DemoAssets, tmp: Path, s: DemoSettings, progress) -> No
         from cpo.demo.systems import with_own_habits
 
         systems["strong"] = with_own_habits(systems["strong"], seed=s.seed + 1000)
-    unknown = [c for c in s.candidates if c not in ("ref", "warm_start", *systems)]
-    if unknown or len(s.candidates) < (1 if s.negatives == "noised" else 2):
-        raise ValueError(
-            f"data.candidates={list(s.candidates)}: need two or more of ref, warm_start, {', '.join(systems)}"
-        )
-    progress(f"[demo] candidates {list(s.candidates)}, negatives {s.negatives}")
+    unknown = [c for c in names if c not in ("ref", "warm_start", *systems)]
+    if unknown:
+        raise ValueError(f"data.candidates={list(names)}: need two or more of ref, warm_start, {', '.join(systems)}")
     candidates: dict[str, list[str]] = {}
-    for name in s.candidates:
+    for name in names:
         if name == "ref":
             candidates[name] = pref_refs
         elif name == "warm_start":
@@ -202,6 +199,17 @@ def _build_pairs(assets: DemoAssets, tmp: Path, s: DemoSettings, progress) -> No
                                          max_new_tokens=48)
         else:
             candidates[name] = systems[name].translate(pref, s.seed)
+    return pref, pref_refs, candidates
+
+
+def _build_pairs(assets: DemoAssets, tmp: Path, s: DemoSettings, progress) -> None:
+    from cpo.demo.quality import DemoQualityEstimator
+    from cpo.pairs.build import build_pairs
+
+    if len(s.candidates) < (1 if s.negatives == "noised" else 2):
+        raise ValueError(f"data.candidates={list(s.candidates)}: need two or more of ref, warm_start, strong, weak")
+    progress(f"[demo] candidates {list(s.candidates)}, negatives {s.negatives}")
+    pref, pref_refs, candidates = demo_candidates(assets, s, s.candidates, progress)
     qe = DemoQualityEstimator()
     sources = [x.source for x in pref]
     scores = {name: qe.score(sources, texts) for name, texts in candidates.items()}

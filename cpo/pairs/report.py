@@ -14,10 +14,10 @@ from pathlib import Path
 
 from cpo.mt.parallel import ParallelData
 from cpo.pairs.noise import NoiseSettings
-from cpo.pairs.rule import BuildCounts
+from cpo.pairs.rule import KIND_REFERENCE, KIND_SAMPLE, KIND_SYSTEM, REF, BuildCounts
 from cpo.scoring import CachedScorer, MeanScorer, Scorer
 
-REF = "ref"  # the reference's name among the candidates
+KINDS = (KIND_REFERENCE, KIND_SYSTEM, KIND_SAMPLE)
 XX_EN, EN_XX = "xx->en", "en->xx"
 
 
@@ -66,8 +66,15 @@ def direction_stats(
     ref_scores: list[float | None] | None,
     ref_note: str | None,
     started: float,
+    samples: dict[str, str] | None = None,
+    sample_scores: dict[str, list[list[float]]] | None = None,
 ) -> dict:
-    """One direction's part of the report; ``ref_note`` says why there are no ``ref_scores``."""
+    """One direction's part of the report; ``ref_note`` says why there are no ``ref_scores``.
+
+    ``samples`` (name -> multi-candidate file) and ``sample_scores`` (per source, the scores of its candidates):
+    a sample system's mean score is over all its candidates, and its win counts against the reference pit
+    each candidate against its source's reference."""
+    samples, sample_scores = samples or {}, sample_scores or {}
     stats = {
         "direction": direction,
         "input": str(data.path),
@@ -77,17 +84,22 @@ def direction_stats(
             else (f"in {data.path.name}" if data.references is not None else None)
         ),
         "systems": dict(systems),
+        "samples": dict(samples),
         "candidates": list(candidates),
         "test_set": test_set,
         "n_sources": len(data),
         "pairs": counts.as_dict(),
-        "mean_score": {n: _mean(v) for n, v in scores.items()},
+        "mean_score": {n: _mean(v) for n, v in scores.items()}
+        | {n: _mean([x for row in v for x in row]) for n, v in sample_scores.items()},
         "win_vs_ref": None,
         "run_time_s": round(time.time() - started, 3),
     }
     if ref_scores is not None:
         stats["mean_score"].setdefault(REF, _mean(ref_scores))
         stats["win_vs_ref"] = {n: win_counts(v, ref_scores) for n, v in scores.items() if n != REF}
+        for n, per_source in sample_scores.items():
+            flat = [(x, r) for row, r in zip(per_source, ref_scores) for x in row]
+            stats["win_vs_ref"][n] = win_counts([x for x, _ in flat], [r for _, r in flat])
     else:
         stats["win_vs_ref_note"] = ref_note
     return stats
@@ -139,6 +151,8 @@ def build_report(
     test_sets: list[str],
     test_set_warning: str | None,
     started: float,
+    pairs_per_source: int = 1,
+    min_score_gap: float = 0.0,
 ) -> dict:
     """The whole build's report object (``direction_stats`` of each direction in ``per_direction``)."""
     parts = _cached_parts(scorer)
@@ -148,6 +162,8 @@ def build_report(
         "include_ref": include_ref,
         "candidate_order": candidate_order,
         "negatives": negatives,
+        "pairs_per_source": pairs_per_source,
+        "min_score_gap": min_score_gap,
         "noise": {"drop_prob": noise.drop_prob, "swap_prob": noise.swap_prob, "seed": noise.seed},
         "scorer_cache": {
             "dir": str(cache_dir) if cache_dir else None,
@@ -202,6 +218,9 @@ def markdown_report(report: dict) -> str:
         f"- candidates in tie order: {', '.join(report['candidate_order'])}"
         f" (include_ref={str(report['include_ref']).lower()})",
         f"- negatives: {report['negatives']}" + noise,
+        f"- pairs per source: {report.get('pairs_per_source', 1)} (best vs the "
+        + ("worst" if report.get("pairs_per_source", 1) == 1 else f"{report['pairs_per_source']} worst")
+        + f"); minimum score gap: {report.get('min_score_gap', 0.0):g}",
         f"- scorer cache: `{cache['dir']}` ({cache['hits']} hits, {cache['misses']} scored)"
         if cache["dir"] else "- scorer cache: none",
         f"- run time: {report['run_time_s']:.2f} s",
@@ -217,6 +236,26 @@ def markdown_report(report: dict) -> str:
         cells = [st["direction"], st["n_sources"], p["kept"], p["dropped_total"],
                  *(p["dropped"].get(r, 0) for r in reasons), sum(p["missing_by_system"].values())]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
+    totals = report["totals"]
+    if totals.get("sources"):
+        per = totals["candidates_per_source"]
+        lines += [
+            "",
+            "## Candidates per source and where the pairs come from",
+            "",
+            f"- sources: {totals['sources']}, with at least one pair: {totals['sources_with_pairs']}",
+            f"- candidates per source (duplicates included): min {per['min']}, mean {per['mean']:g}, max {per['max']}",
+            "- duplicates (a sample repeating an earlier candidate's text; left out of the rule): "
+            + (", ".join(f"{k} {v}" for k, v in totals["duplicates_by_system"].items()) or "none"),
+            "",
+            "| side | " + " | ".join(KINDS) + " |",
+            "|---|" + "---:|" * len(KINDS),
+        ]
+        kept = totals["kept"] or 1
+        for side in ("chosen", "rejected"):
+            by = totals[f"{side}_by_kind"]
+            lines.append(f"| {side} | " + " | ".join(f"{by.get(k, 0)} ({_pct(by.get(k, 0) / kept)})" for k in KINDS)
+                         + " |")
     lines += [
         "",
         "## Chosen / rejected by system",
@@ -262,6 +301,8 @@ def markdown_report(report: dict) -> str:
         ]
         for name, path in st["systems"].items():
             lines.append(f"- system `{name}`: `{path}`")
+        for name, path in (st.get("samples") or {}).items():
+            lines.append(f"- multi-candidate system `{name}`: `{path}`")
         lines += [
             f"- pairs kept: {p['kept']}; dropped: {p['dropped_total']}"
             + (f" ({', '.join(f'{k} {v}' for k, v in p['dropped'].items())})" if p["dropped"] else ""),
@@ -272,6 +313,13 @@ def markdown_report(report: dict) -> str:
         if p.get("empty_by_system"):
             lines.append("- empty hypotheses (scored as empty; a pair with an empty side is dropped): "
                          + ", ".join(f"{k} {v}" for k, v in p["empty_by_system"].items()))
+        if p.get("candidates_per_source"):
+            per = p["candidates_per_source"]
+            lines.append(f"- candidates per source: min {per['min']}, mean {per['mean']:g}, max {per['max']}; "
+                         f"sources with a pair: {p['sources_with_pairs']} of {p['sources']}")
+        if p.get("duplicates_by_system"):
+            dup = p["duplicates_by_system"]
+            lines.append("- duplicates left out: " + ", ".join(f"{k} {v}" for k, v in dup.items()))
         if p["missing_by_system"]:
             lines.append("- candidates without a text or score, left out: "
                          + ", ".join(f"{k} {v}" for k, v in p["missing_by_system"].items()))

@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 
 from cpo.report.comparison import Comparison, compare, per_direction
+from cpo.report.independence import Independence, metric_independence
 from cpo.report.loading import JobResult
 from cpo.report.metrics import HEALTH, after_metric_names
-from cpo.report.selection import TUNE_KEYS, Method, SelectionError, aggregate, methods_of, resolve_select_by, select
+from cpo.report.selection import (TUNE_KEYS, Method, SelectionError, aggregate, methods_of, metric_names,
+                                  resolve_select_by, select)
 from cpo.report.stats import DEFAULT_SAMPLES, DEFAULT_SEED
 
 
@@ -33,6 +35,8 @@ class Analysis:
     quality: list[str] = field(default_factory=list)   # test metrics compared (BLEU, chrF, scorers ...)
     health: list[str] = field(default_factory=list)    # health checks present (off_target, ...)
     val_references: list[str] = field(default_factory=list)  # what validation translations were scored against
+    # Which metrics are the scorer that built each method's pairs (metric interference, SPEC section 9).
+    independence: Independence = field(default_factory=Independence)
 
     @property
     def level(self) -> float:
@@ -57,6 +61,13 @@ class Analysis:
         return (f"Fewer than 3 seeds: {listed}. Their t-interval is not meaningful (with 2 seeds it rests on one "
                 f"degree of freedom, t = 12.7 at 95%; with 1 there is none), and Welch's test has little power: "
                 f"run more seeds before reading the intervals.")
+    def same_scorer(self, metric: str, method: str | None = None) -> bool:
+        """Whether ``metric`` (``test/x``, ``val/x`` or ``x``) is a pair-building scorer: of ``method`` and the
+        baseline when a method is named, of any method otherwise."""
+        base = metric.split("/", 1)[1] if metric.startswith(("test/", "val/", "delta/")) else metric
+        if method is None:
+            return base in self.independence.metrics
+        return self.independence.comparison_rests_on(method, self.baseline, base)
 
 
 def find_baseline(baseline: str, methods: dict[str, Method]) -> str | None:
@@ -65,6 +76,11 @@ def find_baseline(baseline: str, methods: dict[str, Method]) -> str | None:
         return None
     if baseline in methods:
         return baseline
+    if "=" in baseline:  # a label with its parts in another order ("round=3,loss=cpo" for "loss=cpo,round=3")
+        given = dict(part.split("=", 1) for part in baseline.split(",") if "=" in part)
+        same = [m.label for m in methods.values() if m.parts == given]
+        if len(same) == 1:
+            return same[0]
     hits = [m.label for m in methods.values() if baseline in {m.display, *m.parts.values()}]
     if len(hits) > 1:
         raise SelectionError(f"baseline={baseline} matches several methods ({', '.join(hits)}); "
@@ -112,8 +128,11 @@ def analyze(jobs: Sequence[JobResult], select_by: str = "auto", baseline: str = 
     comparisons = compare(jobs, selected, base, quality, alpha, bootstrap_samples, bootstrap_seed) if base else []
     directions = per_direction(jobs, selected, 1 - alpha) if len(selected) else None
     refs = sorted({str(r) for j in jobs if j.ok and (r := j.results.get("dev_references"))})
+    method_of = {c: m.label for m in methods.values() for c in m.configs}
+    shown = list(dict.fromkeys(quality + [m.split("/", 1)[1] for m in metric_names(grid) if m.startswith("val/")]))
+    independence = metric_independence(jobs, method_of, shown)
     return Analysis(jobs, grid, methods, metric, how, metric.startswith(("test/", "delta/")), selected, notes, base,
-                    base_note, comparisons, directions, alpha, tune_keys, quality, health, refs)
+                    base_note, comparisons, directions, alpha, tune_keys, quality, health, refs, independence)
 
 
 def verdict_of(analysis: Analysis, method: str, metric: str) -> Comparison | None:

@@ -11,6 +11,7 @@ from typing import Any
 from cpo.io import atomic_write_json, atomic_write_text
 from cpo.report.analysis import Analysis
 from cpo.report.comparison import comparisons_frame
+from cpo.report.independence import MARK, independence_text
 from cpo.report.loading import common_overrides
 from cpo.report.metrics import metric_label
 from cpo.report.tables import (BETTER, SELECTED, WORSE, direction_table, grid_table, health_table, latex_document,
@@ -29,7 +30,9 @@ def protocol_text(a: Analysis) -> str:
     refs = f" Validation translations were scored against: {', '.join(a.val_references)}." if a.val_references else ""
     base = (f" Baseline: **{a.display(a.baseline)}** (`{a.baseline}`)." if a.baseline
             else f" No significance tests: {a.baseline_note}.")
-    return sel + refs + base + f" Significance level α = {a.alpha:g}; intervals are {a.level:.0%}."
+    text = sel + refs + base + f" Significance level α = {a.alpha:g}; intervals are {a.level:.0%}."
+    independence = independence_text(a.independence, a.select_by, a.display)
+    return text + ("\n\n" + independence if independence else "")
 
 
 SIGNIFICANCE_TEXT = (
@@ -163,7 +166,10 @@ def write_report(a: Analysis, out_dir: str | os.PathLike, source: str | None = N
         "methods": {m.label: {"name": m.display, "color": m.color, "loss": m.loss, "selected": chosen.get(m.label),
                               "note": a.notes.get(m.label, "")} for m in a.methods.values()},
         "metrics": {"quality": a.quality, "health": a.health},
-        "comparisons": [_clean(c.__dict__) for c in a.comparisons],
+        "comparisons": [_clean({**c.__dict__, "same_scorer": a.same_scorer(c.metric, c.method)})
+                        for c in a.comparisons],
+        "metric_independence": {**a.independence.as_dict(),
+                                "select_by_same_scorer": bool(a.select_by and a.same_scorer(a.select_by))},
         "verdict_sentences": verdict_sentences(a),
         "no_translations": [{"job": j.name, "why": j.translations_note}
                             for j in a.jobs if j.ok and j.translations is None],
@@ -186,5 +192,7 @@ def verdict_sentences(a: Analysis) -> list[str]:
         diff = f"{c.diff:+.3g}" if math.isfinite(c.diff) else ""
         detail = "; ".join(x for x in [diff, ", ".join(p for p in ps if p), c.basis] if x)
         name = metric_label("test/" + c.metric)
-        out.append(f"{a.display(c.method)} vs {a.display(a.baseline)} on {name}: {c.verdict} ({detail})")
+        same = f" {MARK} rests on the scorer that built the pairs (metric interference)" \
+            if a.same_scorer(c.metric, c.method) else ""
+        out.append(f"{a.display(c.method)} vs {a.display(a.baseline)} on {name}: {c.verdict} ({detail}){same}")
     return out

@@ -262,6 +262,11 @@ def _is_job(folder: Path) -> bool:
     return (folder / "run.json").is_file() or (folder / ".hydra" / "overrides.yaml").is_file()
 
 
+def _is_rounds_run(folder: Path) -> bool:
+    """A rounds run's folder (scripts/rounds.py): its record is rounds.json, its jobs are its rounds."""
+    return (folder / "rounds.json").is_file()
+
+
 def load_sweep(sweep_dir: str | os.PathLike, ignored: Iterable[str] = IGNORED_KEYS) -> list[JobResult]:
     """Every job of a Hydra multirun folder (a job = a sub-folder with .hydra/overrides.yaml), in job order.
 
@@ -272,17 +277,50 @@ def load_sweep(sweep_dir: str | os.PathLike, ignored: Iterable[str] = IGNORED_KE
         raise FileNotFoundError(f"{sweep_dir}: no such sweep folder")
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"{sweep_dir}: is a file, not a sweep folder")
-    if _is_job(sweep_dir):
+    if _is_job(sweep_dir) or _is_rounds_run(sweep_dir):
         dirs = [sweep_dir]
     else:
-        dirs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and _is_job(d)), key=_job_num)
+        dirs = sorted((d for d in sweep_dir.iterdir() if d.is_dir() and (_is_job(d) or _is_rounds_run(d))),
+                      key=_job_num)
+    dirs = [r for d in dirs for r in (round_dirs(d) or [d])]
     if not dirs:
         raise FileNotFoundError(f"{sweep_dir}: no job folders (sub-folders with run.json or .hydra/overrides.yaml); "
                                 "is it a `train.py -m` sweep?")
-    jobs = [load_job(d) for d in dirs]
+    jobs = []
+    for d in dirs:
+        job = load_job(d)
+        if d != sweep_dir and d.parent != sweep_dir:  # a round of a rounds run: named by its run and round
+            job.name = str(d.parent.relative_to(sweep_dir))
+        jobs.append(job)
+    jobs = drop_repeated_start_evaluations(jobs)
     assign_labels(jobs, ignored)
     refuse_duplicate_seeds(jobs)
     return jobs
+
+
+def round_dirs(run_dir: Path) -> list[Path]:
+    """The train run folders of a rounds run (``scripts/rounds.py``), round 0 first; [] for any other folder.
+
+    Each ``round-k/train`` is an ordinary train.py run folder whose ``.hydra/overrides.yaml`` holds the rounds
+    run's settings in train.py's words and ``round=k``, so the rounds of a sweep of rounds runs group by round."""
+    found = [d for d in run_dir.glob("round-*/train") if d.is_dir() and _is_job(d)]
+    number = [d.parent.name[len("round-"):] for d in found]
+    return [d for _, d in sorted(zip([int(n) if n.isdigit() else 1 << 30 for n in number], found))]
+
+
+def drop_repeated_start_evaluations(jobs: list[JobResult]) -> list[JobResult]:
+    """Round 0 of a rounds run evaluates the start model, the same in every rounds run of a sweep that shares it:
+    one per seed (and start settings) is kept, so that it counts as one configuration, not one per method."""
+    seen: set[tuple] = set()
+    out = []
+    for j in jobs:
+        if j.overrides.get("round") == "0":
+            key = tuple(sorted(j.overrides.items()))
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(j)
+    return out
 
 
 def refuse_duplicate_seeds(jobs: Sequence[JobResult]) -> None:
@@ -312,11 +350,15 @@ def assign_labels(jobs: Sequence[JobResult], ignored: Iterable[str] = IGNORED_KE
 
 
 def varying_keys(jobs: Sequence[JobResult]) -> list[str]:
-    """Configuration keys whose value (or presence) differs between jobs, in first-seen order."""
+    """Configuration keys whose value (or presence) differs between jobs, in first-seen order.
+
+    Round 0 of rounds runs (the start model, with no training settings) does not make the other rounds' settings
+    vary by lacking them; ``round`` itself varies."""
+    trained = [j for j in jobs if j.config_overrides.get("round") != "0"] or list(jobs)
     keys: list[str] = []
     for j in jobs:
         keys += [k for k in j.config_overrides if k not in keys]
-    return [k for k in keys if len({j.config_overrides.get(k) for j in jobs}) > 1]
+    return [k for k in keys if len({j.config_overrides.get(k) for j in (jobs if k == "round" else trained)}) > 1]
 
 
 def common_overrides(jobs: Sequence[JobResult]) -> dict[str, str]:

@@ -83,6 +83,8 @@ def method_label(job: JobResult, varying: Sequence[str], tune_keys: Sequence[str
 def display_name(parts: dict[str, str], loss: str | None) -> str:
     """"CPO", "SFT (preferred)", or "CPO (data.negatives=noised)" when the method is not the loss alone."""
     parts = dict(parts)
+    if parts.get("round") == "0":  # round 0 of a rounds run: the start model, whatever the later rounds train
+        return "start model (round 0)"
     loss = parts.pop("loss", loss)
     name = METHODS[loss][0] if loss in METHODS else loss
     rest = ", ".join(setting_label(k, v) for k, v in parts.items())

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from cpo.report.analysis import Analysis, finite, verdict_of
+from cpo.report.independence import MARK
 from cpo.report.metrics import (VAL_TABLE, arrow, comparable_across_losses, direction, fmt, fmt_p, metric_label,
                                 setting_label)
 
@@ -50,7 +51,8 @@ class Table:
 _TEX = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_", "{": "\\{", "}": "\\}",
         "~": "\\textasciitilde{}", "^": "\\textasciicircum{}", "±": "$\\pm$", "–": "--", "↑": "$\\uparrow$",
         "↓": "$\\downarrow$", "→": "$\\to$", "Δ": "$\\Delta$", BETTER: "$^{\\blacktriangle}$",
-        WORSE: "$^{\\blacktriangledown}$", SELECTED: "$\\star$", "≥": "$\\geq$", "<": "$<$", ">": "$>$",
+        WORSE: "$^{\\blacktriangledown}$", SELECTED: "$\\star$", MARK: "$^{\\dagger}$", "≥": "$\\geq$", "<": "$<$",
+        ">": "$>$",
         "α": "$\\alpha$"}
 
 
@@ -98,12 +100,17 @@ def _name(a: Analysis, method: str) -> str:
     return a.display(method) + (" (baseline)" if method == a.baseline else "")
 
 
+def _head(a: Analysis, metric: str) -> str:
+    """A metric's column head, marked † when it is the scorer that built some method's pairs."""
+    return f"{metric_label(metric)} {arrow(metric)}" + (f" {MARK}" if a.same_scorer(metric) else "")
+
+
 def selected_table(a: Analysis) -> Table:
     """Per method: its selected grid point, seeds, the selection metric and the test metrics after training."""
     df = a.selected.reset_index(drop=True)
     metrics = [f"test/{m}" for m in a.quality]
     sel = [a.select_by] if a.select_by else []
-    header = ["method", "selected", "seeds"] + [f"{metric_label(m)} {arrow(m)}" for m in sel + metrics]
+    header = ["method", "selected", "seeds"] + [_head(a, m) for m in sel + metrics]
     rows, bold = [], set()
     for i, r in df.iterrows():
         cells = [_name(a, r["method"]), _grid_point(a, r), _seeds(r)]
@@ -126,7 +133,8 @@ def significance_table(a: Analysis) -> Table:
         diff = f"{c.diff:+.3g}" if finite(c.diff) else "–"
         if finite(c.diff_lo):
             diff += f" [{c.diff_lo:+.3g}, {c.diff_hi:+.3g}]"
-        rows.append([a.display(c.method), metric_label(f"test/{c.metric}"), f"{fmt(c.mean)} ({c.n})",
+        mark = f" {MARK}" if a.same_scorer(c.metric, c.method) else ""
+        rows.append([a.display(c.method), metric_label(f"test/{c.metric}") + mark, f"{fmt(c.mean)} ({c.n})",
                      f"{fmt(c.base_mean)} ({c.n_base})", diff, fmt_p(c.p_seeds), fmt_p(c.p_bootstrap), c.seed_pairs,
                      f"{c.verdict} ({c.basis})"])
     return Table(header, rows, set(), "llrrrrrll")
@@ -138,7 +146,7 @@ def grid_table(a: Analysis) -> Table:
     selected = set(a.selected["config"])
     val = list(dict.fromkeys(m for m in [a.select_by, *VAL_TABLE] if m and f"{m}_mean" in df))
     metrics = val + [f"test/{m}" for m in a.quality]
-    header = ["method", "grid point", "seeds"] + [f"{metric_label(m)} {arrow(m)}" for m in metrics]
+    header = ["method", "grid point", "seeds"] + [_head(a, m) for m in metrics]
     rows = []
     for _, r in df.iterrows():
         mark = f" {SELECTED}" if r["config"] in selected else ""
@@ -186,6 +194,8 @@ def latex_document(a: Analysis, source: str) -> str:
            else "one configuration per method")
     base = (f"; ▲/▼: significantly better/worse than {a.display(a.baseline)} at α = {a.alpha:g} (seeds and test "
             "sentences)" if a.baseline else "")
+    if a.independence.metrics:
+        base += f"; {MARK}: the scorer that built the training pairs (metric interference)"
     parts = [f"% Tables of the sweep report for {source}. Needs \\usepackage{{booktabs,amssymb,graphicx}}.", ""]
     few = f" {a.few_seeds_text()}" if a.few_seeds() else ""
     parts.append(selected_table(a).latex(

@@ -37,11 +37,15 @@ def build_loggers(cfg: DictConfig, out_dir: Path, resume_step: int | None = None
     from lightning.pytorch.loggers import WandbLogger
 
     names = run_names(cfg)
+    # A run started by another app (a stage of scripts/rounds.py) names its group, job type and run, and adds keys
+    # (the round) to the W&B config; on its own, the sweep's group, the loss as job type and the varying overrides.
+    extra = lg.get("extra")
     wb = WandbLogger(
         project=lg.project, entity=lg.entity, mode=lg.mode, save_dir=str(wandb_dir), dir=str(wandb_dir),
-        group=lg.group or names["group"], job_type=cfg.loss.name, name=names["name"],
+        group=lg.group or names["group"], job_type=lg.get("job_type") or cfg.loss.name,
+        name=lg.get("run_name") or names["name"],
         tags=list(lg.tags) + ([cfg.experiment_name] if cfg.experiment_name else []), log_model=lg.log_model,
-        id=_run_id(out_dir),
+        id=_run_id(out_dir), **({"config": dict(extra)} if extra else {}),
     )
     # Lightning always passes anonymous=None, which W&B 0.2x answers with a deprecation warning on every run, and
     # resume="allow", which an offline run cannot do (another warning): neither changes what is logged offline.

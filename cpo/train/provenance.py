@@ -48,11 +48,16 @@ def data_fingerprints(files) -> dict[str, str]:
     return {str(f): file_fingerprint(f) for f in files if Path(f).is_file()}
 
 
-def provenance(files=(), global_batch: dict | None = None) -> dict:
-    """Everything above in one JSON-able dict."""
+def provenance(files=(), global_batch: dict | None = None, pair_scorers: list | None = None,
+               eval_scorers: dict | None = None) -> dict:
+    """Everything above in one JSON-able dict; ``pair_scorers`` (``cpo.data.records.pair_scorers``: which scorer
+    built the training pairs) and ``eval_scorers`` (name -> identity of each scorer of the held-out metrics) let
+    a report tell a metric that is independent of the pair-building scorer from one that is not."""
     import torch
 
     return {
+        "pair_scorers": list(pair_scorers or []),
+        "eval_scorers": dict(eval_scorers or {}),
         "git": git_state(),
         "versions": package_versions(),
         "python": platform.python_version(),

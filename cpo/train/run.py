@@ -77,7 +77,7 @@ def run_identity(cfg: DictConfig, plan: BatchPlan) -> dict:
     from cpo.train.reference_cache import file_fingerprint, folder_fingerprint
 
     files: dict[str, object] = {}
-    for key in ("train_file", "val_file", "test_file", "path"):
+    for key in ("train_file", "val_file", "test_file", "dev_file", "path"):
         value = cfg.data.get(key)
         p = Path(str(value)) if isinstance(value, str) else None
         if p is not None and p.is_file():
@@ -113,8 +113,9 @@ def generation_settings(cfg: DictConfig, data: RunData,
     )
 
 
-def run(cfg: DictConfig, out_dir: str | Path) -> dict:
-    """Train one configuration; returns the results written to ``out_dir/results.json``."""
+def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None) -> dict:
+    """Train one configuration; returns the results written to ``out_dir/results.json``. ``overrides``: what names
+    the run in a sweep, kept in run.json (default: the launch's command line; scripts/rounds.py gives each round's)."""
     from cpo.runs import RunFolder
 
     validate(cfg)
@@ -134,7 +135,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
             folder.acquire() if owner else contextlib.nullcontext():
         try:
             identity = run_identity(cfg, plan)
-            shared = _decide(cfg, identity, folder) if owner else _follow(out_dir)
+            shared = _decide(cfg, identity, folder, overrides) if owner else _follow(out_dir)
             if shared["skip"]:
                 results = shared.get("results") or {}
             else:
@@ -163,7 +164,7 @@ def _launch_id() -> str | None:
     return "/".join(p or "" for p in parts) if any(parts) else None
 
 
-def _decide(cfg: DictConfig, identity: dict, folder) -> dict:
+def _decide(cfg: DictConfig, identity: dict, folder, overrides: list[str] | None = None) -> dict:
     """Rank 0: skip, resume or start fresh (cpo.runs), and tell the other ranks."""
     decision = folder.decide(identity, rerun=bool(cfg.rerun), ckpt_path=cfg.ckpt_path)
     shared = {"skip": decision.action == "skip", "ckpt_path": decision.ckpt_path, "log_step": decision.log_step,
@@ -173,7 +174,7 @@ def _decide(cfg: DictConfig, identity: dict, folder) -> dict:
         if cfg.save_policy and not decision.results.get("policy_dir"):
             say("note: that run saved no policy/ (save_policy was false); rerun=true trains it again to save one")
     else:
-        folder.start(decision, identity, overrides=task_overrides())
+        folder.start(decision, identity, overrides=overrides if overrides is not None else task_overrides())
         say(decision.reason)
     # Processes Lightning starts for ranks 1..N-1 inherit the environment; ranks started beside this one
     # (torchrun, srun) read the file, which names the launch it belongs to.
@@ -305,7 +306,10 @@ class _Run:
     def execute(self) -> dict:
         self.build()
         trainer = self.trainer()
-        self.provenance = provenance(self.data.files, self.plan.as_dict())
+        from cpo.data.records import pair_scorers
+
+        self.provenance = provenance(self.data.files, self.plan.as_dict(), pair_scorers(self.data.train),
+                                     {s.name: s.identity for s in self.scorers})
         for lg in self.loggers:
             lg.log_hyperparams(hyperparameters(self.cfg, self.provenance, self.trainable, self.total))
         before = self.evaluate_before()
