@@ -254,6 +254,7 @@ def test_real_entry_points(files, tmp_path):
     assert_one_sentence(results[1], "is a directory", absent=("exists",))
 
 
+@pytest.mark.slow
 def test_hydra_refusals_of_the_command_line_are_one_sentence(tmp_path):
     """An unknown option or key and a malformed override, refused by Hydra before any app code runs."""
     cases = [

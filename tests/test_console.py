@@ -15,6 +15,7 @@ NOISE = ("wandb:", "GPU available", "TPU available", "pkg_resources", "\r", "][I
          "anonymous setting", "`resume` will be ignored", "Trainer.fit` stopped", "💡")
 
 
+@pytest.mark.slow
 def test_train_console_and_log_file(tmp_path):
     # The libraries' own defaults: no WANDB_SILENT (the suite's conftest sets it for every other test).
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_SILENT", "MASTER_ADDR", "MASTER_PORT", "RANK",

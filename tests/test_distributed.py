@@ -38,6 +38,7 @@ def test_ddp_cpu_matches_single_process(tmp_path):
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
 
 
+@pytest.mark.slow
 def test_a_rank_without_validation_pairs_joins_the_reduction(tmp_path):
     """One validation pair on two ranks: rank 1 has no batch, and the sum over ranks must still include it
     (it crashed the gloo collective before), giving the metrics one process gives."""

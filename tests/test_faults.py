@@ -92,6 +92,7 @@ def self_referenced(demo, tmp_path_factory):
             "evaluate.during_training.enabled=false", "logger=csv", "guard.max_nll_ratio=null"]
 
 
+@pytest.mark.slow
 def test_a_collapse_against_the_starting_policy_is_a_failed_run(tmp_path, self_referenced):
     """Judged by the held-out numbers the run computes anyway: chrF 100 -> a few points is exit 3, not a result."""
     p = _app("train.py", [f"hydra.run.dir={tmp_path}", *self_referenced, *DESTROY, "trainer.max_steps=4"])
@@ -114,6 +115,7 @@ def test_the_collapse_criterion_leaves_normal_runs_and_untrained_starts_alone():
 
 
 # ------------------------------------------------------------------------------------- refused launches
+@pytest.mark.slow
 def test_refused_launches_leave_a_finished_folder_as_it_was(tmp_path, demo):
     """Another configuration and a second writer: Hydra's record (.hydra/), the log and every output stay as the
     finished run left them, and compare labels the job by its own record (run.json)."""
@@ -190,6 +192,7 @@ def _file_size_limit(limit: int):
     return apply
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_sentence_and_leaves_nothing_finished(tmp_path, demo):
     """A checkpoint (torch.save) that cannot be written reported itself as a traceback."""
     p = _app("train.py", [f"hydra.run.dir={tmp_path}", *QUICK, "trainer.max_steps=2"],
@@ -199,6 +202,7 @@ def test_a_full_disk_is_one_sentence_and_leaves_nothing_finished(tmp_path, demo)
     assert not list(tmp_path.rglob("*.tmp*"))  # no half-written checkpoint left behind
 
 
+@pytest.mark.slow
 def test_a_lone_surrogate_names_the_file_and_line(tmp_path, demo):
     rows = demo.train_file.read_text().splitlines()[:20]
     bad = json.loads(rows[6])

@@ -347,6 +347,7 @@ def test_generate_max_sentences_is_a_smoke_test(workdir, monkeypatch):
         app.run(_compose(*args, "max_sentences=0", "overwrite=true"))
 
 
+@pytest.mark.slow
 def test_nan_outputs_and_damaged_weights_stop_in_one_sentence(workdir):
     """A model whose outputs are NaN gave a file of empty lines and exit 0; a truncated weight file a traceback."""
     import shutil

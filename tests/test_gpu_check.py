@@ -1,8 +1,9 @@
 """The GPU check (scripts/gpu_check.py) on the CPU: its dry run, its time limits, its report and its usage errors.
 
-The full dry run (every part, tiny shapes; about a minute here) runs in the default suite, so the script
-cannot rot between GPU loans; a second test runs two parts, one of them past its time limit, through the
-same driver.
+The full dry run (every part, tiny shapes; about 100 s here) is marked slow: run it with ``pytest -m slow
+tests/test_gpu_check.py`` (or the script's ``--dry-run``) before a GPU loan. The default suite keeps the driver
+alive with one subprocess part (beam_7b), part 5's dry run in process, the report and the usage errors; a
+second slow test runs two parts, one of them past its time limit, through the same driver.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def _assert_beam(report):
     assert set(rates) == {"1", "16", "64"} and all(v > 0 for v in rates.values()), rates
 
 
+@pytest.mark.slow
 def test_a_part_past_its_limit_is_one_sentence_and_the_next_part_runs(tmp_path):
     p, report, md = _check(tmp_path, "--dry-run", "--parts", "fit_13b,beam_7b", "--limit", "fit_13b=2")
     assert p.returncode == 1, p.stderr[-2000:]  # a part did not give its figures
@@ -69,6 +71,7 @@ SUBPROCESS_PARTS = ["prepare", "train_auto", "train_fsdp", "train_deepspeed_zero
                     "beam_7b"]
 
 
+@pytest.mark.slow
 def test_full_dry_run(tmp_path):
     p, report, md = _check(tmp_path, "--dry-run", "--parts", ",".join(SUBPROCESS_PARTS))
     assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])

@@ -41,6 +41,7 @@ def _one_sentence(p: subprocess.CompletedProcess, *needles: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------- the command line
+@pytest.mark.slow
 def test_the_issues_command_lines_are_one_sentence_before_anything_loads(tmp_path):
     cases = {
         # Hydra's own suggestion for an unknown key: was a TypeError after the model loaded
@@ -193,6 +194,7 @@ def test_trl_names_without_the_same_meaning_are_refused(args, message):
         rewrite(args, top_level_keys())
 
 
+@pytest.mark.slow
 def test_trl_names_on_train_py_with_a_note_each(tmp_path):
     from conftest import SMALL_DEMO
 

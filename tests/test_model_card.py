@@ -89,6 +89,7 @@ def test_a_failed_upload_keeps_the_finished_run(hub, tmp_path):
     assert (tmp_path / "results.json").is_file() and (tmp_path / "policy" / "README.md").is_file()
 
 
+@pytest.mark.slow
 def test_push_to_hub_is_refused_before_training_without_hub_access(tmp_path, monkeypatch):
     import huggingface_hub.constants as hc
 

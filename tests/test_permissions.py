@@ -89,6 +89,7 @@ def test_compare_writes_files_others_can_read(sweep):
     assert unshared(sweep, 0o022) == []
 
 
+@pytest.mark.slow
 def test_generate_writes_files_others_can_read(trained, tmp_path):
     from cpo.data.sources import read_test_file
 

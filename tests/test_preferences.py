@@ -394,6 +394,7 @@ def test_build_preferences_errors_in_process(demo_files, tmp_path):
 
 
 # --------------------------------------------------------------------------- real WMT'22 data
+@pytest.mark.slow
 def test_build_preferences_wmt22_real_data(tmp_path):
     if not WMT22.is_dir():
         pytest.skip(f"shared WMT'22 data not found at {WMT22} (set CPO_SHARED_DATA)")
@@ -445,6 +446,7 @@ def _alma_row(pair: str, texts: dict, scores: dict, required: str = "", delta: f
     return {"translation": tr}
 
 
+@pytest.mark.slow
 def test_convert_alma_r(tmp_path):
     texts = {(s, l): f"{s} text {l}" for s in ("ref", "gpt4", "alma") for l in ("de", "en")}
     s = {  # (kiwi, xcomet): kiwi prefers gpt4, xcomet prefers alma; in German everything ties

@@ -57,6 +57,7 @@ def test_intervals_are_clipped_to_the_metrics_range(tmp_path):
     assert "clipped to the metric's range" in md and "[0.000, " in md.split("## Health of the translations")[1]
 
 
+@pytest.mark.slow
 def test_fewer_than_three_seeds_say_the_interval_is_not_meaningful(tmp_path):
     root = make_protocol_sweep(tmp_path / "two", seeds=(1, 2), failed=False)
     m = report.write_report(_analyze(root), root, samples=FAST)
@@ -158,6 +159,7 @@ def test_curve_bands_stay_inside_the_metrics_range():
     assert lo[0] < -1 and hi[0] > 1
 
 
+@pytest.mark.slow
 def test_the_notebook_command_works_as_the_readme_prints_it(tmp_path, monkeypatch):
     """`CPO_REPORT_DIR=multirun/<sweep> jupyter lab notebooks/ablations.ipynb`, typed at the project root: the kernel
     starts in notebooks/, and the relative folder is still found (here in a copy of the project's layout)."""

@@ -57,6 +57,7 @@ def test_a_diverged_run_fails_and_leaves_nothing_finished(tmp_path, override):
     assert not (tmp_path / "results.json").exists() and not (tmp_path / "policy").exists()
 
 
+@pytest.mark.slow
 def test_divergence_exits_3_with_one_sentence(tmp_path):
     p = _train(tmp_path, ["trainer.max_steps=20", "beta=inf"])
     _one_sentence(p, 3, "training diverged at step", "nothing was saved as finished")
@@ -172,6 +173,7 @@ def test_sigterm_saves_exits_143_and_resumes_to_the_uninterrupted_run(tmp_path, 
     assert res["train"] and res["global_steps"] == 24
 
 
+@pytest.mark.slow
 def test_sigterm_while_loading_ends_with_one_message_also_when_sent_twice(tmp_path):
     """Before training starts (here while the demo's assets are built) SIGTERM ended the process without a word."""
     for twice in (False, True):
@@ -223,6 +225,7 @@ DROPOUT = [x for x in LONG if x != "trainer.limit_val_batches=0"] + [
     "model=tiny_lora", "model.lora.dropout=0.1", "model.disable_dropout=false"]
 
 
+@pytest.mark.slow
 def test_a_resume_with_dropout_on_equals_the_uninterrupted_run(tmp_path):
     whole = _train(tmp_path / "whole", DROPOUT)
     assert whole.returncode == 0, whole.stderr[-2000:]
@@ -262,6 +265,7 @@ def test_kill_9_resumes_from_the_last_periodic_checkpoint(tmp_path, uninterrupte
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
 
 
+@pytest.mark.slow
 def test_a_named_checkpoint_resumes_and_a_corrupt_one_is_one_sentence(tmp_path, capsys):
     base = QUICK + ["trainer.max_steps=6", "checkpoint.every_n_steps=3", "save_policy=false"]
     run(compose(base), tmp_path / "a")
@@ -282,6 +286,7 @@ def test_a_named_checkpoint_resumes_and_a_corrupt_one_is_one_sentence(tmp_path, 
 
 
 # ----------------------------------------------------------------------------------------- one writer
+@pytest.mark.slow
 def test_a_second_writer_is_refused(tmp_path):
     from cpo.runs import RunFolder
 
@@ -293,6 +298,7 @@ def test_a_second_writer_is_refused(tmp_path):
                tmp_path)["global_steps"] == 2  # free again
 
 
+@pytest.mark.slow
 def test_a_diverged_grid_point_does_not_stop_the_sweep(tmp_path):
     """A learning rate that diverges is a result of the grid: the sweep runs on and exits 3, naming the job."""
     args = [sys.executable, "train.py", "-m", "beta=inf,0.1", "trainer.max_steps=3", "save_policy=false",

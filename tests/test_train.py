@@ -128,12 +128,14 @@ def test_multirun_sweep_groups_runs_in_wandb(tmp_path):
         (["data=alma_r_preference", "model=hf", "model.name_or_path=x"], "data.path='haoranxu/ALMA-R-Preference'"),
     ],
 )
+@pytest.mark.slow
 def test_cli_errors_are_one_sentence(args, message):
     p = subprocess.run([sys.executable, "train.py"] + args, cwd=REPO, env=_clean_env(), capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 2 and f"error: {message}" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_bad_data_file_names_line_and_field(tmp_path):
     f = tmp_path / "pairs.jsonl"
     f.write_text('{"source": "a", "chosen": "b", "rejected": "c", "src_lang": "de", "tgt_lang": "en"}\n'
@@ -244,6 +246,7 @@ def test_a_short_run_logs_validates_records_provenance_and_reads_well_in_a_log_f
     assert prov["data_files"][train_file] == hashlib.sha256(Path(train_file).read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_a_relaunch_with_another_job_list_finds_the_jobs_that_ran(tmp_path):
     """Job folders are named by their overrides, not their position: a second sweep with one more value
     skips the job that already finished instead of training it again under a new number."""
