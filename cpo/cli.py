@@ -23,6 +23,7 @@ import os
 import re
 import sys
 import traceback
+from typing import Iterable
 from pathlib import Path
 
 from cpo.errors import ConfigError, ModelError
@@ -88,6 +89,45 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
+def duplicate_override_keys(overrides: Iterable[str]) -> str | None:
+    """A sentence naming a key given twice inside a ``{...}`` map of a Hydra command-line override, else None.
+
+    Hydra keeps the last value of ``'systems={gpt4: a.en, gpt4: b.en}'`` without a word; a system (or
+    a direction) would silently vanish from the run.
+    """
+    from hydra.core.override_parser.overrides_parser import create_functions
+    from hydra.core.override_parser.overrides_visitor import HydraErrorListener, HydraOverrideVisitor
+    from hydra.grammar.gen.OverrideLexer import CommonTokenStream, InputStream, OverrideLexer
+    from hydra.grammar.gen.OverrideParser import OverrideParser
+
+    found: list[str] = []
+
+    class _Visitor(HydraOverrideVisitor):
+        """Hydra's own visitor, except that a ``{...}`` map notes a repeated key before building its dict."""
+
+        def visitDictContainer(self, ctx):  # noqa: N802 - ANTLR's naming
+            pairs = [self.visitDictKeyValuePair(ctx.getChild(i)) for i in range(1, ctx.getChildCount() - 1, 2)]
+            keys = [k for k, _ in pairs]
+            found.extend(str(k) for k in keys if keys.count(k) > 1)
+            return dict(pairs)
+
+    functions = create_functions()
+    for text in overrides:
+        lexer = OverrideLexer(InputStream(text))
+        grammar = OverrideParser(CommonTokenStream(lexer))
+        for part in (lexer, grammar):
+            part.removeErrorListeners()
+            part.addErrorListener(HydraErrorListener())
+        try:
+            _Visitor(functions).visit(grammar.override())
+        except Exception:  # noqa: BLE001 - Hydra has parsed (and accepted) it already; only maps matter here
+            continue
+        if found:
+            key = text.split("=", 1)[0].lstrip("+~")
+            return f"{key}: the key {found[0]!r} is given twice in {{...}} on the command line; give each key once"
+    return None
+
+
 def _refuse_repeated_map_keys() -> None:
     """Hydra keeps the last value of a key given twice in a ``{...}`` override map; here it is an error."""
     try:
@@ -96,8 +136,6 @@ def _refuse_repeated_map_keys() -> None:
         overrides = list(HydraConfig.get().overrides.task)
     except (ImportError, ValueError):  # not under Hydra
         return
-    from cpo.io import duplicate_override_keys
-
     problem = duplicate_override_keys(overrides)
     if problem:
         raise UsageError(problem)

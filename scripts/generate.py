@@ -168,7 +168,7 @@ def load_for_generation(model: str, adapter: str | None, dtype: str, device: str
     if adapter:
         from peft import PeftModel
 
-        from cpo.io import hub_files_only
+        from cpo.hub import hub_files_only
         from cpo.train.models import damaged_weights
 
         local = hub_files_only("adapter", adapter)  # a hub name while the hub cannot be used: one sentence, now

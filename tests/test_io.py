@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cpo.cli import duplicate_override_keys
 from cpo.io import (
     DataError,
     atomic_write_bytes,
@@ -19,7 +20,6 @@ from cpo.io import (
     atomic_write_text,
     check_readable_file,
     check_writable,
-    duplicate_override_keys,
     iter_json_list,
     iter_json_records,
     iter_jsonl,

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import REPO
 
-BASE = {"io", "text", "errors", "console", "cli", "languages"}
+BASE = {"io", "hub", "text", "errors", "console", "cli", "languages"}
 # Which layers each layer may import (itself and base always). An arrow only points down.
 ALLOWED: dict[str, set[str]] = {
     "base": set(),

@@ -136,8 +136,9 @@ def test_an_unreachable_hub_is_one_sentence_at_once(tmp_path):
 def test_the_hub_is_asked_once_and_briefly_and_a_cached_name_loads_offline(monkeypatch, tmp_path):
     import huggingface_hub.constants
 
-    from cpo import io
-    from cpo.io import Unavailable, hub_files_only, hub_problem
+    from cpo import hub
+    from cpo.hub import hub_files_only, hub_problem
+    from cpo.io import Unavailable
 
     silent = socket.socket()  # accepts connections and never answers
     silent.bind(("127.0.0.1", 0))
@@ -145,8 +146,8 @@ def test_the_hub_is_asked_once_and_briefly_and_a_cached_name_loads_offline(monke
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent.getsockname()[1]}")
-    monkeypatch.setattr(io, "HUB_PROBE_SECONDS", 0.5)
-    monkeypatch.setattr(io, "_hub_state", {})
+    monkeypatch.setattr(hub, "HUB_PROBE_SECONDS", 0.5)
+    monkeypatch.setattr(hub, "_hub_state", {})
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     try:
         t0 = time.time()
@@ -162,5 +163,5 @@ def test_the_hub_is_asked_once_and_briefly_and_a_cached_name_loads_offline(monke
             hub_files_only("model.name_or_path", "org/absent")
     finally:
         silent.close()
-    monkeypatch.setattr(io, "_hub_state", {"answer": None})  # reachable: the library downloads as it would
+    monkeypatch.setattr(hub, "_hub_state", {"answer": None})  # reachable: the library downloads as it would
     assert hub_files_only("model.name_or_path", "org/absent") is False

@@ -146,7 +146,7 @@ def read_alma_r_rows(source: str, pairs: Sequence[str], split: str = "train", ke
     except ImportError:
         raise Unavailable(f"{key}={source!r}: cannot load it from the hub without the `datasets` package "
                           "(bash scripts/install.sh hub); or pass a local copy") from None
-    from cpo.io import hub_files_only
+    from cpo.hub import hub_files_only
 
     if hub_files_only(key, str(source), repo_type="dataset"):  # cached, and the hub cannot be used: no retries
         datasets.config.HF_HUB_OFFLINE = True

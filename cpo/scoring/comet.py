@@ -183,7 +183,7 @@ class CometScorer(Scorer):
             return Path(snapshot_download(**kwargs, local_files_only=True))  # already cached?
         except Exception:  # noqa: BLE001 - any failure here means "not cached": try the hub
             pass
-        from cpo.io import hub_problem
+        from cpo.hub import hub_problem
 
         if hub_problem():  # no minute of retries against a hub that cannot answer
             raise self._unavailable(Unavailable(hub_problem()))

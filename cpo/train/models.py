@@ -42,7 +42,7 @@ class LoraSettings:
 
 def _local_only(key: str, name_or_path: str) -> bool:
     """Load from local files only: a local path, or a cached hub name while the hub cannot be used (cpo.io)."""
-    from cpo.io import hub_files_only
+    from cpo.hub import hub_files_only
 
     return hub_files_only(key, name_or_path)
 

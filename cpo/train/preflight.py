@@ -136,10 +136,10 @@ def _looks_like_hub_id(name: object) -> bool:
 
 def check_hub_names(cfg: DictConfig) -> None:
     """A model or adapter named by a hub id that this machine cannot get (the hub unreachable or HF_HUB_OFFLINE
-    set, and not in the local cache) is one sentence now, not after the data has loaded (cpo.io.hub_files_only)."""
+    set, and not in the local cache) is one sentence now, not after the data has loaded (cpo.hub.hub_files_only)."""
     from pathlib import Path
 
-    from cpo.io import hub_files_only
+    from cpo.hub import hub_files_only
 
     lora = cfg.model.get("lora")
     for key, name in (("model.name_or_path", cfg.model.get("name_or_path")),
