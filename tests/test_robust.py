@@ -314,7 +314,7 @@ def test_ranks_started_beside_rank_0_follow_its_decision(tmp_path, monkeypatch):
     """Under torchrun/srun every rank runs train.py: ranks 1..N-1 wait for rank 0's decision for this launch."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    from cpo.train import run as training
+    from cpo.train import ranks as training
 
     monkeypatch.delenv("CPO_RUN_DECISION", raising=False)
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-7")
@@ -323,7 +323,7 @@ def test_ranks_started_beside_rank_0_follow_its_decision(tmp_path, monkeypatch):
     cfg = compose(QUICK + ["trainer.max_steps=2"])
     with pytest.raises(ConfigError, match="rank 1 waited 1 s for rank 0"):
         run(cfg, tmp_path)
-    this_launch = training._launch_id()
+    this_launch = training.launch_id()
     assert this_launch.startswith("launch-7/")
     (tmp_path / training.DECISION_FILE).write_text(json.dumps({"launch": "launch-6", "skip": True}))
     with pytest.raises(ConfigError, match="heard nothing"):  # an older launch's decision is not this one's

@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from cpo.cli import accept_launch, task_overrides
+from cpo.cli import accept_launch
 from cpo.train.chunked_logps import LogpsSettings
 from cpo.train.config import ConfigError, validate
 from cpo.console import interactive, say, warn
@@ -37,6 +37,7 @@ from cpo.train.module import OptimSettings, PreferenceModule
 from cpo.mt.prompt import PromptFormat, build_prompt_format, write_prompt_record
 from cpo.train.preflight import check_hardware, check_hub_names, check_numerics, resolve_model_dtype
 from cpo.train.provenance import provenance
+from cpo.train.ranks import decide, follow
 from cpo.train.sigterm import SigtermGuard, interruption
 from cpo.train.trainer import BatchPlan, build_trainer, plan_batch
 
@@ -135,7 +136,7 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
             folder.acquire() if owner else contextlib.nullcontext():
         try:
             identity = run_identity(cfg, plan)
-            shared = _decide(cfg, identity, folder, overrides) if owner else _follow(out_dir)
+            shared = decide(cfg, identity, folder, overrides) if owner else follow(out_dir)
             if shared["skip"]:
                 results = shared.get("results") or {}
             else:
@@ -152,59 +153,6 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None
                 os.environ.pop("CPO_RUN_DECISION", None)
             if owner and started:  # whatever wrote them (W&B's staging copies, a failed save): files others can read
                 normalize_permissions(out_dir)
-
-DECISION_FILE = ".decision.json"
-
-
-def _launch_id() -> str | None:
-    """What identifies this launch on every rank when the ranks start together (torchrun, srun)."""
-    keys = ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "MASTER_PORT", "SLURM_JOB_ID", "SLURM_STEP_ID",
-            "SLURM_RESTART_COUNT")
-    parts = [os.environ.get(k) for k in keys]
-    return "/".join(p or "" for p in parts) if any(parts) else None
-
-
-def _decide(cfg: DictConfig, identity: dict, folder, overrides: list[str] | None = None) -> dict:
-    """Rank 0: skip, resume or start fresh (cpo.runs), and tell the other ranks."""
-    decision = folder.decide(identity, rerun=bool(cfg.rerun), ckpt_path=cfg.ckpt_path)
-    shared = {"skip": decision.action == "skip", "ckpt_path": decision.ckpt_path, "log_step": decision.log_step,
-              "launch": _launch_id()}
-    if shared["skip"]:
-        say(f"{folder.path}: already finished with this configuration; skipping (rerun=true trains it again)")
-        if cfg.save_policy and not decision.results.get("policy_dir"):
-            say("note: that run saved no policy/ (save_policy was false); rerun=true trains it again to save one")
-    else:
-        folder.start(decision, identity, overrides=overrides if overrides is not None else task_overrides())
-        say(decision.reason)
-    # Processes Lightning starts for ranks 1..N-1 inherit the environment; ranks started beside this one
-    # (torchrun, srun) read the file, which names the launch it belongs to.
-    os.environ["CPO_RUN_DECISION"] = json.dumps(shared)
-    if shared["launch"] is not None:
-        atomic_write_json(folder.path / DECISION_FILE, shared)
-    return {**shared, "results": decision.results}
-
-
-def _follow(out_dir: Path) -> dict:
-    """Ranks 1..N-1: rank 0's decision, from the environment or from the run folder (waited for)."""
-    if "CPO_RUN_DECISION" in os.environ:
-        return json.loads(os.environ["CPO_RUN_DECISION"])
-    launch = _launch_id()
-    if launch is None:
-        raise ConfigError(f"rank {rank_zero_only.rank} was started without rank 0's decision for {out_dir}: start "
-                          "multi-process runs with torchrun, srun or Lightning's own launcher (strategy=ddp)")
-    wait = float(os.environ.get("CPO_RANK_WAIT_S", "600"))
-    deadline = time.time() + wait
-    while time.time() < deadline:
-        try:
-            shared = json.loads((out_dir / DECISION_FILE).read_text())
-            if shared.get("launch") == launch:
-                return shared
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.5)
-    raise ConfigError(f"rank {rank_zero_only.rank} waited {wait:.0f} s for rank 0 to decide how to start {out_dir} "
-                      f"and heard nothing: look at rank 0's log (CPO_RANK_WAIT_S sets the wait)")
-
 
 class _Run:
     """The steps of one run, sharing what they build."""
