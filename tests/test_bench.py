@@ -68,7 +68,8 @@ def test_first_batch_loss_equals_trl(run):
     assert first["logps_max_abs_diff"] < 1e-3, first
     # With chunking on (chunks of 5 tokens) too, and on the full logits: TRL's loss, on the same first batch.
     by_impl = m["trl_first_batch_by_impl"]
-    assert by_impl["cpo[chunk_tokens=5]"]["chunk_tokens"] == 5 and by_impl["cpo[chunk_tokens=null]"]["chunk_tokens"] is None
+    assert by_impl["cpo[chunk_tokens=5]"]["chunk_tokens"] == 5
+    assert by_impl["cpo[chunk_tokens=null]"]["chunk_tokens"] is None
     for name, t in by_impl.items():
         assert t["loss_abs_diff"] < 1e-4 and t["logps_max_abs_diff"] < 1e-3, (name, t)
     assert m["results"]["cpo[chunk_tokens=5]"]["pairs_per_s_median"] > 0

@@ -135,8 +135,10 @@ def _small(kind: str):
 def _random_batch(vocab: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     b, p, c = 3, 6, 5
-    out = {"prompt_ids": torch.randint(3, vocab, (b, p), generator=g), "prompt_mask": torch.ones(b, p, dtype=torch.long),
-           "chosen_ids": torch.randint(3, vocab, (b, c), generator=g), "chosen_mask": torch.ones(b, c, dtype=torch.long),
+    out = {"prompt_ids": torch.randint(3, vocab, (b, p), generator=g),
+           "prompt_mask": torch.ones(b, p, dtype=torch.long),
+           "chosen_ids": torch.randint(3, vocab, (b, c), generator=g),
+           "chosen_mask": torch.ones(b, c, dtype=torch.long),
            "rejected_ids": torch.randint(3, vocab, (b, c + 2), generator=g),
            "rejected_mask": torch.ones(b, c + 2, dtype=torch.long)}
     out["prompt_mask"][0, :2] = 0

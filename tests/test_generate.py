@@ -262,7 +262,8 @@ def test_generate_wmt22_layout_many_directions_one_load(workdir, tmp_path, monke
     from cpo.cli import UsageError as Usage
 
     with pytest.raises(Usage, match=r"exists but was not written with these settings \(num_beams\)"):
-        app.run(_compose(*[o for o in overrides if not o.startswith("num_beams=")], "num_beams=1", "skip_existing=true"))
+        greedy = [o for o in overrides if not o.startswith("num_beams=")]
+        app.run(_compose(*greedy, "num_beams=1", "skip_existing=true"))
     # A record written before the prompt format was recorded is ALMA's; another format is another system.
     made_by = out_dir / "zben" / ".test.zb-en.en.generation.json"
     record = json.loads(made_by.read_text())

@@ -113,7 +113,8 @@ def test_build_preferences_and_evaluate_write_files_others_can_read(tmp_path):
         (tmp_path / name).write_text("".join(line + "\n" for line in lines))
     _run([str(REPO / "scripts" / "build_preferences.py"), "input=src.zb", "ref=ref.en", "src_lang=zb", "tgt_lang=en",
           "+systems.strong=strong.en", "+systems.weak=weak.en", "scorer=chrf", "include_ref=false",
-          "output=prefs/prefs.jsonl", "progress=false", f"hydra.run.dir={tmp_path / 'build'}"], umask=0o022, cwd=tmp_path)
+          "output=prefs/prefs.jsonl", "progress=false", f"hydra.run.dir={tmp_path / 'build'}"],
+         umask=0o022, cwd=tmp_path)
     assert (tmp_path / "prefs" / "prefs.jsonl").is_file() and list((tmp_path / "prefs" / "scorer_cache").iterdir())
     _run([str(REPO / "scripts" / "evaluate.py"), "src=src.zb", "ref=ref.en", "hyp=strong.en", "src_lang=zb",
           "tgt_lang=en", "scorers=[chrf]", "scorer_cache_dir=scores", f"hydra.run.dir={tmp_path / 'eval'}"],

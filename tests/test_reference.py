@@ -253,7 +253,8 @@ def test_dpo_run_continuing_an_adapter_starts_at_zero_rewards(start, tmp_path):
         first = min(rows, key=lambda r: int(r["step"]))
         assert int(first["step"]) == 0
         # zero up to float32 rounding of the summed log-probs the rewards are differences of
-        tol = BETA * F32_SUM * max(1.0, abs(float(first["train/logps/chosen"])), abs(float(first["train/logps/rejected"])))
+        scale = max(1.0, abs(float(first["train/logps/chosen"])), abs(float(first["train/logps/rejected"])))
+        tol = BETA * F32_SUM * scale
         assert abs(float(first["train/rewards/chosen"])) <= tol, (mode, first)
         assert abs(float(first["train/rewards/rejected"])) <= tol, (mode, first)
         assert abs(float(first["train/loss"]) - LOG2) <= 1e-6 + tol, (mode, first)

@@ -179,8 +179,8 @@ def _part5(r: dict | None) -> list[str]:
              f"Status: {_outcome(r)}."]
     f = r.get("figures")
     for batch, row in (f or {}).get("batches", {}).items():
-        lines += ["", f"### Batch {batch} pairs", "", f"{_ran_on(f)} Token lengths: {_lengths(row.get('token_lengths'))}.",
-                  ""]
+        lengths = _lengths(row.get("token_lengths"))
+        lines += ["", f"### Batch {batch} pairs", "", f"{_ran_on(f)} Token lengths: {lengths}.", ""]
         lines += _impl_table(row["implementations"], LARGE_VOCAB_NAMES)
         lines += [""] + [f"- {k}: {v:.3f}" for k, v in row["ratios"].items()]
         for name, t in row.get("trl_first_batch_by_impl", {}).items():

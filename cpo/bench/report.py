@@ -66,7 +66,8 @@ def format_model(res: dict, peak: float) -> list[str]:
         )
     for name, t in res.get("trl_first_batch_by_impl", {}).items():
         how = "full logits" if t["chunk_tokens"] is None else f"chunks of {t['chunk_tokens']} tokens"
-        lines.append(f"  first-batch loss, {name} ({how}): {t['ours_loss']:.7f}, |diff| to TRL {t['loss_abs_diff']:.2e}; "
+        lines.append(f"  first-batch loss, {name} ({how}): {t['ours_loss']:.7f}, "
+                     f"|diff| to TRL {t['loss_abs_diff']:.2e}; "
                      f"max |diff| of sequence log-probs {t['logps_max_abs_diff']:.2e}")
     for t in res.get("targets", []):
         met = "-" if t["met"] is None else ("met" if t["met"] else "NOT met")

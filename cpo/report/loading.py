@@ -329,8 +329,9 @@ def refuse_duplicate_seeds(jobs: Sequence[JobResult]) -> None:
     for j in jobs:
         key = (tuple(sorted(j.config_overrides.items())), j.seed)
         if j.seed is not None and key in seen:
-            raise ValueError(f"{seen[key]} and {j.name} are the same configuration and seed ({j.label}, seed {j.seed}), "
-                             f"which would count twice: move one of them out of the sweep folder")
+            raise ValueError(f"{seen[key]} and {j.name} are the same configuration and seed "
+                             f"({j.label}, seed {j.seed}), which would count twice: "
+                             "move one of them out of the sweep folder")
         seen.setdefault(key, j.name)
 
 

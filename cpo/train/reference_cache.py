@@ -198,7 +198,8 @@ def attach_cached_reference(cfg, policy, dm, model_path: str, say=print,
         bs = dm.eval_batch_size
         # On the training device and in the training precision, as the live reference would be computed.
         with on_accelerator(policy, cfg.trainer) as model:
-            return {s: compute_reference_logps(model, dm.collator, pairs, pad, bs, logps) for s, pairs in splits.items()}
+            return {s: compute_reference_logps(model, dm.collator, pairs, pad, bs, logps)
+                    for s, pairs in splits.items()}
 
     dm.ref_logps, hit = load_or_compute(cfg.cache_dir, key, compute)
     where = Path(cfg.cache_dir) / "reference_logps" / f"{key}.pt"
