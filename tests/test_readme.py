@@ -19,11 +19,17 @@ def test_every_measured_block_of_the_readme_matches_its_result_file():
 def test_the_checker_flags_a_figure_that_no_longer_matches(tmp_path):
     text = (REPO / "README.md").read_text(encoding="utf-8")
     stale = tmp_path / "README.md"
-    stale.write_text(text.replace("| bleu | 82 | 89.42 | +7.421 |", "| bleu | 82 | 89.43 | +7.431 |", 1)
-                     .replace("97.23 [96.85, 97.61]", "97.24 [96.85, 97.61]", 1), encoding="utf-8")
+    bleu = next(line for line in text.splitlines() if line.startswith("| bleu | "))  # the demo's BLEU row
+    after = bleu.split(" | ")[2]
+    changed = bleu.replace(f" {after} ", f" {float(after) + 0.01:.2f} ", 1)  # one figure of the after column
+    interval = next(line for line in text.splitlines() if line.startswith("| CPO ") and " [" in line)
+    figure = interval.split(" | ")[2].split(" ")[0]  # loss_ablation: a mean of the baseline's row
+    stale.write_text(text.replace(bleu, changed, 1)
+                     .replace(interval, interval.replace(f" {figure} [", f" {float(figure) + 0.01:.2f} [", 1), 1),
+                     encoding="utf-8")
     problems = readme.check(REPO, stale)
     assert len(problems) == 2 and "'demo' differs from docs/results/demo/demo_run.json" in problems[0]
-    assert "-| bleu | 82 | 89.43 | +7.431 |" in problems[0] and "'loss_ablation'" in problems[1]
+    assert f"-{changed}" in problems[0] and "'loss_ablation'" in problems[1]
     p = subprocess.run([sys.executable, "scripts/check_readme.py", f"--readme={stale}"], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and "README block 'demo' differs" in p.stdout, p.stdout + p.stderr
@@ -47,9 +53,12 @@ def test_the_demo_block_is_the_runs_own_table_and_a_rerun_is_compared_figure_by_
     old = json.loads((REPO / readme.DEMO_RECORD).read_text(encoding="utf-8"))
     assert script.compare_demo(old, copy.deepcopy(old), 1.5) == []
     new = copy.deepcopy(old)
-    new["results"]["after"]["bleu"] = 88.43  # what the issue saw: 89.42 in the README, 88.41 from the command
-    new["results"]["train_pairs"] = 1388
+    new["results"]["after"]["bleu"] -= 1.01  # what the issue saw: 89.42 in the README, 88.41 from the command
+    new["results"]["train_pairs"] += 6
     new["measured"]["wall_seconds"] *= 1.3   # timings vary: within the tolerance
     flagged = script.compare_demo(old, new, 1.5)
-    assert flagged[0] == "train_pairs: README 1382 -> run 1388"
-    assert len(flagged) == 2 and flagged[1].startswith("table: README | bleu | 82 | 89.42 | +7.421 | -> run | bleu |")
+    pairs = old["results"]["train_pairs"]
+    assert flagged[0] == f"train_pairs: README {pairs} -> run {pairs + 6}"
+    bleu = next(r for r in readme.before_after_rows(old["results"]["before"], old["results"]["after"])
+                if r.startswith("| bleu | "))
+    assert len(flagged) == 2 and flagged[1].startswith(f"table: README {bleu} -> run | bleu |"), flagged
