@@ -21,12 +21,13 @@ output) falls back to the full path with one warning naming why.
 """
 from __future__ import annotations
 
-import contextlib
 import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from cpo.train.models import eval_mode
 
 AUTO = "auto"
 # logps.chunk_tokens=auto: chunked from this vocabulary size on; below it the full path, bit for bit the
@@ -306,24 +307,13 @@ def _resolve(model: nn.Module) -> tuple[ChunkedHead | None, str]:
     return head, ""
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module):
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
 @torch.no_grad()
 def _probe(model: nn.Module, head: ChunkedHead) -> float | None:
     """None when body + projection + transform reproduce the model's logits on a few tokens (eval mode, no
     dropout), else the relative difference. Tolerance: float32 rounding, or that of a lower compute dtype."""
     w = head.projection.weight
     ids = (torch.arange(1, PROBE_TOKENS + 1, device=w.device) % w.shape[0])[None]
-    with _eval_mode(model):
+    with eval_mode(model):
         theirs = model(input_ids=ids, use_cache=False).logits.float()
         ours = head.project(head.hidden(input_ids=ids, use_cache=False))
     err = float((ours - theirs).abs().max() / theirs.abs().max().clamp(min=1e-6))

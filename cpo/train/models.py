@@ -253,7 +253,7 @@ FULL, FRESH_LORA, CONTINUED_ADAPTER = "full fine-tuning", "a fresh LoRA adapter"
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module):
+def eval_mode(model: nn.Module):
     """Eval mode for a reference forward (a fixed function of the input), each module's mode restored after."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
@@ -282,7 +282,7 @@ class AdapterDisabledReference(Reference):
 
     @contextlib.contextmanager
     def model_for(self, policy: nn.Module):
-        with policy.disable_adapter(), _eval_mode(policy):
+        with policy.disable_adapter(), eval_mode(policy):
             yield policy
 
 
@@ -328,7 +328,7 @@ class AdapterReference(Reference):
         flags = [(p, p.requires_grad) for p in policy.parameters()]
         policy.set_adapter(self.name, inference_mode=True)
         try:
-            with _eval_mode(policy):
+            with eval_mode(policy):
                 yield policy
         finally:
             policy.set_adapter(self.trained)
