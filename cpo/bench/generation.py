@@ -16,6 +16,14 @@ def _oom_errors() -> tuple[type, ...]:
     return (torch.cuda.OutOfMemoryError,) if hasattr(torch.cuda, "OutOfMemoryError") else ()
 
 
+def _sources(tok, n: int, seed: int, lengths: str) -> list[str]:
+    """``n`` source sentences: the demo's, or length-matched to ALMA-R's (cpo.bench.lengths)."""
+    from cpo.bench.lengths import length_matched_examples
+
+    examples = make_examples(n, seed + 7) if lengths == "demo" else length_matched_examples(tok, n, seed + 7)
+    return [e.source for e in examples]
+
+
 def run_generation_bench(
     models: Sequence[str],
     threads: int,
@@ -40,14 +48,12 @@ def run_generation_bench(
     worst case). ``batches_per_size``: each batch size translates that many full batches instead of all
     ``n_sentences``. A batch size that runs out of GPU memory is reported as such and the others go on.
     """
-    from cpo.bench.lengths import length_matched_examples
     from cpo.mt.generation import translate
 
     torch.set_num_threads(threads)
     tok = build_tokenizer(seed)
-    n_max = max([n_sentences, n_single] + [b * (batches_per_size or 0) for b in batch_sizes])
-    examples = make_examples(n_max, seed + 7) if lengths == "demo" else length_matched_examples(tok, n_max, seed + 7)
-    sources = [e.source for e in examples]
+    sources = _sources(tok, max([n_sentences, n_single] + [b * (batches_per_size or 0) for b in batch_sizes]),
+                       seed, lengths)
     out = {
         "mode": "generation",
         "threads": threads,
@@ -140,14 +146,11 @@ def run_candidates_bench(
     median and best of ``reps`` interleaved repetitions after a warm-up. ``batch_size`` counts sources (each with its
     N candidates, as the rounds app batches). Random-initialised models rarely stop early, so every candidate decodes
     ``max_new_tokens`` tokens: the worst case, the same work per candidate at every N."""
-    from cpo.bench.lengths import length_matched_examples
     from cpo.mt.sampling import CandidateSettings, GenerationStats, generate_candidates
 
     torch.set_num_threads(threads)
     tok = build_tokenizer(seed)
-    examples = make_examples(n_sentences, seed + 7) if lengths == "demo" else length_matched_examples(
-        tok, n_sentences, seed + 7)
-    sources = [e.source for e in examples]
+    sources = _sources(tok, n_sentences, seed, lengths)
     out = {"mode": "candidates", "threads": threads, "sentences": n_sentences, "ns": list(ns), "batch_size": batch_size,
            "max_new_tokens": max_new_tokens, "temperature": temperature, "device": device, "dtype": dtype,
            "models": {}}
