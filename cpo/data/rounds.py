@@ -1,4 +1,4 @@
-"""What a rounds run (``scripts/rounds.py``, ``cpo.rounds``) draws its data from: ``conf/rounds_inputs/*``.
+"""What a rounds run (``scripts/rounds.py``, ``cpo.rounds``) draws its data from: ``conf/inputs/*``.
 
 Each round samples candidates from the current policy on *training sources*, builds pairs on them and on
 the *validation sources*, trains, and evaluates on a *test* set; the validation translations are scored
@@ -44,7 +44,7 @@ class RoundInputSource:
 def _file(path: str | None, key: str, required: bool = True) -> str | None:
     if path in (None, "", "???"):
         if required:
-            raise ConfigError(f"{key} is not set: give the file (see conf/rounds_inputs/files.yaml)")
+            raise ConfigError(f"{key} is not set: give the file (see conf/inputs/files.yaml)")
         return None
     p = Path(str(path)).expanduser()
     if not p.is_file():

@@ -4,7 +4,7 @@ Exports, once, into the demo cache: the demo's preference sources with their gil
 validation sources of the rounds), the held-out validation sources with their *clean* translations (the dev
 set: validation translations are scored against them, as ``data=demo`` does), the test set, and the
 outputs of the fixed candidate systems (``strong``, ``weak`` and the warm start's greedy translations) on
-the same sources, so that a rounds run with ``pairs.samples=false`` builds exactly the demo's offline pairs.
+the same sources, so that a rounds run with ``pool=offline`` builds exactly the demo's offline pairs.
 Round 1 starts from the demo's warm start.
 """
 from __future__ import annotations

@@ -28,9 +28,6 @@ class NanScores(LogitsProcessor):
         self.seen = nan if self.seen is None else self.seen | nan
         return scores
 
-    def reset(self) -> None:
-        self.seen = None
-
     @property
     def found(self) -> bool:
         return self.seen is not None and bool(self.seen)

@@ -151,7 +151,7 @@ def _left_batch(encoded: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
     return ids, mask, width
 
 
-def _generated(rows: torch.Tensor, stop_ids: set[int], pad_id: int) -> list[list[int]]:
+def _generated(rows: torch.Tensor, stop_ids: set[int]) -> list[list[int]]:
     """Each row's generated ids up to and including its first stop id (the rest is padding)."""
     out = []
     for row in rows.tolist():
@@ -235,7 +235,7 @@ def generate_candidates(
                                      max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos,
                                      use_cache=True, logits_processor=LogitsProcessorList([nan]))
                 check_finite(nan, f"generating candidates {src_lang}-{tgt_lang}")
-                rows = _generated(gen[:, width:], stop, pad_id)
+                rows = _generated(gen[:, width:], stop)
                 for r, row in enumerate(rows):
                     per_source[idx[r // settings.num_return_beams]].append(row)
             if settings.num_samples:
@@ -252,7 +252,7 @@ def generate_candidates(
                                      max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos,
                                      use_cache=True)
                 check_finite(nan, f"sampling candidates {src_lang}-{tgt_lang}")
-                rows = _generated(gen[:, width:], stop, pad_id)
+                rows = _generated(gen[:, width:], stop)
                 for r, row in enumerate(rows):
                     per_source[idx[r // k]].append(row)
             if logprobs:

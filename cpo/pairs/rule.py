@@ -137,12 +137,8 @@ def select_pairs(candidates: list[Candidate], pairs_per_source: int = 1, min_gap
     if len(live) < 2:
         return [Selection(None, None, DROP_TOO_FEW)]
     _check_finite(live)
-    best_i = 0
-    for i, c in enumerate(live):
-        if c.score > live[best_i].score:  # strict: the first maximum wins ties
-            best_i = i
-    best = live[best_i]
-    others = sorted((c for i, c in enumerate(live) if i != best_i), key=lambda c: c.score)  # stable: tie order
+    best = select_chosen(live)  # the first maximum wins ties
+    others = sorted((c for c in live if c is not best), key=lambda c: c.score)  # stable: tie order
     out, paired = [], set()
     for worst in others[:pairs_per_source]:
         if best.score == worst.score:

@@ -58,12 +58,10 @@ def run_candidates(stage: StageFolder, settings: dict, policy: str, base: str | 
     """Generate (or reuse) the stage's files. ``settings`` is the stage's identity (decoding, inputs, policy,
     prompt format); ``gen`` holds batch_size, max_new_tokens, max_prompt_length, logprobs, dtype, device,
     progress; ``prompt_format`` writes the prompts, as the round's training does."""
-    record = stage.finished(settings)
-    if record is not None:
-        say(f"{stage.name}: finished with these settings, reused")
-        return record
     t0 = time.time()
-    stage.start(settings)
+    record = stage.reuse_or_start(settings)
+    if record is not None:
+        return record
     say(f"{stage.name}: {decode.n} candidate(s) per source from {policy} "
         f"({decode.num_return_beams} returned beam(s) of {decode.num_beams}, {decode.num_samples} sample(s) at "
         f"temperature {decode.temperature:g}, top-p {decode.top_p:g}, top-k {decode.top_k}, seed {decode.seed})")

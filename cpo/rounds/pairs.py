@@ -14,6 +14,7 @@ from cpo.pairs.report import build_report, direction_stats, markdown_report
 from cpo.pairs.noise import NoiseSettings
 from cpo.pairs.rule import REF, BuildCounts
 from cpo.pairs.scoring import score_candidate_lists, score_texts
+from cpo.rounds.candidates import candidate_file
 from cpo.rounds.sources import SourceRow, by_direction
 from cpo.rounds.stages import StageFolder
 
@@ -63,15 +64,13 @@ def run_pairs(stage: StageFolder, settings: dict, splits: dict[str, list[SourceR
               rule: dict, tracker=None) -> dict:
     """Build (or reuse) the round's pairs. ``systems``: split -> offline system -> texts aligned with that split's
     input rows; ``rule``: samples, include_ref, pairs_per_source, min_score_gap."""
-    record = stage.finished(settings)
-    if record is not None:
-        say(f"{stage.name}: finished with these settings, reused")
-        return record
     t0 = time.time()
-    stage.start(settings)
+    record = stage.reuse_or_start(settings)
+    if record is not None:
+        return record
     outputs: dict = {}
     for split, rows in splits.items():
-        files = {d: candidate_dir / f"{split}.{d}.jsonl" for d in by_direction(rows)} if rule["samples"] else {}
+        files = {d: candidate_file(candidate_dir, split, d) for d in by_direction(rows)} if rule["samples"] else {}
         built, per_direction, totals = _build_split(split, rows, systems.get(split, {}), files, scorer, rule, t0)
         if not built:
             raise DataError(f"{stage.name}: no {split} pair was kept of {len(rows)} sources (dropped: "

@@ -28,7 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from cpo.console import say
 from cpo.errors import ConfigError
 from cpo.io import atomic_write_json, atomic_write_text
-from cpo.rounds.sources import read_rows, round_slice, rows_digest, split_file_digest, system_texts
+from cpo.data.sources import file_fingerprint
+from cpo.rounds.sources import read_rows, round_slice, rows_digest, system_texts
 from cpo.rounds.stages import StageFolder
 from cpo.rounds.training import flatten, override_value, policy_overrides, run_training
 
@@ -265,7 +266,7 @@ class RoundsRun:
                 stage = StageFolder(round_dir / "pairs", "pairs", k)
                 settings = {"rule": self.rule, "systems": self.systems, "scorer": scorer.identity,
                             "sources": {s: rows_digest(r) for s, r in splits.items()},
-                            "system_files": {f"{n}.{s}": split_file_digest(inputs.systems[n][s])
+                            "system_files": {f"{n}.{s}": file_fingerprint(inputs.systems[n][s])
                                              for n in self.systems for s in ("train", "val")},
                             "candidates": record_c["fingerprint"] if record_c else None}
                 self.where = stage.name

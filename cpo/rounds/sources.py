@@ -75,11 +75,3 @@ def system_texts(path: str, rows_in_file: int, key: str) -> list[str]:
         raise DataError(f"files are not aligned: {key} {path} has {len(lines)} lines, its input has "
                         f"{rows_in_file} rows")
     return lines
-
-
-def split_file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

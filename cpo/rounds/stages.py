@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cpo.console import say
 from cpo.io import atomic_write_json
 from cpo.runs.errors import StaleRun
 from cpo.runs.fingerprint import config_diff, describe_diff, fingerprint
@@ -55,6 +56,15 @@ class StageFolder:
         diff = config_diff(record.get("settings") or {}, mine)
         raise StaleRun(f"{self.name} was made with other settings or inputs ({describe_diff(diff)}), so this rounds "
                        f"run cannot continue with these: {WAY_FORWARD}")
+
+    def reuse_or_start(self, settings: dict[str, Any]) -> dict | None:
+        """The stored record of a stage finished with these settings (said so), else None with the stage started."""
+        record = self.finished(settings)
+        if record is not None:
+            say(f"{self.name}: finished with these settings, reused")
+            return record
+        self.start(settings)
+        return None
 
     def start(self, settings: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
