@@ -58,6 +58,17 @@ WMT22_DIRECTIONS: tuple[str, ...] = (
     "en-cs", "en-de", "en-is", "en-ru", "en-zh",
 )
 
+# What a held-out table rests on (corpus size, pairs, test sentences): stated above a table, never a row of it.
+TABLE_SIZE_KEYS = ("n", "pairs", "sentences")
+
+
+def table_metric_keys(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """The numeric metrics of ``before`` that ``after`` has too, in ``before``'s order: the rows of a before/after
+    table (cpo.train.heldout.before_after_table, and the README's copy of it, cpo.report.readme)."""
+    return [k for k in before if k in after and isinstance(before[k], (int, float)) and not isinstance(before[k], bool)
+            and k not in TABLE_SIZE_KEYS]
+
+
 XX_EN = "xx->en"
 EN_XX = "en->xx"
 _LABELS = {"bleu": "BLEU", "chrf": "chrF", "chrfpp": "chrF++", "ter": "TER"}

@@ -31,10 +31,10 @@ _MARK = re.compile(r"<!-- measured: (?P<name>[\w-]+) \((?P<source>[^)]*)\) -->\n
 def before_after_rows(before: dict, after: dict, change: dict | None = None) -> list[str]:
     """The rows of the run's before/after table, formatted as ``cpo.train.heldout.before_after_table`` does
     (``change``: the change column as recorded, for a record transcribed from a table)."""
-    keys = [k for k in before if k in after and isinstance(before[k], (int, float)) and not isinstance(before[k], bool)
-            and k not in ("n", "pairs")]
+    from cpo.mt.evaluation import table_metric_keys
+
     lines = ["| metric | before | after | change |", "|---|---:|---:|---:|"]
-    for k in keys:
+    for k in table_metric_keys(before, after):
         delta = f"{change[k]}" if change and k in change else f"{after[k] - before[k]:+.4g}"
         lines.append(f"| {k} | {before[k]:.4g} | {after[k]:.4g} | {delta} |")
     return lines
@@ -164,7 +164,7 @@ def render_large_vocab(path: Path) -> str:
     from ``scripts/bench.py --chunk-tokens null --against trl`` runs; then the runs without TRL (ALMA's vocabulary)."""
     lines = ["| vocabulary | tuning | batch | step MB: chunked / full / TRL | chunked vs TRL | "
              "pairs/s: chunked / full / TRL | chunked vs full | chunked vs TRL | "
-             "first-batch loss: \|chunked − TRL\| / \|chunked − full\| |",
+             "first-batch loss: \\|chunked − TRL\\| / \\|chunked − full\\| |",
              "|---:|---|---:|---|---|---|---|---|---|"]
     notes = []
     for m in _bench_models(path):

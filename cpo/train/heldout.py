@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from cpo.data.sources import TestSet
+from cpo.mt.evaluation import table_metric_keys
 from cpo.train.chunked_logps import LogpsSettings
 from cpo.train.logprobs import completion_logps
 
@@ -138,12 +139,16 @@ def evaluate_policy(policy, tokenizer, heldout_loader, pad_id: int, test: TestSe
     return Evaluation(metrics, rows)
 
 
+def logged_metrics(metrics: dict, prefix: str) -> dict:
+    """The numbers of a held-out evaluation as logger metrics (``before/bleu``), less the sizes of its table."""
+    return {f"{prefix}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and k not in ("pairs", "sentences")}
+
+
 def before_after_table(before: dict, after: dict) -> str:
     """A Markdown table of the numeric metrics present in both."""
-    keys = [k for k in before if k in after and isinstance(before[k], (int, float)) and not isinstance(before[k], bool)
-            and k not in ("n", "pairs", "sentences")]
     lines = ["| metric | before | after | change |", "|---|---:|---:|---:|"]
-    for k in keys:
+    for k in table_metric_keys(before, after):
         lines.append(f"| {k} | {before[k]:.4g} | {after[k]:.4g} | {after[k] - before[k]:+.4g} |")
     return "\n".join(lines)
 

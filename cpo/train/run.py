@@ -25,8 +25,8 @@ from cpo.train.config import ConfigError, validate
 from cpo.console import interactive, say, warn
 from cpo.data import LoadContext, PreferenceDataModule, RunData, build_source
 from cpo.train.guards import Diverged, DivergenceGuard, check_finite_weights, check_heldout_collapse
-from cpo.train.heldout import (Evaluation, GenerationSettings, before_after_table, evaluate_policy, on_accelerator,
-                               table_basis)
+from cpo.train.heldout import (Evaluation, GenerationSettings, before_after_table, evaluate_policy, logged_metrics,
+                               on_accelerator, table_basis)
 from cpo.io import atomic_write_json, atomic_write_jsonl, atomic_write_text, normalize_permissions
 from cpo.train.loggers import build_loggers, finish_wandb, hyperparameters
 from cpo.train.model_card import check_hub_access, command, publish, render, write_card
@@ -309,9 +309,7 @@ class _Run:
         before = self._evaluate().metrics
         atomic_write_json(saved, before)
         for lg in self.loggers:  # beside test/* after training, so the change shows in W&B and TensorBoard
-            lg.log_metrics({f"before/{k}": v for k, v in before.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool)
-                            and k not in ("pairs", "sentences")}, step=0)
+            lg.log_metrics(logged_metrics(before, "before"), step=0)
         return before
 
     def _test_set(self):
@@ -387,8 +385,7 @@ class _Run:
             if after.rows:
                 atomic_write_jsonl(out_dir / "test_translations.jsonl", after.rows)
             for lg in self.loggers:
-                lg.log_metrics({f"test/{k}": v for k, v in after.metrics.items() if isinstance(v, (int, float))
-                                and k not in ("pairs", "sentences")}, step=trainer.global_step)
+                lg.log_metrics(logged_metrics(after.metrics, "test"), step=trainer.global_step)
             check_heldout_collapse(before, after.metrics, cfg.guard.get("min_chrf_ratio"))  # no policy, no results
         if cfg.save_policy:
             langs = {x for t in (self.data.test, self.data.dev) if t is not None for x in (t.src_lang, t.tgt_lang)}
