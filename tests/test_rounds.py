@@ -141,6 +141,17 @@ def test_bad_settings_are_one_sentence(finished, tmp_path):
     assert not (tmp_path / "a" / "round-1").exists() and not (tmp_path / "b" / "round-1").exists()
 
 
+def test_a_missing_input_file_is_its_own_sentence(tmp_path):
+    """inputs=files with a path that is not there: the constructor's sentence, not Hydra's InstantiationException
+    (which the app would print as a traceback)."""
+    from conftest import compose
+    from cpo.rounds.run import RoundsRun
+
+    overrides = ["inputs=files", "inputs.train=/nope.jsonl", "inputs.val=/nope.jsonl", "logger=csv"]
+    with pytest.raises(FileNotFoundError, match="inputs.train=/nope.jsonl: no such file"):
+        RoundsRun(compose(overrides, config_name="rounds"), tmp_path / "d", overrides).execute()
+
+
 @pytest.mark.slow
 def test_an_app_error_is_one_sentence(tmp_path):
     _one_sentence(_rounds(tmp_path, ["pool.systems=[nosuch]"]), 2, "pool.systems: ['nosuch'] are not systems")

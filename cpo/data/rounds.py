@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cpo.errors import ConfigError
+from cpo.io import check_readable_file
 
 
 @dataclass
@@ -46,10 +47,7 @@ def _file(path: str | None, key: str, required: bool = True) -> str | None:
         if required:
             raise ConfigError(f"{key} is not set: give the file (see conf/inputs/files.yaml)")
         return None
-    p = Path(str(path)).expanduser()
-    if not p.is_file():
-        raise ConfigError(f"{key}={path}: " + ("a directory, not a file" if p.is_dir() else "no such file"))
-    return str(p.resolve())
+    return str(check_readable_file(Path(str(path)).expanduser(), key).resolve())
 
 
 class FileRoundInputs(RoundInputSource):

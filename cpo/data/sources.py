@@ -73,10 +73,22 @@ class DataSource:
         return tuple(p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
 
 
-def build_source(data_cfg) -> DataSource:
-    """Instantiate ``data.source``; a constructor's own error (naming its key) comes through as it is."""
+def instantiate_node(node, key: str):
+    """``node`` built by Hydra's ``instantiate``; a constructor's own error (a missing file, a bad value, naming its
+    key) comes through as it is, not wrapped in Hydra's InstantiationException (a traceback in the apps)."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as e:
+        if isinstance(e.__cause__, (ConfigError, DataError, FileNotFoundError, ValueError)):
+            raise e.__cause__ from None
+        raise ConfigError(f"{key}: cannot build {node._target_}: {e}") from None
+
+
+def build_source(data_cfg) -> DataSource:
+    """Instantiate ``data.source``; a constructor's own error (naming its key) comes through as it is."""
     from omegaconf import OmegaConf
 
     node = data_cfg.get("source")
@@ -88,12 +100,7 @@ def build_source(data_cfg) -> DataSource:
         if OmegaConf.is_missing(node, key) or (isinstance(raw[key], str) and _points_to_missing(data_cfg, raw[key])):
             where = raw[key][2:-1] if isinstance(raw[key], str) and raw[key].startswith("${") else f"data.source.{key}"
             raise ConfigError(f"{where} is not set: pass {where}=... (see the data config)")
-    try:
-        source = instantiate(node, _convert_="all")
-    except InstantiationException as e:
-        if isinstance(e.__cause__, (ConfigError, DataError, FileNotFoundError, ValueError)):
-            raise e.__cause__ from None
-        raise ConfigError(f"data.source: cannot build {node._target_}: {e}") from None
+    source = instantiate_node(node, "data.source")
     if not isinstance(source, DataSource):
         raise ConfigError(f"data.source._target_={node._target_} built a {type(source).__name__}, not a DataSource")
     return source

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from cpo.console import say
 from cpo.errors import ConfigError
 from cpo.io import atomic_write_json, atomic_write_text
-from cpo.data.sources import file_fingerprint
+from cpo.data.sources import file_fingerprint, instantiate_node
 from cpo.rounds.sources import read_rows, round_slice, rows_digest, system_texts
 from cpo.rounds.stages import StageFolder
 from cpo.rounds.training import flatten, override_value, policy_overrides, run_training
@@ -93,9 +93,7 @@ class RoundsRun:
 
     # ------------------------------------------------------------------ setup
     def _inputs(self):
-        from hydra.utils import instantiate
-
-        source = instantiate(self.cfg.inputs, _convert_="all")
+        source = instantiate_node(self.cfg.inputs, "inputs")
         inputs = source.load(str(self.cfg.cache_dir))
         unknown = [s for s in self.systems if s not in inputs.systems]
         if unknown:
