@@ -189,9 +189,9 @@ def bench_model(name: str, a: BenchArgs, peak: float, log=print) -> dict:
             got = trl.first_batch()
             result["trl_first_batch"] = compare_first_batch(ours_cpo, trl, got)
             # Every log-prob setting measured (chunked, full logits) against the same TRL loss.
-            result["trl_first_batch_by_impl"] = {
+            result["trl_first_batch_by_impl"] = {ours_cpo.name: result["trl_first_batch"]} | {
                 i.name: compare_first_batch(i, trl, got) for i in impls
-                if i.name == ours_cpo.name or i.name.startswith("cpo[chunk_tokens=")
+                if i.name != ours_cpo.name and i.name.startswith("cpo[chunk_tokens=")
             }
         if a.activation:
             act[trl.name] = saved_activation_mb(trl.first_batch_loss, list(trl.model.parameters()))

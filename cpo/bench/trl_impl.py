@@ -186,13 +186,12 @@ class TrlImpl:
         self.trainer.train()
 
 
-def compare_first_batch(ours: OursImpl, trl: TrlImpl, got: dict | None = None) -> dict:
+def compare_first_batch(ours: OursImpl, trl: TrlImpl, got: dict) -> dict:
     """Loss and per-sequence log-probs of both implementations on the first batch, same initial weights; ours
     with its own log-prob setting (``logps.chunk_tokens``: chunked or full logits). ``got``: TRL's
-    ``first_batch()``, when already computed."""
+    ``first_batch()``, computed once for every implementation compared."""
     from cpo.train.logprobs import completion_logps
 
-    got = got or trl.first_batch()
     b = ours.batches[0]
     ours.activate()
     policy = ours.module.policy
