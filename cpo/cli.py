@@ -130,13 +130,7 @@ def duplicate_override_keys(overrides: Iterable[str]) -> str | None:
 
 def _refuse_repeated_map_keys() -> None:
     """Hydra keeps the last value of a key given twice in a ``{...}`` override map; here it is an error."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = list(HydraConfig.get().overrides.task)
-    except (ImportError, ValueError):  # not under Hydra
-        return
-    problem = duplicate_override_keys(overrides)
+    problem = duplicate_override_keys(task_overrides() or [])
     if problem:
         raise UsageError(problem)
 

@@ -106,10 +106,6 @@ class LaunchLog(logging.Handler):
         self._file: logging.FileHandler | None = None
         self._held: list[logging.LogRecord] = []
 
-    @property
-    def opened(self) -> bool:
-        return self._file is not None
-
     def emit(self, record: logging.LogRecord) -> None:
         if self._file is not None:
             self._file.emit(record)

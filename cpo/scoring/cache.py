@@ -66,6 +66,7 @@ class CachedScorer(Scorer):
             self.progress = progress
         self._table: dict[str, float] | None = None
         self._identity: str | None = None
+        self._identity_hash: str | None = None
         self.hits = 0
         self.misses = 0
 
@@ -107,12 +108,14 @@ class CachedScorer(Scorer):
 
     @property
     def path(self) -> Path:
-        digest = hashlib.sha256(self.identity.encode("utf-8")).hexdigest()[:16]
-        return self.cache_dir / f"{_safe_filename(self.name)}-{digest}.jsonl"
+        return self.cache_dir / f"{_safe_filename(self.name)}-{self.identity_hash}.jsonl"
 
     @property
     def identity_hash(self) -> str:
-        return hashlib.sha256(self.identity.encode("utf-8")).hexdigest()[:16]
+        """The identity's short hash: the cache file's name and every line's ``id`` (computed once)."""
+        if self._identity_hash is None:
+            self._identity_hash = hashlib.sha256(self.identity.encode("utf-8")).hexdigest()[:16]
+        return self._identity_hash
 
     def check(self, key: str, score: float) -> str:
         """The checksum of a line: binds the score to the identity and the texts' key (``repr`` of the float,

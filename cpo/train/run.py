@@ -158,10 +158,10 @@ class _Run:
     """The steps of one run, sharing what they build."""
 
     def __init__(self, cfg: DictConfig, identity: dict, out_dir: Path, plan: BatchPlan, folder, ckpt_path: str | None,
-                 log_step: int | None, guard: SigtermGuard | None = None):
+                 log_step: int | None, guard: SigtermGuard):
         self.cfg, self.identity, self.out_dir, self.plan, self.folder = cfg, identity, out_dir, plan, folder
         self.ckpt_path, self.log_step = ckpt_path, log_step
-        self.guard = guard or SigtermGuard(lambda signum: interruption(signum, out_dir, ckpt_path))
+        self.guard = guard
         self.fit_metrics: dict[str, float] = {}
         self.t_start = time.time()
 
