@@ -129,6 +129,7 @@ def test_generate_translates_with_the_recorded_format_and_stops_at_the_end_of_tu
     assert summary["prompt"]["_target_"] == "cpo.mt.chat.ChatPrompt"
     eot = tok.convert_tokens_to_ids(end_of_turn(family))
     # generate() was told to stop at the end of turn, and did: "the man" + end of turn, not 8 new tokens
+    assert generated, "generate() was never called through GenerationMixin.generate"
     assert all((eos if isinstance(eos, list) else [eos])[0] == eot and n == 3 for eos, n in generated)
     # an explicit other format is used, with a warning naming both
     caplog.clear()

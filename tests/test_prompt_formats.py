@@ -149,10 +149,7 @@ def test_chat_prompt_and_completion_are_the_templates_tokens(family, system):
 def test_a_template_without_bos_gets_the_tokenizers_own_once(tmp_path):
     """A Llama-2-based ChatML model (TowerInstruct): the template writes no BOS, the tokenizer adds one to plain
     text, so the prompt starts with one BOS (add_bos=false: none), and TowerInstruct's instruction is the user turn."""
-    from helpers.chat_tokenizers import QWEN_TEMPLATE
-
     tok = chat_tokenizer("llama3")
-    tok.chat_template = QWEN_TEMPLATE.replace("{%- if messages[0]['role'] == 'system' %}", "{%- if false %}", 1)
     tok.chat_template = ("{%- for message in messages %}{{- '<|im_start|>' + message.role + '\\n' + message.content"
                          " + '<|im_end|>' + '\\n' }}{%- endfor %}"
                          "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
