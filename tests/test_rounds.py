@@ -141,6 +141,13 @@ def test_bad_settings_are_one_sentence(finished, tmp_path):
     assert not (tmp_path / "a" / "round-1").exists() and not (tmp_path / "b" / "round-1").exists()
 
 
+def test_candidate_device_and_dtype_are_checked_before_anything_runs(tmp_path):
+    from cpo.errors import ConfigError
+
+    _refused(tmp_path / "e", ["candidates.dtype=bfloat17"], ConfigError, "candidates.dtype=bfloat17 is not one of auto")
+    assert not (tmp_path / "e" / "round-1").exists()
+
+
 def test_a_missing_input_file_is_its_own_sentence(tmp_path):
     """inputs=files with a path that is not there: the constructor's sentence, not Hydra's InstantiationException
     (which the app would print as a traceback)."""

@@ -6,11 +6,14 @@ import time
 from pathlib import Path
 
 from cpo.console import say
+from cpo.errors import ConfigError
 from cpo.io import atomic_write_jsonl
 from cpo.mt.candidates import candidate_row
+from cpo.mt.prompt import PromptTooShort
 from cpo.mt.sampling import CandidateSettings, GenerationStats, generate_candidates
 from cpo.rounds.sources import SourceRow, by_direction, rows_digest
 from cpo.rounds.stages import StageFolder
+from cpo.train.policy_loading import load_for_generation, pick_device, pick_dtype
 
 
 def candidate_file(folder: Path, split: str, direction: str) -> Path:
@@ -20,36 +23,6 @@ def candidate_file(folder: Path, split: str, direction: str) -> Path:
 def round_seed(seed: int, round_: int) -> int:
     """Round k samples with its own seed, so that two rounds of one policy never draw the same noise."""
     return int(seed) * 1000 + int(round_)
-
-
-def load_policy(path: str, base: str | None, dtype: str, device: str):
-    """(model in eval mode, tokenizer) of a model folder, or of a LoRA adapter folder on ``base`` (merged)."""
-    import torch
-
-    from cpo.train.models import load_causal_lm, load_tokenizer
-
-    if dtype == "auto":
-        dtype = "bfloat16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "float32"
-    folder = Path(path)
-    tokenizer = load_tokenizer(str(folder))
-    if (folder / "adapter_config.json").is_file():
-        import json
-
-        from peft import PeftModel
-
-        base = base or json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        model = PeftModel.from_pretrained(load_causal_lm(str(base), dtype), str(folder)).merge_and_unload()
-    else:
-        model = load_causal_lm(str(folder), dtype)
-    return model.to(device).eval(), tokenizer
-
-
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def run_candidates(stage: StageFolder, settings: dict, policy: str, base: str | None,
@@ -66,17 +39,22 @@ def run_candidates(stage: StageFolder, settings: dict, policy: str, base: str | 
         f"({decode.num_return_beams} returned beam(s) of {decode.num_beams}, {decode.num_samples} sample(s) at "
         f"temperature {decode.temperature:g}, top-p {decode.top_p:g}, top-k {decode.top_k}, seed {decode.seed})")
     device = pick_device(gen["device"])
-    model, tokenizer = load_policy(policy, base, gen["dtype"], device)
+    adapter = (Path(policy) / "adapter_config.json").is_file()  # a LoRA policy: its adapter on the base, merged
+    model, tokenizer = load_for_generation(base if adapter else policy, policy if adapter else None,
+                                           pick_dtype(gen["dtype"], device), device)
     outputs: dict = {"files": {}, "stats": {}}
     total = GenerationStats()
     for split, rows in splits.items():
         for direction, group in by_direction(rows).items():
             stats = GenerationStats()
             src, tgt = direction.split("-")
-            out = generate_candidates(model, tokenizer, [r.source for r in group], src, tgt, decode,
-                                      batch_size=gen["batch_size"], max_new_tokens=gen["max_new_tokens"],
-                                      max_prompt_length=gen["max_prompt_length"], logprobs=gen["logprobs"],
-                                      progress=gen["progress"], stats=stats, prompt_format=prompt_format)
+            try:
+                out = generate_candidates(model, tokenizer, [r.source for r in group], src, tgt, decode,
+                                          batch_size=gen["batch_size"], max_new_tokens=gen["max_new_tokens"],
+                                          max_prompt_length=gen["max_prompt_length"], logprobs=gen["logprobs"],
+                                          progress=gen["progress"], stats=stats, prompt_format=prompt_format)
+            except PromptTooShort as e:
+                raise ConfigError(f"candidates.max_prompt_length={gen['max_prompt_length']}: {e}") from None
             path = candidate_file(stage.path, split, direction)
             atomic_write_jsonl(path, [
                 {**candidate_row(r.source, src, tgt, o["candidates"], o.get("logprobs"), o["origins"]), "row": r.index}

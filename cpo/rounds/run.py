@@ -237,6 +237,7 @@ class RoundsRun:
             if self.rule["samples"]:
                 self._decoding(1)  # a bad decoding setting is refused before anything runs
             c = self.cfg.candidates
+            _check_device(str(c.device), str(c.dtype))  # before anything runs, not at round 1's candidates
             gen = {"batch_size": _positive(c.batch_size, "candidates.batch_size"),
                    "max_new_tokens": _positive(c.max_new_tokens, "candidates.max_new_tokens"),
                    "max_prompt_length": c.max_prompt_length, "logprobs": bool(c.logprobs), "dtype": str(c.dtype),
@@ -304,6 +305,17 @@ class RoundsRun:
     def _write_summary(self, summary: dict) -> None:
         atomic_write_json(self.dir / "rounds.json", summary)
         atomic_write_text(self.dir / "summary.md", summary_markdown(summary))
+
+
+def _check_device(device: str, dtype: str) -> None:
+    """candidates.device and candidates.dtype name what this machine has (cpo.train.policy_loading)."""
+    from cpo.cli import UsageError
+    from cpo.train.policy_loading import pick_device, pick_dtype
+
+    try:
+        pick_dtype(dtype, pick_device(device))
+    except UsageError as e:
+        raise ConfigError(f"candidates.{e}") from None
 
 
 def _policy_identity(policy: str) -> Any:
