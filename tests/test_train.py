@@ -261,6 +261,29 @@ def test_a_relaunch_with_another_job_list_finds_the_jobs_that_ran(tmp_path):
     assert len([d for d in tmp_path.iterdir() if (d / "results.json").exists()]) == 2
 
 
+def test_a_strategy_that_accumulates_itself_logs_at_its_boundary_only(tiny_tok_model):
+    """DeepSpeed accumulates inside its engine: Lightning calls on_before_optimizer_step for every micro-batch, so
+    the window of metrics must stay open until the engine's accumulation boundary."""
+    from types import SimpleNamespace
+
+    from cpo.train.losses import PreferenceLoss
+    from cpo.train.module import OptimSettings, PreferenceModule
+
+    tok, model = tiny_tok_model
+    mod = PreferenceModule(model, PreferenceLoss("cpo"), OptimSettings(), tok.pad_token_id)
+    at_boundary = [False]
+    mod._trainer = SimpleNamespace(strategy=SimpleNamespace(handles_gradient_accumulation=True),
+                                   model=SimpleNamespace(is_gradient_accumulation_boundary=lambda: at_boundary[0]))
+    mod._window = {"pairs": torch.tensor(2.0), "loss_share": torch.tensor(0.5)}
+    mod.on_before_optimizer_step(None)  # a micro-batch inside the window: nothing logged, nothing dropped
+    assert float(mod._window["pairs"]) == 2.0 and float(mod._window["loss_share"]) == 0.5
+    at_boundary[0] = True
+    assert mod._window_complete()
+    mod._trainer.strategy.handles_gradient_accumulation = False  # Lightning's own accumulation: once per window
+    at_boundary[0] = False
+    assert mod._window_complete()
+
+
 def test_accumulated_steps_log_the_whole_global_batch(tmp_path):
     """Batch 4 x accumulate 4 logs what batch 16 logs at every step, for the same weights: train/loss and
     train/loss_global were the last micro-batch's (0.263 where batch 16 logged 1.144), so curves of different

@@ -204,6 +204,8 @@ class PreferenceModule(L.LightningModule):
         # The metrics of the whole global batch this step trains on: its micro-batches summed, then its ranks.
         # Logged per micro-batch, train/loss was the last micro-batch's loss and train/loss_global its share
         # (1/16 of the loss on one GPU under the ALMA preset), so curves of different device counts differed.
+        if not self._window_complete():
+            return
         totals = self._sum_over_ranks(self._window, _TRAIN_KEYS + tuple(sorted(set(self._window) - set(_TRAIN_KEYS))))
         self._window = {}
         if not totals:
@@ -215,6 +217,15 @@ class PreferenceModule(L.LightningModule):
         # train/loss up to rounding, kept under its older name for the curves that use it.
         self.log("train/loss_global", totals["loss_share"], on_step=True, on_epoch=False, batch_size=n)
         self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=n)
+
+    def _window_complete(self) -> bool:
+        """Whether this optimizer step ends an accumulation window. Lightning calls the hook once per window,
+        except under a strategy that accumulates by itself (DeepSpeed: every micro-batch is an optimizer step
+        to Lightning, and the engine applies the update at its accumulation boundary)."""
+        if not self.trainer.strategy.handles_gradient_accumulation:
+            return True
+        boundary = getattr(self.trainer.model, "is_gradient_accumulation_boundary", None)
+        return not callable(boundary) or bool(boundary())
 
     def on_validation_epoch_start(self) -> None:
         self._val = {}
