@@ -41,7 +41,8 @@ def test_the_checker_flags_a_figure_that_no_longer_matches(tmp_path):
 def test_the_demo_block_is_the_runs_own_table_and_a_rerun_is_compared_figure_by_figure():
     from cpo.train.heldout import before_after_table
 
-    before = {"pref_accuracy": 0.61, "bleu": 82.123456, "ter": 9.0, "pairs": 97, "sentences": 200, "bleu_signature": "x"}
+    before = {"pref_accuracy": 0.61, "bleu": 82.123456, "ter": 9.0, "pairs": 97, "sentences": 200,
+              "bleu_signature": "x"}
     after = {"pref_accuracy": 0.73, "bleu": 89.42, "ter": 4.5, "pairs": 97, "sentences": 200, "bleu_signature": "x"}
     assert "\n".join(readme.before_after_rows(before, after)) == before_after_table(before, after)
 
