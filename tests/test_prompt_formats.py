@@ -207,6 +207,21 @@ def test_chat_truncation_with_a_slow_tokenizer(tmp_path):
     assert ids[-1] == tok.eos_token_id  # this template ends a turn with no special token: EOS, as a base model
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast_offsets", "slow_characters"])
+def test_chat_truncation_of_a_source_without_spaces(tmp_path, fast):
+    """Chinese or Japanese text has no word to cut at: a fast tokenizer's offsets give the cuts, a slow one's
+    characters; either way only the source is cut, from its start."""
+    tok = llama_tokenizer(tmp_path, fast=fast)
+    tok.chat_template = ("{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }} [end]\n{% endfor %}"
+                         "{% if add_generation_prompt %}[assistant] {% endif %}")
+    source = "".join(LONG.split())
+    p = ChatPrompt("German: {source}").bind(tok, 30).encode(source, "de", "en")
+    assert p.truncated and len(p.ids) <= 30 and p.ids.count(tok.bos_token_id) == 1
+    kept = tok.decode(p.ids[1:]).split("[user] German: ", 1)[1].split(" [end]")[0].strip()
+    assert kept and source.endswith(kept) and len(kept) < len(source)
+    assert tok.decode(p.ids).rstrip().endswith("[end]\n[assistant]")
+
+
 def test_chat_without_a_template_is_one_sentence(tiny_tok_model, tmp_path):
     tok = tiny_tok_model[0]
     assert not tok.chat_template
